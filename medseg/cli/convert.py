@@ -1,0 +1,26 @@
+"""`medseg convert INPUT OUTPUT`: any readable scan to .nii.gz / .nii / .nrrd / .mha."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def command(
+    input: Annotated[Path, typer.Argument(help="A NIfTI/NRRD/MHA file or a DICOM folder.")],
+    output: Annotated[Path, typer.Argument(help="Output file: .nii.gz, .nii, .nrrd or .mha.")],
+    series: Annotated[Optional[str], typer.Option(help="DICOM: SeriesInstanceUID or index of the series to load.")] = None,
+    resample_irregular: Annotated[
+        bool, typer.Option("--resample-irregular", help="DICOM: resample gantry-tilted or unevenly spaced series onto a regular grid.")
+    ] = False,
+) -> None:
+    """Convert a scan to another format, keeping its exact voxel grid."""
+    from medseg.io import read_volume, write_volume
+    from medseg.io.atomic import check_output_dir
+
+    check_output_dir(output)  # fail before a long read
+    volume = read_volume(input, series=series, resample_irregular=resample_irregular)
+    write_volume(volume, output)
+    typer.echo(f"wrote {output}: shape {volume.array.shape}, orientation {volume.orientation}")

@@ -1,0 +1,69 @@
+"""The `medseg` Typer app and its entry point.
+
+Command modules import only typer and the standard library at top level, so `medseg --help`
+answers instantly; heavy imports (torch, SimpleITK, pydicom...) live inside the commands.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Optional
+
+import typer
+
+from medseg import __version__
+from medseg.cli import convert, info
+
+app = typer.Typer(
+    name="medseg",
+    help="Segment volumetric medical scans end to end: preprocess, train, infer, evaluate.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # a DICOM header in a local variable is patient data
+    add_completion=False,
+)
+app.command("convert")(convert.command)
+app.command("info")(info.command)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"medseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks (may be given anywhere on the line)."),
+) -> None:
+    """medseg: DICOM/NIfTI in, masks out, every run tracked in MLflow."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: bad input becomes one line on stderr and exit code 1."""
+    from medseg.errors import MedsegError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        app(args=args, prog_name="medseg")
+    except SystemExit:
+        raise
+    except MedsegError as exc:
+        if debug:
+            raise
+        typer.echo(f"medseg: error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("medseg: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # a bug, not bad input: still one line unless --debug
+        if debug:
+            raise
+        typer.echo(f"medseg: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+        sys.exit(1)
