@@ -1,0 +1,1 @@
+"""Prediction over whole volumes: sliding window (`sliding_window.py`), predictor (`predictor.py`)."""
