@@ -1,0 +1,126 @@
+"""All metrics for one case (rows per label) and their aggregates over cases."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from medseg.errors import GeometryError, InputError
+from medseg.metrics.overlap import confusion_matrix, overlap_metrics
+from medseg.metrics.surface import surface_metrics
+from medseg.volume import Volume
+
+METRIC_COLUMNS = ["dice", "iou", "precision", "recall", "hd95", "assd", "nsd", "boundary_f1", "volume_diff_ml"]
+"""The metric columns of a report, in order; extra columns follow them."""
+EXTRA_COLUMNS = ["pixel_accuracy", "pred_volume_ml", "ref_volume_ml"]
+
+
+def case_metrics(
+    pred: Volume,
+    ref: Volume,
+    labels: Iterable[int] | None = None,
+    tolerance_mm: float = 1.0,
+    ignore_index: int | None = 255,
+) -> list[dict]:
+    """One dict per label with METRIC_COLUMNS + EXTRA_COLUMNS for label maps (X, Y, Z) on one grid.
+
+    labels: default every non-zero label present in either map (except ignore_index).
+    Raises GeometryError when the two volumes are not on the same voxel grid.
+    """
+    problems = pred.geometry_differences(ref)
+    if problems:
+        raise GeometryError(
+            f"prediction and reference are on different grids ({'; '.join(problems)}); "
+            "resample the prediction onto the reference grid first"
+        )
+    if pred.array.ndim != 3 or ref.array.ndim != 3:
+        raise InputError(
+            f"expected label maps (X, Y, Z), got arrays of shape {pred.array.shape} and {ref.array.shape}; "
+            "pass integer masks, not probabilities"
+        )
+    return array_metrics(pred.array, ref.array, ref.spacing, labels, tolerance_mm, ignore_index)
+
+
+def array_metrics(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    spacing: Sequence[float],
+    labels: Iterable[int] | None = None,
+    tolerance_mm: float = 1.0,
+    ignore_index: int | None = 255,
+) -> list[dict]:
+    """Like `case_metrics` for bare integer arrays (X, Y, Z) with voxel spacing (3,) in mm."""
+    pred, ref = _as_labels(pred, "prediction"), _as_labels(ref, "reference")
+    if pred.shape != ref.shape:
+        raise GeometryError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
+    if labels is None:
+        present = np.union1d(np.unique(pred), np.unique(ref))
+        labels = [int(v) for v in present if v != 0 and v != ignore_index]
+    labels = [int(v) for v in labels]
+    num_labels = int(max([pred.max(initial=0), ref.max(initial=0), *labels])) + 1
+    cm = confusion_matrix(pred, ref, num_labels, ignore_index)
+    total = int(cm.sum())
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    valid = None if ignore_index is None else ref != ignore_index
+    rows = []
+    for label in labels:
+        tp = int(cm[label, label])
+        fp = int(cm[:, label].sum()) - tp
+        fn = int(cm[label, :].sum()) - tp
+        row = overlap_metrics(tp, fp, fn, total - tp - fp - fn)
+        pred_mask = pred == label
+        if valid is not None:
+            pred_mask &= valid
+        row.update(surface_metrics(pred_mask, ref == label, spacing, tolerance_mm))
+        row["pred_volume_ml"] = (tp + fp) * voxel_ml
+        row["ref_volume_ml"] = (tp + fn) * voxel_ml
+        row["volume_diff_ml"] = row["pred_volume_ml"] - row["ref_volume_ml"]
+        rows.append({"label": label, **{k: row[k] for k in METRIC_COLUMNS + EXTRA_COLUMNS}})
+    return rows
+
+
+def summarise(rows: Sequence[dict], metrics: Sequence[str] = tuple(METRIC_COLUMNS + EXTRA_COLUMNS)) -> dict:
+    """Aggregates over cases: {"per_class": {label: {metric: {mean, std, median, n, n_nan}}},
+    "mean": {metric: mean over classes of the class means}, "miou": float}.
+
+    NaN values (distances of empty masks) are skipped and counted in n_nan.
+    """
+    per_class: dict[int, dict] = {}
+    for label in sorted({int(r["label"]) for r in rows}):
+        stats = {}
+        for metric in metrics:
+            values = np.array([r[metric] for r in rows if int(r["label"]) == label], dtype=np.float64)
+            finite = values[~np.isnan(values)]
+            stats[metric] = {
+                "mean": _nan_if_empty(finite, np.mean),
+                "std": _nan_if_empty(finite, np.std),
+                "median": _nan_if_empty(finite, np.median),
+                "n": int(values.size),
+                "n_nan": int(values.size - finite.size),
+            }
+        per_class[label] = stats
+    means = {}
+    for metric in metrics:
+        class_means = [s[metric]["mean"] for s in per_class.values() if not math.isnan(s[metric]["mean"])]
+        means[metric] = float(np.mean(class_means)) if class_means else float("nan")
+    return {"per_class": per_class, "mean": means, "miou": means.get("iou", float("nan"))}
+
+
+def _nan_if_empty(values: np.ndarray, fn) -> float:
+    return float(fn(values)) if values.size else float("nan")
+
+
+def _as_labels(array: np.ndarray, what: str) -> np.ndarray:
+    array = np.asarray(array)
+    if array.dtype == bool:
+        return array.astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        rounded = np.rint(array)
+        if not np.array_equal(rounded, array):
+            raise InputError(f"the {what} holds non-integer values; expected an integer label map, not probabilities")
+        array = rounded
+    if array.size and array.min() < 0:
+        raise InputError(f"the {what} holds negative labels; expected labels 0, 1, 2, ...")
+    return array.astype(np.int64, copy=False)
