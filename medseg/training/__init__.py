@@ -1,0 +1,1 @@
+"""Training: config, loop, schedules, checkpoints and distributed setup (`medseg train`)."""
