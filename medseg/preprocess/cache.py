@@ -1,0 +1,133 @@
+"""The preprocessed cache under WORKDIR (layout in docs/architecture.md).
+
+```
+WORKDIR/preprocessed/<case_id>/image.npy        float32 (C, X, Y, Z), read with mmap
+WORKDIR/preprocessed/<case_id>/label.npy        uint8 (X, Y, Z)
+WORKDIR/preprocessed/<case_id>/properties.json  CaseProperties + cache stamp (input hash, plan digest)
+WORKDIR/preprocessed/<case_id>/locations.npz    "1", "2", ...: (N, 3) voxel indices of each class
+```
+Each case is written into a hidden temporary folder and renamed into place, so a killed run never
+leaves a half-written case; leftovers of killed runs are removed by `clean_partial`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medseg.errors import InputError
+from medseg.preprocess.case import CaseProperties, PreprocessedCase
+
+MAX_LOCATIONS = 10000
+CASES_DIR = "preprocessed"
+_TMP_PREFIX = ".tmp-"
+
+
+@dataclass
+class CachedCase:
+    """image: float32 (C, X, Y, Z) memory-mapped; label: uint8 (X, Y, Z) or None;
+    locations: class -> (N, 3) int voxel indices on the preprocessed grid."""
+
+    case_id: str
+    image: np.ndarray
+    label: np.ndarray | None
+    properties: CaseProperties
+    locations: dict[int, np.ndarray]
+
+
+def cases_dir(workdir: str | os.PathLike) -> Path:
+    return Path(workdir) / CASES_DIR
+
+
+def list_cases(workdir: str | os.PathLike) -> list[str]:
+    """Sorted ids of the complete cases in the cache."""
+    root = cases_dir(workdir)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "properties.json").is_file())
+
+
+def load_case(workdir: str | os.PathLike, case_id: str, mmap: bool = True) -> CachedCase:
+    """One cached case; arrays are memory-mapped (read-only) unless `mmap` is False."""
+    folder = cases_dir(workdir) / case_id
+    if not (folder / "properties.json").is_file():
+        raise InputError(f"{folder}: no preprocessed case '{case_id}' here; run `medseg preprocess` with --out {workdir}")
+    mode = "r" if mmap else None
+    raw = json.loads((folder / "properties.json").read_text())
+    raw.pop("cache", None)
+    props = CaseProperties.model_validate(raw)
+    image = np.load(folder / "image.npy", mmap_mode=mode)
+    label = np.load(folder / "label.npy", mmap_mode=mode) if (folder / "label.npy").is_file() else None
+    locations: dict[int, np.ndarray] = {}
+    if (folder / "locations.npz").is_file():
+        with np.load(folder / "locations.npz") as npz:
+            locations = {int(k): npz[k] for k in npz.files}
+    return CachedCase(case_id, image, label, props, locations)
+
+
+def sample_locations(label: np.ndarray, case_id: str, max_per_class: int = MAX_LOCATIONS) -> dict[int, np.ndarray]:
+    """Per foreground class, up to `max_per_class` voxel indices (N, 3), chosen reproducibly per case."""
+    rng = np.random.default_rng(zlib.crc32(case_id.encode()))
+    out = {}
+    for c in np.unique(label):
+        if c == 0:
+            continue
+        idx = np.argwhere(label == c)
+        if len(idx) > max_per_class:
+            idx = idx[np.sort(rng.choice(len(idx), max_per_class, replace=False))]
+        out[int(c)] = idx.astype(np.int32)
+    return out
+
+
+def cache_stamp(workdir: str | os.PathLike, case_id: str) -> dict | None:
+    """The {input_sha256, plan_digest} a cached case was made from, or None if absent."""
+    path = cases_dir(workdir) / case_id / "properties.json"
+    try:
+        return json.loads(path.read_text()).get("cache")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def write_case(workdir: str | os.PathLike, case_id: str, case: PreprocessedCase, stamp: dict) -> Path:
+    """Write one case atomically (temporary folder, then rename); replaces an older version."""
+    root = cases_dir(workdir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / case_id
+    tmp = root / f"{_TMP_PREFIX}{case_id}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    np.save(tmp / "image.npy", np.ascontiguousarray(case.image, dtype=np.float32))
+    locations = {}
+    if case.label is not None:
+        np.save(tmp / "label.npy", np.ascontiguousarray(case.label, dtype=np.uint8))
+        locations = sample_locations(case.label, case_id)
+    np.savez(tmp / "locations.npz", **{str(k): v for k, v in locations.items()})
+    props = case.properties.model_dump()
+    props["cache"] = stamp
+    (tmp / "properties.json").write_text(json.dumps(props, indent=1))
+    if final.exists():
+        old = root / f"{_TMP_PREFIX}old-{case_id}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    return final
+
+
+def clean_partial(workdir: str | os.PathLike) -> int:
+    """Remove temporary folders left by killed runs; returns how many were removed."""
+    root = cases_dir(workdir)
+    if not root.is_dir():
+        return 0
+    stale = [p for p in root.iterdir() if p.name.startswith(_TMP_PREFIX)]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return len(stale)

@@ -1,0 +1,182 @@
+"""One case through the plan and back: `preprocess_case` and its inverse `invert_to_original`.
+
+Forward: stack channels -> reorient to RAS (exact) -> crop to the nonzero box of all channels ->
+normalise -> resample to the plan's target spacing. `CaseProperties` records every step so
+`invert_to_original` can map predictions back onto exactly the original grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from medseg.errors import GeometryError, InputError
+from medseg.preprocess.normalize import normalize
+from medseg.preprocess.plan import PLAN_VERSION, Plan
+from medseg.preprocess.resample import coarse_axis_of, resample_image, resample_label, resampled_affine, resize3d
+from medseg.volume import Volume, orientation_code
+
+
+class CaseProperties(BaseModel):
+    """What `invert_to_original` needs (JSON-serialisable). Shapes (X, Y, Z); affines 4x4 RAS mm."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    plan_version: int = PLAN_VERSION
+    original_shape: list[int]
+    original_affine: list[list[float]]
+    original_orientation: str
+    ras_shape: list[int]
+    ras_affine: list[list[float]]
+    crop_box: list[list[int]]  # [[start, stop]] per RAS axis
+    cropped_shape: list[int]
+    resampled_shape: list[int]
+    resampled_affine: list[list[float]]
+    original_spacing: list[float]  # mm, RAS axis order
+    spacing: list[float]  # mm of the preprocessed grid, RAS axis order
+    classes_present: list[int] = []  # label values in this case (empty without a label)
+
+
+@dataclass
+class PreprocessedCase:
+    """image: float32 (C, X, Y, Z); label: uint8 (X, Y, Z) or None; both on the preprocessed grid."""
+
+    image: np.ndarray
+    label: np.ndarray | None
+    properties: CaseProperties
+
+
+def stack_channels(images: list[Volume]) -> Volume:
+    """Channels of one case (each (X, Y, Z) or (C, X, Y, Z), same grid) -> one (C, X, Y, Z) Volume."""
+    if not images:
+        raise InputError("a case needs at least one image; none was given")
+    first = images[0]
+    arrays = []
+    for i, vol in enumerate(images):
+        diff = first.geometry_differences(vol)
+        if diff:
+            raise GeometryError(f"channel {i} does not share channel 0's grid ({'; '.join(diff)}); resample it onto channel 0 first")
+        arrays.append(vol.array[None] if vol.array.ndim == 3 else vol.array)
+    array = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
+    return Volume(array, first.affine, first.meta)
+
+
+def nonzero_box(image: np.ndarray) -> list[list[int]]:
+    """[[start, stop]] per spatial axis of the voxels nonzero in any channel of (C, X, Y, Z)."""
+    mask = np.any(image != 0, axis=0)
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        box.append([int(hits[0]), int(hits[-1]) + 1] if hits.size else [0, int(mask.shape[axis])])
+    return box
+
+
+def target_shape(shape, spacing, target_spacing) -> list[int]:
+    return [max(1, int(round(s * sp / t))) for s, sp, t in zip(shape, spacing, target_spacing)]
+
+
+def preprocess_case(images: list[Volume], plan: Plan, label: Volume | None = None) -> PreprocessedCase:
+    """Raw channel volumes (+ optional label on the same grid) -> arrays on the plan's grid."""
+    image = stack_channels(images)
+    if image.num_channels != len(plan.channel_names):
+        raise InputError(
+            f"the case has {image.num_channels} channel(s), the plan expects {len(plan.channel_names)} "
+            f"({', '.join(plan.channel_names)}); give one image per channel"
+        )
+    if label is not None:
+        diff = image.geometry_differences(label)
+        if diff:
+            raise GeometryError(f"the label's grid differs from the image's ({'; '.join(diff)}); resample the label onto the image")
+    ras = image.reoriented("RAS")
+    ras_label = label.reoriented("RAS") if label is not None else None
+
+    box = nonzero_box(ras.array)
+    sl = tuple(slice(a, b) for a, b in box)
+    cropped = ras.array[(slice(None),) + sl]
+    nonzero = np.any(cropped != 0, axis=0)
+    spacing = ras.spacing
+    new_shape = target_shape(cropped.shape[1:], spacing, plan.target_spacing)
+    coarse = coarse_axis_of(spacing, plan.resampling.anisotropy_threshold)
+    if coarse is None:
+        coarse = coarse_axis_of(plan.target_spacing, plan.resampling.anisotropy_threshold)
+
+    normalized = normalize(cropped, plan.normalization, nonzero)
+    out_image = resample_image(normalized, new_shape, plan.resampling.image_order, coarse)
+
+    out_label = None
+    classes: list[int] = []
+    if ras_label is not None:
+        lab = ras_label.array[sl]
+        if lab.size and (lab.min() < 0 or lab.max() > 255 or not np.all(np.mod(lab, 1) == 0)):
+            raise InputError("label values must be integers in 0..255; relabel the mask")
+        lab = lab.astype(np.uint8)
+        out_label = resample_label(lab, new_shape, plan.resampling.label_mode, coarse)
+        classes = [int(c) for c in np.unique(lab)]
+
+    cropped_affine = ras.affine.copy()
+    cropped_affine[:3, 3] = ras.affine[:3, :3] @ np.array([b[0] for b in box], dtype=float) + ras.affine[:3, 3]
+    props = CaseProperties(
+        original_shape=list(image.spatial_shape),
+        original_affine=image.affine.tolist(),
+        original_orientation=orientation_code(image.affine),
+        ras_shape=list(ras.spatial_shape),
+        ras_affine=ras.affine.tolist(),
+        crop_box=box,
+        cropped_shape=[int(s) for s in cropped.shape[1:]],
+        resampled_shape=[int(s) for s in new_shape],
+        resampled_affine=resampled_affine(cropped_affine, cropped.shape[1:], new_shape).tolist(),
+        original_spacing=[float(s) for s in spacing],
+        spacing=[float(s) for s in plan.target_spacing],
+        classes_present=classes,
+    )
+    return PreprocessedCase(np.ascontiguousarray(out_image, dtype=np.float32), out_label, props)
+
+
+def invert_to_original(array: np.ndarray, properties: CaseProperties | dict) -> Volume:
+    """Preprocessed-grid prediction -> Volume with exactly the original shape and affine.
+
+    array: (K, X, Y, Z) float probabilities -> returns float32 (K, *original_shape), each channel
+        resampled linearly, background (channel 0) = 1 and others 0 outside the crop box;
+        (X, Y, Z) integer labels -> returns uint8 (*original_shape), via one-hot probabilities
+        treated the same way, then argmax (label values are preserved, none are created).
+    """
+    props = properties if isinstance(properties, CaseProperties) else CaseProperties.model_validate(properties)
+    if tuple(array.shape[-3:]) != tuple(props.resampled_shape):
+        raise GeometryError(
+            f"prediction of spatial shape {tuple(array.shape[-3:])} does not match the preprocessed grid "
+            f"{tuple(props.resampled_shape)}; predict on the preprocessed image of this case"
+        )
+    box = props.crop_box
+    sl = tuple(slice(a, b) for a, b in box)
+
+    def uncropped(channel: np.ndarray, fill: float) -> np.ndarray:
+        full = np.full(props.ras_shape, fill, dtype=np.float32)
+        full[sl] = resize3d(channel.astype(np.float32, copy=False), props.cropped_shape, 1)
+        return full
+
+    if array.ndim == 4:
+        ras = np.stack([uncropped(ch, 1.0 if k == 0 else 0.0) for k, ch in enumerate(array)])
+    elif array.ndim == 3:
+        if np.issubdtype(array.dtype, np.floating):
+            raise InputError("a (X, Y, Z) prediction must hold integer labels; pass probabilities as (K, X, Y, Z)")
+        classes = np.unique(array)
+        if 0 not in classes:
+            classes = np.concatenate([[0], classes])
+        ras = np.zeros(props.ras_shape, dtype=np.uint8)
+        best = np.full(props.ras_shape, -1.0, dtype=np.float32)
+        for c in classes:
+            p = uncropped((array == c).astype(np.float32), 1.0 if c == 0 else 0.0)
+            better = p > best
+            ras[better] = c
+            np.maximum(best, p, out=best)
+    else:
+        raise InputError(f"expected (K, X, Y, Z) probabilities or (X, Y, Z) labels, got shape {array.shape}")
+
+    back = Volume(ras, np.array(props.ras_affine)).reoriented(props.original_orientation)
+    original_affine = np.array(props.original_affine)
+    if tuple(back.spatial_shape) != tuple(props.original_shape) or not np.allclose(back.affine, original_affine, atol=1e-3):
+        raise GeometryError("reorienting back did not reproduce the original grid; the properties are inconsistent")
+    return Volume(back.array, original_affine)
