@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 
 from medseg import __version__
-from medseg.cli import convert, info
+from medseg.cli import convert, info, run
 
 app = typer.Typer(
     name="medseg",
@@ -24,6 +24,7 @@ app = typer.Typer(
 )
 app.command("convert")(convert.command)
 app.command("info")(info.command)
+app.command("run")(run.command)
 
 
 def _version(value: bool) -> None:
@@ -38,6 +39,22 @@ def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks (may be given anywhere on the line)."),
 ) -> None:
     """medseg: DICOM/NIfTI in, masks out, every run tracked in MLflow."""
+
+
+def run_argv(argv: list[str]) -> None:
+    """Run one medseg command in this process (used by pipelines); errors propagate."""
+    import click
+
+    from medseg.errors import ConfigError
+
+    try:
+        code = app(args=argv, prog_name="medseg", standalone_mode=False)
+    except click.ClickException as exc:  # a usage error in the step's arguments
+        raise ConfigError(f"medseg {argv[0]}: {exc.format_message()}") from None
+    except SystemExit as exc:
+        code = exc.code
+    if code not in (0, None):
+        raise ConfigError(f"medseg {' '.join(argv)} exited with code {code}")
 
 
 def main(argv: list[str] | None = None) -> None:
