@@ -1,0 +1,352 @@
+"""Experiment tracking in MLflow: the only module that imports mlflow (lazily, inside functions).
+
+Store: `MLFLOW_TRACKING_URI` when set (e.g. a team server), otherwise SQLite `WORKDIR/mlruns.db`
+with artifacts under `WORKDIR/mlartifacts`. One experiment per dataset.
+
+Tracking never stops the work: when the store cannot be reached (probed with a short timeout) or a
+call fails later, one warning is logged and the tracker becomes a no-op; the caller keeps its own
+local record (checkpoints, CSVs) either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any, Mapping
+
+from medseg.errors import BundleError, InputError
+
+log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_S = 3.0
+MAX_PARAM_LENGTH = 500  # MLflow 2 accepts 500 characters, MLflow 3 6000: stay within both
+_BATCH = 100  # MLflow's log_batch accepts at most 1000 metrics / 100 params per call
+_warned = False
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def tracking_uri(workdir: Path | None = None) -> str:
+    """`MLFLOW_TRACKING_URI` if set, else `sqlite:///WORKDIR/mlruns.db` (WORKDIR defaults to the cwd)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if env:
+        return env
+    return f"sqlite:///{_db_path(workdir)}"
+
+
+def artifact_root(workdir: Path | None = None) -> Path:
+    """Where the default (local) store keeps artifacts: `WORKDIR/mlartifacts`."""
+    return (Path(workdir) if workdir else Path.cwd()).resolve() / "mlartifacts"
+
+
+def _db_path(workdir: Path | None) -> Path:
+    return (Path(workdir) if workdir else Path.cwd()).resolve() / "mlruns.db"
+
+
+def redact(uri: str) -> str:
+    """The URI without any user:password part, for log messages."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host += f":{parts.port}"
+        return urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return uri
+
+
+def flatten_params(nested: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """{"a": {"b": {"c": 1}}} -> {"a.b.c": "1"}; lists become their repr; values cut to MLflow's limit."""
+    flat: dict[str, str] = {}
+    for key, value in nested.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_params(value, prefix=f"{name}."))
+        else:
+            text = str(value)
+            if len(text) > MAX_PARAM_LENGTH:
+                text = text[: MAX_PARAM_LENGTH - 3] + "..."
+            flat[name] = text
+    return flat
+
+
+def _warn_once(message: str) -> None:
+    global _warned
+    if not _warned:
+        log.warning(message)
+        _warned = True
+
+
+class NullTracker:
+    """A tracker that records nothing: used when the tracking store cannot be reached."""
+
+    run_id: str | None = None
+    active = False
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_artifacts(self, directory: str | os.PathLike, artifact_path: str | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        pass
+
+    def end(self, status: str = "FINISHED") -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.end(_status_for(exc_type))
+
+
+class Tracker(NullTracker):
+    """One MLflow run. Every call that fails warns once and turns the tracker into a no-op."""
+
+    active = True
+
+    def __init__(self, client, run_id: str, uri: str):
+        self._client = client
+        self.run_id = run_id
+        self._uri = uri
+
+    def _fail(self, what: str, exc: Exception) -> None:
+        _warn_once(
+            f"MLflow tracking at {redact(self._uri)} failed while {what} ({type(exc).__name__}: {exc}); "
+            "continuing without tracking"
+        )
+        self.active = False
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log a flat dict (see `flatten_params`); a param already logged with another value is kept and warned about."""
+        if not self.active or not params:
+            return
+        from mlflow.entities import Param
+
+        try:
+            existing = self._client.get_run(self.run_id).data.params
+            items = []
+            for key, value in flatten_params(params).items():
+                if key in existing and existing[key] != value:
+                    log.warning("MLflow param %s was logged before with another value; keeping the first", key)
+                elif key not in existing:
+                    items.append(Param(key, value))
+            for i in range(0, len(items), _BATCH):
+                self._client.log_batch(self.run_id, params=items[i : i + _BATCH], synchronous=True)
+        except Exception as exc:
+            self._fail("logging params", exc)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if not self.active or not metrics:
+            return
+        from mlflow.entities import Metric
+
+        try:
+            now = int(time.time() * 1000)
+            items = [Metric(key, float(value), now, step or 0) for key, value in metrics.items() if value is not None]
+            for i in range(0, len(items), 1000):
+                self._client.log_batch(self.run_id, metrics=items[i : i + 1000], synchronous=True)
+        except Exception as exc:
+            self._fail("logging metrics", exc)
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        if not self.active:
+            return
+        try:
+            self._client.log_artifact(self.run_id, str(path), artifact_path)
+        except Exception as exc:
+            self._fail("uploading an artifact", exc)
+
+    def log_artifacts(self, directory: str | os.PathLike, artifact_path: str | None = None) -> None:
+        if not self.active:
+            return
+        try:
+            self._client.log_artifacts(self.run_id, str(directory), artifact_path)
+        except Exception as exc:
+            self._fail("uploading artifacts", exc)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if not self.active or not tags:
+            return
+        from mlflow.entities import RunTag
+
+        try:
+            self._client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
+        except Exception as exc:
+            self._fail("setting tags", exc)
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Mark the run FINISHED, FAILED or KILLED; later calls do nothing."""
+        if not self.active:
+            return
+        try:
+            self._client.set_terminated(self.run_id, status)
+        except Exception as exc:
+            self._fail("ending the run", exc)
+        self.active = False
+
+
+def _status_for(exc_type) -> str:
+    if exc_type is None:
+        return "FINISHED"
+    return "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+
+
+def _reachable(uri: str) -> str | None:
+    """None when `uri` can be used, else why not. Only http(s) servers are probed (short timeout)."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return None  # it answers, even if it has no /health page
+    except (OSError, ValueError) as exc:
+        return str(getattr(exc, "reason", exc))
+    return None
+
+
+def _client(workdir: Path | None):
+    """(MlflowClient, uri), creating WORKDIR when the default local store is used."""
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(workdir)
+    if uri.startswith("sqlite:///") and "MLFLOW_TRACKING_URI" not in os.environ:
+        _db_path(workdir).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri), uri
+
+
+def _experiment_id(client, name: str, workdir: Path | None) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if not os.environ.get("MLFLOW_TRACKING_URI", "").strip():
+        location = artifact_root(workdir).as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:
+        experiment = client.get_experiment_by_name(name)  # created meanwhile by a concurrent process
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def open_tracker(
+    workdir: Path | None,
+    experiment: str,
+    run_name: str | None = None,
+    run_id: str | None = None,
+    tags: dict | None = None,
+) -> Tracker | NullTracker:
+    """Start a run in `experiment` (created if needed), or continue run `run_id`.
+
+    Returns a `NullTracker` (after one warning) when the store cannot be reached or used.
+    Raises InputError when `run_id` does not exist in a reachable store.
+    """
+    uri = tracking_uri(workdir)
+    problem = _reachable(uri)
+    if problem is not None:
+        _warn_once(f"MLflow tracking server {redact(uri)} is unreachable ({problem}); continuing without tracking")
+        return NullTracker()
+    try:
+        client, uri = _client(workdir)
+        if run_id is not None:
+            run = _get_run(client, run_id, uri)
+            if run.info.status != "RUNNING":
+                client.update_run(run_id, status="RUNNING")
+            tracker = Tracker(client, run_id, uri)
+        else:
+            experiment_id = _experiment_id(client, experiment, workdir)
+            run = client.create_run(experiment_id, run_name=run_name)
+            tracker = Tracker(client, run.info.run_id, uri)
+    except InputError:
+        raise
+    except Exception as exc:
+        _warn_once(f"MLflow tracking at {redact(uri)} cannot be used ({type(exc).__name__}: {exc}); continuing without tracking")
+        return NullTracker()
+    if tags:
+        tracker.set_tags(tags)
+    return tracker
+
+
+def _get_run(client, run_id: str, uri: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException as exc:
+        if "RESOURCE_DOES_NOT_EXIST" in str(getattr(exc, "error_code", "")) or "not found" in str(exc).lower():
+            raise InputError(
+                f"run {run_id} not found in the tracking store {redact(uri)}; check the run id or MLFLOW_TRACKING_URI"
+            ) from None
+        raise
+
+
+def download_bundle(model_ref: str, dst: str | os.PathLike, workdir: Path | None = None) -> Path:
+    """Download a model bundle folder (the one holding bundle.json) into `dst`; return its path.
+
+    model_ref: an MLflow run id (its artifact path "bundle"), a `runs:/RUN_ID/PATH` URI, a
+    `models:/NAME/VERSION` URI, or a registered model name (its latest version).
+    The store is the one `open_tracker(workdir, ...)` would use. Raises BundleError on failure.
+    """
+    import mlflow.artifacts
+
+    uri = tracking_uri(workdir)
+    problem = _reachable(uri)
+    if problem is not None:
+        raise BundleError(f"cannot fetch model '{model_ref}': tracking server {redact(uri)} is unreachable ({problem})")
+    if _RUN_ID.match(model_ref):
+        artifact_uri = f"runs:/{model_ref}/bundle"
+    elif model_ref.startswith("runs:/"):
+        artifact_uri = model_ref
+    else:
+        artifact_uri = _model_version_uri(model_ref, workdir)
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(dst), tracking_uri=uri))
+    except Exception as exc:
+        raise BundleError(
+            f"cannot fetch model '{model_ref}' ({artifact_uri}) from {redact(uri)}: {type(exc).__name__}: {exc}"
+        ) from None
+    if not (local / "bundle.json").is_file():
+        found = next((p.parent for p in sorted(local.rglob("bundle.json"))), None) if local.is_dir() else None
+        if found is None:
+            raise BundleError(
+                f"model '{model_ref}' ({artifact_uri}) holds no bundle.json; expected a bundle folder logged as artifact 'bundle'"
+            )
+        local = found
+    return local
+
+
+def _model_version_uri(model_ref: str, workdir: Path | None) -> str:
+    """Artifact URI of `models:/NAME/VERSION` or of registered model NAME's latest version."""
+    client, uri = _client(workdir)
+    name, version = model_ref, None
+    if model_ref.startswith("models:/"):
+        name, _, version = model_ref[len("models:/") :].partition("/")
+    try:
+        if not version or version == "latest":
+            versions = client.search_model_versions(f"name = '{name}'")
+            if not versions:
+                raise BundleError(
+                    f"'{model_ref}' is neither a run id, a runs:/ or models:/ URI, nor a registered model in {redact(uri)}"
+                )
+            version = str(max(int(v.version) for v in versions))
+        return client.get_model_version_download_uri(name, version)
+    except BundleError:
+        raise
+    except Exception as exc:
+        raise BundleError(f"cannot look up registered model '{model_ref}' in {redact(uri)}: {exc}") from None
