@@ -149,11 +149,12 @@ def load_dicom_series(
         default. When True, the series is resampled instead (output float32):
         - tilt: each slice is shifted in its own plane (linear interpolation, outside filled with
           the series minimum) so that slices stack along the slice normal, as dcm2niix does;
-        - uneven spacing or gaps: linear interpolation along the normal onto a regular grid from
-          the first to the last slice, with the MEDIAN slice step (rounded so that both end slices
-          stay on the grid). The median, rather than the finest step, keeps every slice of a
-          regular series with a few missing files exactly where it was and does not inflate the
-          volume because of one close pair.
+        - missing slices (every step a whole multiple of the smallest): the gaps are filled by
+          linear interpolation between their neighbours; every real slice stays exactly as it was;
+        - otherwise uneven spacing: linear interpolation along the normal onto a regular grid from
+          the first to the last slice with the MEDIAN slice step (adjusted so that both end slices
+          stay on the grid). The median rather than the finest step keeps the slice count close to
+          the source and does not inflate the volume because of one close pair.
     Raises DicomError (one line) for empty/non-DICOM folders, several series without a choice
     (SeriesSelectionError), 4D acquisitions, unreadable pixel data, and refused irregular geometry.
     """
@@ -402,20 +403,31 @@ def _irregularities(positions: np.ndarray, d: np.ndarray, normal: np.ndarray) ->
             "relative to the slice normal)"
         )
     steps = np.diff(d)
-    median = float(np.median(steps))
     regular = d[0] + np.arange(len(d)) * (d[-1] - d[0]) / (len(d) - 1)
     if np.abs(d - regular).max() > POSITION_TOL_MM:
-        multiples = steps / median
-        gaps = np.flatnonzero((multiples > 1.5) & (np.abs(multiples - np.round(multiples)) < 0.1))
-        if len(gaps) and np.allclose(np.delete(steps, gaps), median, atol=POSITION_TOL_MM):
-            missing = int(np.round(multiples[gaps]).sum() - len(gaps))
+        base, gaps = _regular_step(steps)
+        if gaps:
+            k = int(np.argmax(steps))
             problems.append(
-                f"{missing} missing slice(s): a gap of {steps[gaps[0]]:.4g} mm after sorted slice {gaps[0]} "
-                f"where the other slices are {median:.4g} mm apart"
+                f"{gaps} missing slice(s): a gap of {steps[k]:.4g} mm after sorted slice {k} "
+                f"where the other slices are {base:.4g} mm apart"
             )
         else:
             problems.append(f"non-uniform slice spacing: steps from {steps.min():.4g} to {steps.max():.4g} mm")
     return problems
+
+
+def _regular_step(steps: np.ndarray) -> tuple[float, int]:
+    """The step of the regular grid the slices were meant to lie on, and how many slices are missing.
+
+    When every step is a whole multiple of the smallest, the smallest is the grid step and the
+    multiples are gaps left by missing slices; otherwise the median step, with none missing.
+    """
+    smallest = float(steps.min())
+    multiples = np.round(steps / smallest)
+    if np.all(np.abs(steps - multiples * smallest) <= POSITION_TOL_MM):
+        return smallest, int((multiples - 1).sum())
+    return float(np.median(steps)), 0
 
 
 def _slice_spacing(d: np.ndarray, header: Any) -> float:
@@ -440,9 +452,8 @@ def _resample(pixels, positions, d, normal, row, col, row_spacing, col_spacing) 
             # output pixel (j, i) of slice k sees the source at (j - dj, i - di)
             dj, di = lateral[k] @ col / row_spacing, lateral[k] @ row / col_spacing
             out[k] = ndimage.shift(out[k], (dj, di), order=1, mode="constant", cval=fill)
-    steps = np.diff(d)
-    median = float(np.median(steps))
-    count = int(round((d[-1] - d[0]) / median)) + 1
+    step, _ = _regular_step(np.diff(d))
+    count = int(round((d[-1] - d[0]) / step)) + 1
     spacing = float((d[-1] - d[0]) / (count - 1))
     targets = d[0] + np.arange(count) * spacing
     if len(d) == count and np.allclose(targets, d, atol=POSITION_TOL_MM):

@@ -100,15 +100,19 @@ def test_rescale_applied_with_fitting_dtype(tmp_path, slope, intercept, dtype, s
     assert volume.array[3, 2, 1] == pytest.approx(scale(123))
 
 
-def test_missing_slice_refused_then_interpolated(tmp_path):
-    write_series(tmp_path, [0, 2, 6, 8])  # the slice at 4 is missing
-    with pytest.raises(DicomError, match=r"1 missing slice.*--resample-irregular"):
+@pytest.mark.parametrize(("offsets", "missing"), [([0, 2, 6, 8], 1), ([0, 2, 6], 1), ([0, 2, 8], 2)])
+def test_missing_slices_refused_then_interpolated(tmp_path, offsets, missing):
+    write_series(tmp_path, offsets)
+    with pytest.raises(DicomError, match=rf"{missing} missing slice.*where the other slices are 2 mm apart.*--resample-irregular"):
         read_dicom(tmp_path)
     volume = read_dicom(tmp_path, resample_irregular=True)
-    assert volume.array.shape == (COLS, ROWS, 5) and volume.array.dtype == np.float32
+    assert volume.array.shape == (COLS, ROWS, offsets[-1] // 2 + 1) and volume.array.dtype == np.float32
     assert volume.affine[2, 2] == pytest.approx(2.0)
-    np.testing.assert_allclose(volume.array[..., 3], slice_pixels(2).T)  # real slices stay exact
-    np.testing.assert_allclose(volume.array[..., 2], (slice_pixels(1).T + slice_pixels(2).T) / 2)
+    for k, offset in enumerate(offsets):  # real slices stay exact
+        np.testing.assert_allclose(volume.array[..., offset // 2], slice_pixels(k).T)
+    # the first missing slice (offset 4) lies between source slices 1 (offset 2) and 2 (offset 6 or 8)
+    w = 2 / (offsets[2] - 2)
+    np.testing.assert_allclose(volume.array[..., 2], (1 - w) * slice_pixels(1).T + w * slice_pixels(2).T)
 
 
 def test_uneven_spacing_refused_then_resampled_to_median_step(tmp_path):
