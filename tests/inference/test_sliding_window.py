@@ -92,3 +92,19 @@ def test_windows_cover_every_voxel_and_gaussian_peaks_in_the_centre():
         assert covered == set(range(size)) and starts[-1] == size - patch
     g = gaussian_importance_map((9, 9, 9))
     assert g[4, 4, 4] == 1 and g.min() > 0 and g[0, 4, 4] < g[2, 4, 4] < g[4, 4, 4]
+
+
+def test_mirroring_averages_over_all_flips():
+    from medseg.inference.tta import mirror_axes_combinations, mirrored
+
+    assert len(mirror_axes_combinations(3)) == 8 and mirror_axes_combinations(2)[0] == ()
+    x = torch.arange(24.0).reshape(1, 1, 2, 3, 4)
+    # a flip-equivariant network is unchanged by mirroring
+    torch.testing.assert_close(mirrored(mult_two, 3)(x), 2 * x)
+
+    # a network adding its voxel index along the last axis: mirroring averages index and
+    # reversed index, i.e. adds (n - 1) / 2 everywhere
+    def add_position(batch):
+        return batch + torch.arange(batch.shape[-1], dtype=batch.dtype)
+
+    torch.testing.assert_close(mirrored(add_position, 3)(x), x + 1.5)

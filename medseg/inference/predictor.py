@@ -1,0 +1,163 @@
+"""Bundle(s) -> masks on the scan's original grid.
+
+`Predictor` loads one or more bundles (folds of one training) once, then for each case:
+preprocess with the bundle's plan (the same `preprocess_case` as training) -> sliding window per
+fold (optionally mirrored) -> softmax, averaged over folds -> `invert_to_original` on the
+probabilities -> argmax -> post-processing steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medseg.bundle import Bundle, load_bundle
+from medseg.errors import BundleError, InputError
+from medseg.inference.sliding_window import sliding_window_predict, sliding_window_predict_2d
+from medseg.inference.tta import mirrored
+from medseg.precision import PrecisionPlan, resolve_precision
+from medseg.volume import Volume
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prediction:
+    """labels: (X, Y, Z) uint8/uint16 on the input's grid; probabilities: (K, X, Y, Z) float32 or None."""
+
+    labels: Volume
+    probabilities: Volume | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA GPU is visible to torch; use --device cpu or auto")
+    return torch.device(device)
+
+
+class Predictor:
+    """Load bundles once; `predict` many cases.
+
+    bundle_paths: bundle folders of one training (folds); their plans and labels must agree.
+    precision: "auto" | "fp32" | "bf16" | "fp16" (see medseg.precision).
+    tta: average over all mirrorings of the spatial axes.
+    postprocess: run the bundle's post-processing steps; extra_steps run after them.
+    """
+
+    def __init__(
+        self,
+        bundle_paths: list[str | os.PathLike],
+        device: str = "auto",
+        precision: str = "auto",
+        tta: bool = False,
+        overlap: float = 0.5,
+        batch_size: int | None = None,
+        postprocess: bool = True,
+        extra_steps: list[dict] | None = None,
+        accumulate_dtype: torch.dtype = torch.float32,
+    ):
+        if not bundle_paths:
+            raise BundleError("no model given; pass at least one bundle with --model")
+        self.bundles: list[Bundle] = [load_bundle(Path(p)) for p in bundle_paths]
+        first = self.bundles[0]
+        for other in self.bundles[1:]:
+            if other.plan != first.plan or other.labels != first.labels or other.configuration != first.configuration:
+                raise BundleError(
+                    f"{other.path}: its plan, labels or configuration differ from {first.path}'s; "
+                    "ensemble only folds of the same training"
+                )
+        self.device = resolve_device(device)
+        self.precision: PrecisionPlan = resolve_precision(precision, self.device.type)
+        self.config = first.configuration_plan
+        self.spatial_dims = self.config.spatial_dims
+        self.tta = tta
+        self.overlap = overlap
+        self.batch_size = batch_size or max(1, min(self.config.batch_size, 4))
+        self.accumulate_dtype = accumulate_dtype
+        self.steps = (list(first.postprocessing) if postprocess else []) + list(extra_steps or [])
+        fmt = self.precision.memory_format(self.spatial_dims)
+        self.networks = [b.build_network("best", device=str(self.device)).to(memory_format=fmt) for b in self.bundles]
+
+    @property
+    def bundle(self) -> Bundle:
+        return self.bundles[0]
+
+    @property
+    def labels(self) -> dict[int, str]:
+        return self.bundle.labels
+
+    def check_input(self, images: list[Volume]) -> None:
+        expected = len(self.bundle.plan.channel_names)
+        channels = sum(v.num_channels for v in images)
+        if channels != expected:
+            raise InputError(
+                f"the input has {channels} channel(s) but the model expects {expected} "
+                f"({', '.join(self.bundle.plan.channel_names)}); give one image per channel in that order"
+            )
+        if self.spatial_dims == 3:
+            for v in images:
+                if min(v.spatial_shape) == 1:
+                    raise InputError(
+                        f"the input is a 2D image (shape {v.spatial_shape}) but the model is 3D; "
+                        "give a volume, or use a bundle trained with the 2d configuration"
+                    )
+
+    def logits_to_probabilities(self, image: torch.Tensor) -> torch.Tensor:
+        """(C, X, Y, Z) preprocessed image -> (K, X, Y, Z) float32 softmax, averaged over folds."""
+        total = None
+        for network in self.networks:
+            net = mirrored(network, self.spatial_dims) if self.tta else network
+            kwargs = dict(
+                overlap=self.overlap,
+                batch_size=self.batch_size,
+                precision=self.precision,
+                device=self.device,
+                accumulate_device=self.device,
+                accumulate_dtype=self.accumulate_dtype,
+            )
+            if self.spatial_dims == 3:
+                logits = sliding_window_predict(image, net, self.config.patch_size, **kwargs)
+            else:
+                axis = self.config.slice_axis if self.config.slice_axis is not None else 2
+                logits = sliding_window_predict_2d(image, net, self.config.patch_size, slice_axis=axis, **kwargs)
+            probs = torch.softmax(logits, dim=0)  # in place of logits to keep one buffer per fold
+            del logits
+            if total is None:
+                total = probs
+            else:
+                total += probs
+                del probs
+        if len(self.networks) > 1:
+            total /= len(self.networks)
+        return total
+
+    def predict(self, images: list[Volume], probabilities: bool = False) -> Prediction:
+        """Channel volumes of one case (same grid) -> Prediction on that grid."""
+        import time
+
+        from medseg.postprocess import apply_steps
+        from medseg.preprocess.case import invert_to_original, preprocess_case
+
+        self.check_input(images)
+        t0 = time.perf_counter()
+        case = preprocess_case(images, self.bundle.plan)
+        t1 = time.perf_counter()
+        probs = self.logits_to_probabilities(torch.from_numpy(case.image)).cpu().numpy()
+        t2 = time.perf_counter()
+        original = invert_to_original(probs, case.properties)
+        del probs
+        dtype = np.uint8 if original.array.shape[0] <= 256 else np.uint16
+        labels = Volume(np.argmax(original.array, axis=0).astype(dtype), original.affine, images[0].meta)
+        if self.steps:
+            labels = apply_steps(labels, self.steps)
+        t3 = time.perf_counter()
+        prob_volume = Volume(original.array, original.affine, images[0].meta) if probabilities else None
+        return Prediction(labels, prob_volume, {"preprocess": t1 - t0, "network": t2 - t1, "invert": t3 - t2})
