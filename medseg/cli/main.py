@@ -14,6 +14,7 @@ import typer
 
 from medseg import __version__
 from medseg.cli import convert, info, run
+from medseg.cli import preprocess as preprocess_cmd
 
 app = typer.Typer(
     name="medseg",
@@ -25,6 +26,7 @@ app = typer.Typer(
 app.command("convert")(convert.command)
 app.command("info")(info.command)
 app.command("run")(run.command)
+app.command("preprocess")(preprocess_cmd.command)
 
 
 def _version(value: bool) -> None:

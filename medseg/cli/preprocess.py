@@ -1,0 +1,57 @@
+"""`medseg preprocess DATASET --out WORKDIR`: validate, fingerprint, plan and cache a dataset."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+class _Bar:
+    """A one-line progress bar on stderr (redrawn in place on a terminal, else one line per stage)."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.start = time.monotonic()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if done == 0:
+            self.start = time.monotonic()
+        if self.tty:
+            filled = int(30 * done / max(total, 1))
+            sys.stderr.write(f"\r{stage:<10} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {time.monotonic() - self.start:.1f}s")
+            if done == total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+        elif done == total:
+            sys.stderr.write(f"{stage}: {total} case(s) in {time.monotonic() - self.start:.1f}s\n")
+
+
+def command(
+    dataset: Annotated[Path, typer.Argument(help="MSD/nnU-Net folder (dataset.json), or a .csv/.json manifest (see data_manifest/).")],
+    out: Annotated[Path, typer.Option("--out", help="Work folder: plan.json, fingerprint.json, manifest.json, preprocessed/.")],
+    config: Annotated[Optional[Path], typer.Option("--config", exists=True, dir_okay=False, help="YAML config (see configs/preprocess.yaml).")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Parallel worker processes.")] = 1,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Leave out invalid cases instead of stopping.")] = False,
+) -> None:
+    """Validate a dataset, plan its preprocessing and write the resampled, normalised cache."""
+    from medseg.preprocess.run import load_config, run_preprocess
+    from medseg.preprocess.validate import ValidationFailed, format_table
+
+    try:
+        summary = run_preprocess(dataset, out, load_config(config), workers=workers, skip_invalid=skip_invalid, progress=_Bar())
+    except ValidationFailed as exc:
+        typer.echo(format_table(exc.problems), err=True)
+        raise
+    if summary.invalid:
+        typer.echo(format_table(summary.invalid), err=True)
+        typer.echo(f"left out {len({p.case for p in summary.invalid})} invalid case(s)", err=True)
+    cfg = summary.plan.configurations["3d"]
+    typer.echo(
+        f"{len(summary.processed)} case(s) preprocessed, {len(summary.skipped_unchanged)} unchanged; "
+        f"target spacing {summary.plan.target_spacing} mm, 3d patch {cfg.patch_size} x batch {cfg.batch_size}; "
+        f"plan in {summary.workdir / 'plan.json'}"
+    )

@@ -1,0 +1,1 @@
+"""Datasets: manifests (MSD / nnU-Net folders, CSV and JSON manifests), splits, patch sampling."""

@@ -1,0 +1,156 @@
+"""`run_preprocess`: the whole `medseg preprocess` job on a dataset (validate, fingerprint, plan,
+then every case into the cache), in parallel worker processes, resumable after a kill."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from medseg.errors import ConfigError
+from medseg.preprocess.plan import Plan, PlannerSettings, make_plan
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+class PreprocessConfig(BaseModel):
+    """configs/preprocess.yaml."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    labels: dict[int, str] | None = None  # declare labels for manifests that do not
+    planner: PlannerSettings = PlannerSettings()
+    overrides: dict = {}  # merged over the planned Plan fields
+
+
+def load_config(path: str | os.PathLike | None) -> PreprocessConfig:
+    if path is None:
+        return PreprocessConfig()
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+        return PreprocessConfig.model_validate(data)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the config ({exc}); fix the YAML") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{path}: field '{where}': {first['msg']}; see configs/preprocess.yaml for the valid keys") from None
+
+
+@dataclass
+class RunSummary:
+    workdir: Path
+    plan: Plan
+    processed: list[str]
+    skipped_unchanged: list[str]
+    invalid: list  # Problems of cases left out (with --skip-invalid)
+
+
+def _write_json(path: Path, data) -> None:
+    from medseg.io.atomic import atomic_output
+
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def _pool_map(func, items: list, workers: int, progress: Progress | None, stage: str) -> Iterable:
+    """Yield func(item) for each item (any order), `workers` processes; reports progress."""
+    total = len(items)
+    if progress:
+        progress(stage, 0, total)
+    if workers <= 1 or total <= 1:
+        for i, item in enumerate(items):
+            yield func(item)
+            if progress:
+                progress(stage, i + 1, total)
+        return
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with multiprocessing.get_context(method).Pool(min(workers, total)) as pool:
+        for i, result in enumerate(pool.imap_unordered(func, items, chunksize=1)):
+            yield result
+            if progress:
+                progress(stage, i + 1, total)
+
+
+def _inspect(args):
+    from medseg.preprocess.validate import inspect_case
+
+    case, labels = args
+    return inspect_case(case, labels)
+
+
+def _process(args):
+    from medseg.io import read_volume
+    from medseg.preprocess.cache import write_case
+    from medseg.preprocess.case import preprocess_case
+
+    case, stamp, workdir, plan_json = args
+    plan = Plan.model_validate_json(plan_json)
+    images = [read_volume(p) for p in case.images]
+    label = read_volume(case.label) if case.label else None
+    result = preprocess_case(images, plan, label)
+    write_case(workdir, case.case_id, result, stamp)
+    return case.case_id
+
+
+def run_preprocess(
+    dataset: str | os.PathLike,
+    workdir: str | os.PathLike,
+    config: PreprocessConfig | None = None,
+    workers: int = 1,
+    skip_invalid: bool = False,
+    progress: Progress | None = None,
+) -> RunSummary:
+    """Validate the dataset, write manifest.json, fingerprint.json and plan.json into `workdir`,
+    then preprocess every case whose inputs or plan changed since the last run.
+
+    Raises `ValidationFailed` (with `.problems`) when a case is invalid, unless `skip_invalid`.
+    """
+    from medseg.data.manifest import load_manifest
+    from medseg.preprocess.cache import cache_stamp, clean_partial
+    from medseg.preprocess.fingerprint import compute_fingerprint
+    from medseg.preprocess.validate import ValidationFailed
+
+    config = config or PreprocessConfig()
+    workdir = Path(workdir)
+    manifest = load_manifest(dataset)
+    if config.labels:
+        manifest.labels = dict(config.labels)
+    workdir.mkdir(parents=True, exist_ok=True)
+    clean_partial(workdir)
+
+    reports = list(_pool_map(_inspect, [(c, manifest.labels) for c in manifest.cases], workers, progress, "validate"))
+    problems = [p for r in reports for p in r.problems]
+    if problems and not skip_invalid:
+        raise ValidationFailed(problems)
+    valid = {r.case_id: r for r in reports if not r.problems}
+    cases = [c for c in manifest.cases if c.case_id in valid]
+    for c in cases:
+        c.sha256 = valid[c.case_id].sha256
+    resolved = manifest.model_copy(update={"cases": cases})
+    _write_json(workdir / "manifest.json", json.loads(resolved.model_dump_json()))
+
+    fingerprint = compute_fingerprint(manifest.name, manifest.channel_names, manifest.modalities, manifest.labels, [valid[c.case_id] for c in cases])
+    _write_json(workdir / "fingerprint.json", fingerprint)
+    plan = make_plan(fingerprint, config.planner, config.overrides)
+    plan.save(workdir / "plan.json")
+
+    digest = plan.digest()
+    todo, unchanged = [], []
+    for c in cases:
+        input_hash = hashlib.sha256("".join(c.sha256[p] for p in sorted(c.sha256)).encode()).hexdigest()
+        stamp = {"input_sha256": input_hash, "plan_digest": digest}
+        if cache_stamp(workdir, c.case_id) == stamp:
+            unchanged.append(c.case_id)
+        else:
+            todo.append((c, stamp, str(workdir), plan.model_dump_json()))
+    done = list(_pool_map(_process, todo, workers, progress, "preprocess"))
+    return RunSummary(workdir, plan, sorted(done), unchanged, problems)
