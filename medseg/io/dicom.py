@@ -89,6 +89,10 @@ class DicomSeries:
 class _Series:
     uid: str
     files: list[tuple[Path, Any]]  # (path, header without pixel data)
+    # scan counts, kept on the first series for logging: unreadable files, non-image objects, all files
+    skipped: int = 0
+    non_image: int = 0
+    num_files: int = 0
 
     @property
     def first(self) -> Any:
@@ -130,6 +134,7 @@ def list_series(path: str | os.PathLike) -> list[SeriesSummary]:
     """The image series under `path` (folder, searched recursively, or one file), in index order."""
     path = Path(path)
     groups = _image_series(path, *_scan(path))
+    _log_skipped(groups)
     return [g.summary(i) for i, g in enumerate(groups)]
 
 
@@ -161,6 +166,7 @@ def load_dicom_series(
     path = Path(path)
     groups = _image_series(path, *_scan(path))
     chosen = _choose(groups, series, path)
+    _log_skipped(groups)
     frames = _dedupe([fr for p, ds in chosen.files for fr in _frames(p, ds)])
     frames, positions, d, normal = _sorted_frames(frames, path)
     pixels = _read_pixels(frames)  # (K, rows, cols)
@@ -215,8 +221,6 @@ def _scan(path: Path) -> tuple[list[tuple[Path, Any]], int, int]:
         except Exception as exc:  # not DICOM, or a header too broken to parse: skip, count
             log.debug("skipping %s: %s", f.name, type(exc).__name__)
             skipped += 1
-    if skipped:
-        log.info("skipped %d of %d files that are not readable DICOM", skipped, len(files))
     return headers, len(files), skipped
 
 
@@ -232,14 +236,23 @@ def _image_series(path: Path, headers: list[tuple[Path, Any]], num_files: int, s
             continue
         uid = str(ds.get("SeriesInstanceUID", "") or "")
         groups.setdefault(uid, _Series(uid, [])).files.append((f, ds))
-    if non_image:
-        log.info("ignored %d DICOM objects that are not volumetric images (SEG, RTSTRUCT, SR, ...)", non_image)
     if not groups:
         raise DicomError(
             f"{path}: {len(headers)} DICOM objects but no image series with slice positions "
             "(only SEG/RTSTRUCT/SR/secondary captures?); expected CT/MR/PT image files"
         )
-    return sorted(groups.values(), key=lambda g: (_series_number(g.first), g.uid))
+    ordered = sorted(groups.values(), key=lambda g: (_series_number(g.first), g.uid))
+    ordered[0].skipped, ordered[0].non_image, ordered[0].num_files = skipped, non_image, num_files
+    return ordered
+
+
+def _log_skipped(groups: list[_Series]) -> None:
+    """Say what was left out; called once a series is chosen, so that errors stay one line."""
+    first = groups[0]
+    if first.skipped:
+        log.info("skipped %d of %d files that are not readable DICOM", first.skipped, first.num_files)
+    if first.non_image:
+        log.info("ignored %d DICOM objects that are not volumetric images (SEG, RTSTRUCT, SR, ...)", first.non_image)
 
 
 def _is_volumetric_image(ds: Any) -> bool:
