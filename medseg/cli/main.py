@@ -15,6 +15,7 @@ import typer
 from medseg import __version__
 from medseg.cli import convert, info, run
 from medseg.cli import preprocess as preprocess_cmd
+from medseg.cli import evaluate as evaluate_cmd
 
 app = typer.Typer(
     name="medseg",
@@ -27,6 +28,7 @@ app.command("convert")(convert.command)
 app.command("info")(info.command)
 app.command("run")(run.command)
 app.command("preprocess")(preprocess_cmd.command)
+app.command("evaluate")(evaluate_cmd.command)
 
 
 def _version(value: bool) -> None:

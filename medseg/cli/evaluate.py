@@ -1,0 +1,85 @@
+"""`medseg evaluate --pred PRED --ref REF`: metrics per case and class, reports, plots, MLflow run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def command(
+    pred: Annotated[Path, typer.Option("--pred", help="Predicted label map, or a folder of them (one file per case).")],
+    ref: Annotated[Path, typer.Option("--ref", help="Reference label map, or a folder of them; cases matched by file name.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="CSV to write; the JSON summary and plots go beside it.")] = Path("metrics.csv"),
+    tolerance_mm: Annotated[float, typer.Option("--tolerance-mm", help="Tolerance of surface Dice and boundary F1, in mm.")] = 1.0,
+    labels: Annotated[Optional[str], typer.Option("--labels", help="Labels to score, e.g. '1,2' (default: every label present).")] = None,
+    images: Annotated[Optional[Path], typer.Option("--images", help="Folder of scans (ID.nii.gz or ID_0000.nii.gz) to draw the overlays on.")] = None,
+    run: Annotated[Optional[str], typer.Option("--run", help="Log into this existing MLflow run (e.g. the training run).")] = None,
+    experiment: Annotated[Optional[str], typer.Option("--experiment", help="MLflow experiment of the new run (default: the dataset's name, else medseg-evaluate).")] = None,
+    workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Workdir whose tracking store to use (default: the current folder).")] = None,
+) -> None:
+    """Score predictions against references: Dice, IoU, precision, recall, HD95, ASSD, NSD, boundary F1.
+
+    Writes the CSV (one row per case and label), a JSON summary and PNG plots (a box plot per
+    class, overlays of the five worst cases), prints a table and logs all of it to MLflow.
+    """
+    from medseg.errors import ConfigError
+    from medseg import evaluation, tracking
+
+    if run and experiment:
+        raise ConfigError("--run and --experiment exclude each other: log into an existing run, or start one in an experiment")
+    label_list = _parse_labels(labels)
+    report = evaluation.evaluate(pred, ref, labels=label_list, tolerance_mm=tolerance_mm)
+    for cid in report.unmatched_references:
+        typer.echo(f"warning: reference {cid} has no prediction (not scored)", err=True)
+    for cid in report.unmatched_predictions:
+        typer.echo(f"warning: prediction {cid} has no reference (not scored)", err=True)
+
+    csv_path = evaluation.write_csv(report, output)
+    stem = output.name[: -len(output.suffix)] if output.suffix else output.name
+    json_path = evaluation.write_json(report, output.with_name(f"{stem}.json"))
+    plots = output.with_name(f"{stem}_plots")
+    boxplots = evaluation.plot_boxplots(report, plots)
+    overlays = evaluation.plot_overlays(report, plots, images=images)
+
+    typer.echo(evaluation.format_table(report))
+    typer.echo(f"wrote {csv_path}, {json_path} and {len(boxplots) + len(overlays)} plots in {plots}")
+
+    name = experiment or _dataset_name(workdir) or report.dataset_name or "medseg-evaluate"
+    tags = {"medseg.command": "evaluate"}
+    if report.dataset_name:
+        tags["dataset"] = report.dataset_name
+    with tracking.open_tracker(workdir, name, run_name=None if run else "evaluate", run_id=run, tags=tags) as tracker:
+        tracker.log_params(
+            {"evaluate.tolerance_mm": tolerance_mm, "evaluate.labels": ",".join(map(str, report.summary["per_class"])), "evaluate.num_cases": len(report.pairs)}
+        )
+        tracker.log_metrics({f"eval_{k}" if run else k: v for k, v in report.flat_metrics().items()})
+        tracker.log_artifact(csv_path, "evaluation")
+        tracker.log_artifact(json_path, "evaluation")
+        tracker.log_artifacts(plots, "evaluation/plots")
+        if tracker.run_id:
+            typer.echo(f"MLflow run {tracker.run_id} in experiment '{name}' ({tracking.redact(tracking.tracking_uri(workdir))})")
+
+
+def _parse_labels(text: str | None) -> list[int] | None:
+    from medseg.errors import ConfigError
+
+    if not text:
+        return None
+    try:
+        values = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ConfigError(f"--labels '{text}': expected comma-separated integers such as '1,2'") from None
+    if not values or any(v <= 0 for v in values):
+        raise ConfigError(f"--labels '{text}': expected positive label numbers such as '1,2' (0 is background)")
+    return values
+
+
+def _dataset_name(workdir: Path | None) -> str | None:
+    plan = (workdir or Path.cwd()) / "plan.json"
+    try:
+        return json.loads(plan.read_text()).get("dataset_name") or None
+    except (OSError, ValueError, AttributeError):
+        return None
