@@ -1,0 +1,78 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from medseg.training.loop import train
+
+
+@pytest.mark.slow
+def test_tiny_run_writes_bundle_and_an_mlflow_run(tiny_config, tiny_workdir, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from medseg.bundle import load_bundle
+    from medseg.tracking import tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    lines = []
+    result = train(tiny_workdir, tiny_config(), preset_name="unet3d", fold=0, echo=lines.append)
+    bundle_dir = tiny_workdir / "models" / "unet3d" / "fold_0"
+    assert result.bundle_dir == bundle_dir
+    for name in ("bundle.json", "plan.json", "config.yaml", "model_best.pt", "model_last.pt", "training_state.pt"):
+        assert (bundle_dir / name).is_file(), name
+    bundle = load_bundle(bundle_dir)
+    assert bundle.labels == {0: "background", 1: "ball", 2: "box"}
+    net = bundle.build_network()
+    assert net(torch.zeros(1, 1, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
+    assert len(json.loads((tiny_workdir / "splits.json").read_text())) == 5
+    assert sum(line.startswith("epoch ") for line in lines) == 2
+
+    client = MlflowClient(tracking_uri(tiny_workdir))
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["config.model.name"] == "unet3d"
+    assert run.data.params["plan.dataset_name"] == "Tiny"
+    assert run.data.tags["fold"] == "0" and run.data.tags["precision"] == "fp32"
+    losses = client.get_metric_history(result.run_id, "train_loss")
+    assert [m.step for m in losses] == [0, 1]
+    assert [m.value for m in losses] == pytest.approx(result.train_losses)
+    assert len(client.get_metric_history(result.run_id, "val_dice_ball")) == 2
+    for key in ("val_dice_mean", "lr", "epoch_time_s", "samples_per_s"):
+        assert client.get_metric_history(result.run_id, key), key
+    top = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"config.yaml", "plan.json", "splits.json", "bundle", "plots"} <= top
+    assert "bundle/model_best.pt" in {a.path for a in client.list_artifacts(result.run_id, "bundle")}
+    plots = {a.path for a in client.list_artifacts(result.run_id, "plots")}
+    assert "plots/learning_curves.png" in plots and any("overlay_" in p for p in plots)
+
+
+@pytest.mark.slow
+def test_resume_repeats_an_uninterrupted_run_exactly(tiny_config, tiny_workdir, tmp_path, dead_tracking_uri):
+    import shutil
+
+    other = shutil.copytree(tiny_workdir, tmp_path / "other")
+    cfg = tiny_config(epochs=3, deterministic=True, validate_every=5)
+    full = train(tiny_workdir, cfg, preset_name="unet3d", fold=1)
+    first = train(other, cfg, preset_name="unet3d", fold=1, max_minutes=0)  # stops after one epoch
+    assert first.stopped_early and first.epochs_done == 1
+    resumed = train(other, cfg, preset_name="unet3d", fold=1, resume=True)
+    assert resumed.epochs_done == 3
+    assert resumed.train_losses == full.train_losses  # bit for bit
+    assert resumed.weights_sha256 == full.weights_sha256
+    assert full.train_losses[0] != full.train_losses[2]  # it did learn something
+    extended = train(other, cfg.model_copy(update={"epochs": 4}), preset_name="unet3d", fold=1, resume=True)
+    assert extended.epochs_done == 4 and extended.train_losses[:3] == full.train_losses
+
+
+def test_unreachable_tracking_server_does_not_stop_training(tiny_config, tiny_workdir, dead_tracking_uri):
+    result = train(tiny_workdir, tiny_config(epochs=1, iterations_per_epoch=2), preset_name="unet3d", fold=0)
+    assert result.epochs_done == 1 and (result.bundle_dir / "model_last.pt").is_file()
+    assert result.run_id is None  # the no-op tracker: nothing was recorded, nothing failed
+    assert not (tiny_workdir / "mlruns.db").exists()
+
+
+def test_2d_model_trains_on_slices(tiny_config, tiny_workdir, dead_tracking_uri):
+    result = train(tiny_workdir, tiny_config("unet2d", epochs=1, iterations_per_epoch=2), preset_name="unet2d", fold=None)
+    assert result.bundle_dir.name == "fold_all" and np.isfinite(result.train_losses[0])
+    assert result.val_dice == {}  # --fold none: no validation cases
