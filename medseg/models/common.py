@@ -1,0 +1,62 @@
+"""Pieces shared by the model families: validation of the plan's topology, norm and activation specs."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import nn
+
+from medseg.errors import ConfigError
+
+NORMS = ("instance", "batch")
+
+
+def conv_cls(spatial_dims: int) -> type[nn.Module]:
+    return nn.Conv3d if spatial_dims == 3 else nn.Conv2d
+
+
+def norm_spec(norm: str) -> tuple:
+    """MONAI norm spec; instance norm with learnable affine as nnU-Net uses."""
+    if norm not in NORMS:
+        raise ConfigError(f"model option norm={norm!r} is not supported; expected one of {', '.join(NORMS)}")
+    return ("instance", {"affine": True}) if norm == "instance" else ("batch", {})
+
+
+def act_spec() -> tuple:
+    return ("leakyrelu", {"inplace": True, "negative_slope": 0.01})
+
+
+def validate_topology(
+    spatial_dims: int,
+    features_per_stage: Sequence[int],
+    strides: Sequence[Sequence[int] | int],
+    kernel_sizes: Sequence[Sequence[int] | int] | None,
+) -> tuple[list[int], list[list[int]], list[list[int]]]:
+    """Check the plan's per-stage features/strides/kernels and expand scalars to one value per axis."""
+    if spatial_dims not in (2, 3):
+        raise ConfigError(f"spatial_dims={spatial_dims}; expected 2 or 3")
+    features = [int(f) for f in features_per_stage]
+    if len(features) < 2:
+        raise ConfigError(f"features_per_stage has {len(features)} stage(s); expected at least 2 (e.g. [32, 64, 128])")
+    if len(strides) != len(features):
+        raise ConfigError(
+            f"strides has {len(strides)} stages but features_per_stage has {len(features)}; give one stride per stage"
+        )
+    if kernel_sizes is None:
+        kernel_sizes = [3] * len(features)
+    if len(kernel_sizes) != len(features):
+        raise ConfigError(
+            f"kernel_sizes has {len(kernel_sizes)} stages but features_per_stage has {len(features)}; give one per stage"
+        )
+
+    def per_axis(value, what: str) -> list[int]:
+        v = [int(value)] * spatial_dims if isinstance(value, int) else [int(x) for x in value]
+        if len(v) != spatial_dims or min(v) < 1:
+            raise ConfigError(f"{what} {list(value) if not isinstance(value, int) else value} is invalid; expected {spatial_dims} positive ints")
+        return v
+
+    strides = [per_axis(s, "stride") for s in strides]
+    kernel_sizes = [per_axis(k, "kernel size") for k in kernel_sizes]
+    if any(s != 1 for s in strides[0]):
+        raise ConfigError(f"the first stage's stride is {strides[0]}; expected all ones so the output has the input's size")
+    return features, strides, kernel_sizes

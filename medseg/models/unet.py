@@ -1,0 +1,119 @@
+"""Plain convolutional U-Net in the nnU-Net style, 2D or 3D.
+
+Each stage is two (conv, norm, LeakyReLU) blocks (MONAI's `UnetBasicBlock`); the first conv of a
+stage carries its stride, so the encoder downsamples by strided convolution, never by pooling.
+Stages, features, strides and kernel sizes come from the plan's `ConfigurationPlan`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.networks.blocks.dynunet_block import UnetBasicBlock
+from torch import nn
+
+from medseg.models.common import act_spec, conv_cls, norm_spec, validate_topology
+
+
+class _Upsample(nn.Module):
+    """Upsample (B, C_in, *S) -> (B, C_out, *S * scale) by transposed conv or interpolation + 1x1 conv.
+
+    "interp" runs the 1x1 conv first (on the small map: cheaper, same result up to the order of two
+    linear maps) and avoids the checkerboard artefacts transposed convolutions can leave.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, scale: Sequence[int], mode: str):
+        super().__init__()
+        self.scale = tuple(float(s) for s in scale)
+        self.mode = mode
+        if mode == "transpose":
+            transpose = nn.ConvTranspose3d if spatial_dims == 3 else nn.ConvTranspose2d
+            self.conv = transpose(in_channels, out_channels, kernel_size=tuple(scale), stride=tuple(scale), bias=False)
+        else:
+            self.conv = conv_cls(spatial_dims)(in_channels, out_channels, kernel_size=1, bias=False)
+            self.interp_mode = "trilinear" if spatial_dims == 3 else "bilinear"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if self.mode == "transpose":
+            return x
+        return F.interpolate(x, scale_factor=self.scale, mode=self.interp_mode, align_corners=False)
+
+
+class UNet(nn.Module):
+    """nnU-Net-style U-Net: (B, C, *S) -> (B, num_classes, *S) logits, any spatial size S.
+
+    Inputs whose sizes are not multiples of the total stride are zero-padded at the far end inside
+    `forward` and the outputs cropped back. With `deep_supervision`, training mode returns a list of
+    logits, full resolution first, the k-th of spatial size ceil(S / cumulative stride of stage k);
+    eval mode always returns the single full-resolution tensor.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        num_classes: int,
+        features_per_stage: Sequence[int],
+        strides: Sequence[Sequence[int]],
+        kernel_sizes: Sequence[Sequence[int]] | None = None,
+        *,
+        upsample: str = "transpose",
+        norm: str = "instance",
+        deep_supervision: bool = False,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        features, strides, kernel_sizes = validate_topology(spatial_dims, features_per_stage, strides, kernel_sizes)
+        if upsample not in ("transpose", "interp"):
+            from medseg.errors import ConfigError
+
+            raise ConfigError(f"model option upsample={upsample!r} is not supported; expected 'transpose' or 'interp'")
+        self.spatial_dims = spatial_dims
+        self.deep_supervision = deep_supervision
+        self.strides = strides
+        self.total_stride = [math.prod(s[d] for s in strides) for d in range(spatial_dims)]
+        # cumulative stride of each stage's feature map relative to the input
+        self.cumulative = [[math.prod(s[d] for s in strides[: i + 1]) for d in range(spatial_dims)] for i in range(len(strides))]
+        block = dict(spatial_dims=spatial_dims, norm_name=norm_spec(norm), act_name=act_spec(), dropout=dropout or None)
+
+        self.encoder = nn.ModuleList()
+        channels = in_channels
+        for f, s, k in zip(features, strides, kernel_sizes):
+            self.encoder.append(UnetBasicBlock(in_channels=channels, out_channels=f, kernel_size=k, stride=s, **block))
+            channels = f
+        self.upsamples = nn.ModuleList()
+        self.decoder = nn.ModuleList()
+        self.heads = nn.ModuleList()
+        for i in range(len(features) - 2, -1, -1):  # deepest decoder stage first
+            self.upsamples.append(_Upsample(spatial_dims, features[i + 1], features[i], strides[i + 1], upsample))
+            self.decoder.append(
+                UnetBasicBlock(in_channels=2 * features[i], out_channels=features[i], kernel_size=kernel_sizes[i], stride=1, **block)
+            )
+            self.heads.append(conv_cls(spatial_dims)(features[i], num_classes, kernel_size=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        size = x.shape[2:]
+        pad = [(-n) % t for n, t in zip(size, self.total_stride)]
+        if any(pad):
+            # F.pad lists the last axis first: (z_lo, z_hi, y_lo, y_hi, ...)
+            x = F.pad(x, [v for p in reversed(pad) for v in (0, p)])
+        skips = []
+        for stage in self.encoder:
+            x = stage(x)
+            skips.append(x)
+        x = skips.pop()
+        want_all = self.deep_supervision and self.training
+        outputs = []
+        for level, (up, dec, head) in enumerate(zip(self.upsamples, self.decoder, self.heads)):
+            x = dec(torch.cat([up(x), skips.pop()], dim=1))
+            stage = len(self.decoder) - 1 - level  # encoder stage this decoder level mirrors
+            if want_all or stage == 0:
+                crop = [math.ceil(n / c) for n, c in zip(size, self.cumulative[stage])]
+                outputs.append(head(x)[(...,) + tuple(slice(0, c) for c in crop)])
+        if want_all:
+            return outputs[::-1]  # full resolution first
+        return outputs[-1]
