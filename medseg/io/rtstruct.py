@@ -1,0 +1,118 @@
+"""RTSTRUCT: one ROI per label, planar contours per slice in patient coordinates (rt-utils).
+
+The writer hands rt-utils the source headers in the volume's k order (`DicomSeries.datasets`),
+so its (rows, cols, slices) mask is simply array[i, j, k] -> mask[j, i, k]. The reader does not
+use rt-utils: it rasterises the contours itself through the volume's affine, an independent check.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg.errors import InputError, OutputError
+from medseg.io.atomic import atomic_output
+from medseg.io.dicom_seg import check_on_source_grid, source_datasets
+from medseg.volume import LPS_TO_RAS, Volume
+
+log = logging.getLogger(__name__)
+
+COLOURS = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255], [255, 0, 255], [255, 128, 0], [128, 0, 255]]
+
+
+def write_rtstruct(
+    labels: np.ndarray,
+    datasets: list[Any],
+    path: str | os.PathLike,
+    label_names: dict[int, str],
+    model_name: str = "medseg",
+) -> Path:
+    """Write an (X, Y, Z) integer label map on the source grid as an RTSTRUCT, atomically.
+
+    datasets: the source headers in the volume's k order. Empty labels are omitted with a warning.
+    """
+    from rt_utils import RTStruct
+    from rt_utils.ds_helper import create_rtstruct_dataset
+
+    from medseg import __version__
+
+    check_on_source_grid(labels, datasets, "RTSTRUCT")
+    sources = source_datasets(datasets)
+    ds = create_rtstruct_dataset(sources)
+    ds.SeriesDescription = f"medseg {model_name}"[:64]
+    ds.Manufacturer = "medseg"
+    ds.ManufacturerModelName = model_name[:64]
+    ds.SoftwareVersions = __version__
+    for key in ("ReferringPhysicianName", "AccessionNumber", "OperatorsName", "PositionReferenceIndicator"):
+        if key not in ds:  # type 2: present, may be empty
+            setattr(ds, key, sources[0].get(key, ""))
+    if not str(ds.get("FrameOfReferenceUID", "") or ""):
+        ds.FrameOfReferenceUID = sources[0].FrameOfReferenceUID
+    rtstruct = RTStruct(sources, ds)
+    written = 0
+    for k in sorted(label_names):
+        if int(k) == 0:
+            continue
+        mask = labels == int(k)
+        if not mask.any():
+            log.warning("label %d (%s) is empty and is left out of the RTSTRUCT", k, label_names[k])
+            continue
+        rtstruct.add_roi(
+            mask=np.ascontiguousarray(mask.transpose(1, 0, 2)),
+            color=COLOURS[(written) % len(COLOURS)],
+            name=str(label_names[k])[:64],
+            description=f"medseg {__version__}, model {model_name}",
+            roi_generation_algorithm="AUTOMATIC",
+        )
+        written += 1
+    if not written:
+        raise OutputError("RTSTRUCT: the mask is empty (no label present); write NIfTI instead")
+    for roi in rtstruct.ds.ROIContourSequence:  # DS values hold at most 16 characters
+        for contour in roi.ContourSequence:
+            contour.ContourData = [f"{v:.4f}"[:16] for v in contour.ContourData]
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        rtstruct.ds.save_as(tmp, enforce_file_format=True)
+    return path
+
+
+def read_rtstruct(path: str | os.PathLike, volume: Volume) -> dict[str, np.ndarray]:
+    """Rasterise every ROI of an RTSTRUCT on `volume`'s grid: {ROI name: (X, Y, Z) bool}.
+
+    Contours are mapped from patient LPS mm to voxel indices through the volume's affine and
+    filled with the even-odd rule (holes are contours inside contours).
+    """
+    import pydicom
+    from skimage.draw import line, polygon
+
+    ds = pydicom.dcmread(str(path))
+    if ds.get("Modality") != "RTSTRUCT":
+        raise InputError(f"{path}: modality {ds.get('Modality')!r}, expected RTSTRUCT")
+    names = {int(r.ROINumber): str(r.ROIName) for r in ds.StructureSetROISequence}
+    to_voxel = np.linalg.inv(LPS_TO_RAS @ volume.affine)  # LPS mm -> (i, j, k)
+    shape = volume.spatial_shape
+    masks = {}
+    for roi in ds.ROIContourSequence:
+        mask = np.zeros(shape, bool)
+        perimeter = np.zeros(shape, bool)
+        for contour in roi.get("ContourSequence", []):
+            points = np.asarray(contour.ContourData, dtype=float).reshape(-1, 3)
+            ijk = (to_voxel @ np.c_[points, np.ones(len(points))].T)[:3].T
+            k = int(round(float(np.median(ijk[:, 2]))))
+            if not 0 <= k < shape[2]:
+                continue
+            fill = np.zeros(shape[:2], bool)
+            fill[polygon(ijk[:, 0], ijk[:, 1], shape[:2])] = True
+            mask[:, :, k] ^= fill
+            # contours run through the centres of the ROI's own boundary pixels: add them back
+            vertices = np.round(ijk[:, :2]).astype(int)
+            lines = [line(*a, *b) for a, b in zip(vertices, np.roll(vertices, -1, axis=0))]
+            pr, pc = np.concatenate([l[0] for l in lines]), np.concatenate([l[1] for l in lines])
+            inside = (pr >= 0) & (pr < shape[0]) & (pc >= 0) & (pc < shape[1])
+            perimeter[pr[inside], pc[inside], k] = True
+        masks[names[int(roi.ReferencedROINumber)]] = mask | perimeter
+    return masks
