@@ -169,13 +169,13 @@ def load_dicom_series(
     _log_skipped(groups)
     frames = _dedupe([fr for p, ds in chosen.files for fr in _frames(p, ds)])
     frames, positions, d, normal = _sorted_frames(frames, path)
+    problems = _irregularities(positions, d, normal)  # before decoding: refuse fast
+    if problems and not resample_irregular:
+        raise DicomError(f"{path}: {' and '.join(problems)}; rerun with --resample-irregular to resample onto a regular grid")
     pixels = _read_pixels(frames)  # (K, rows, cols)
 
     row, col = frames[0].orientation[:3], frames[0].orientation[3:]
     row_spacing, col_spacing = frames[0].pixel_spacing
-    problems = _irregularities(positions, d, normal)
-    if problems and not resample_irregular:
-        raise DicomError(f"{path}: {problems[0]}; rerun with --resample-irregular to resample onto a regular grid")
     if problems:
         log.warning("resampling onto a regular grid: %s", "; ".join(problems))
         pixels, slice_spacing = _resample(pixels, positions, d, normal, row, col, row_spacing, col_spacing)

@@ -229,3 +229,11 @@ def test_truncated_pixel_data_names_the_file(tmp_path):
     with pytest.raises(DicomError) as info:
         read_dicom(tmp_path)
     assert str(victim) in str(info.value) and "pixel data" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_irregular_geometry_is_refused_before_any_pixel_is_decoded(tmp_path):
+    write_series(tmp_path, [0, 2, 6])
+    victim = tmp_path / "s001.dcm"
+    victim.write_bytes(victim.read_bytes()[:-7])  # decoding would fail on this file
+    with pytest.raises(DicomError, match="1 missing slice"):
+        read_dicom(tmp_path)
