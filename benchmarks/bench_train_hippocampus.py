@@ -1,0 +1,61 @@
+"""Quality benchmark: 3D U-Net on the 208 MSD Hippocampus cases, fold 0, a fixed CPU time budget.
+
+Preprocesses ../shared/data/hippocampus into a work folder (once), trains configs/unet3d.yaml on
+fold 0 with `medseg train` for at most --minutes of training (epochs sized so the poly schedule
+ends near the budget), then reports the validation Dice per class (anterior, posterior) and mean
+over the fold's validation cases, as computed by the training loop's final sliding-window
+validation. Target (issue 6): mean Dice >= 0.87 within 60 minutes on 2 CPU cores.
+
+Usage: .venv/bin/python benchmarks/bench_train_hippocampus.py [--minutes 60] [--precision auto]
+           [--iterations-per-epoch 50] [--seconds-per-iteration 1.2] [--work /tmp/hippo]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "hippocampus"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--minutes", type=float, default=60.0)
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--iterations-per-epoch", type=int, default=50)
+    ap.add_argument("--seconds-per-iteration", type=float, default=1.2,
+                    help="measured step time, used to size the epochs so the LR schedule ends within the budget")
+    ap.add_argument("--epochs", type=int, default=None, help="fixed epochs instead of sizing from the budget (for bf16 vs fp32 at equal iterations)")
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/medseg_bench/hippo"))
+    ap.add_argument("--seed", type=int, default=12345)
+    args = ap.parse_args()
+    if not DATA.is_dir():
+        sys.exit(f"hippocampus data not found at {DATA}")
+    medseg = [sys.executable, "-m", "medseg"]
+    if not (args.work / "plan.json").is_file():
+        subprocess.run(medseg + ["preprocess", str(DATA), "--out", str(args.work)], check=True)
+    epochs = args.epochs or max(1, int(args.minutes * 60 / args.seconds_per_iteration / args.iterations_per_epoch))
+    cmd = medseg + ["train", str(args.work), "--config", str(ROOT / "configs" / "unet3d.yaml"), "--fold", "0",
+                    "--epochs", str(epochs), "--iterations-per-epoch", str(args.iterations_per_epoch),
+                    "--max-minutes", str(args.minutes), "--precision", args.precision, "--seed", str(args.seed)]
+    print(" ".join(cmd), flush=True)
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = (time.monotonic() - t0) / 60
+    print(proc.stdout[-4000:])
+    if proc.returncode != 0:
+        sys.exit(proc.stderr[-3000:])
+    epochs_done = len(re.findall(r"^epoch \d+/", proc.stdout, re.M))
+    dice = re.search(r"^validation Dice: (.*)$", proc.stdout, re.M)
+    print(f"RESULT precision={args.precision} epochs={epochs_done}/{epochs} x {args.iterations_per_epoch} it, "
+          f"wall {wall:.1f} min (incl. validation); {dice.group(1) if dice else 'no validation'}")
+
+
+if __name__ == "__main__":
+    main()
