@@ -35,7 +35,8 @@ from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 steps, threads, batch = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(threads); torch.manual_seed(0)
-net = PlainConvUNet(1, 3, [32, 64, 128, 256], nn.Conv3d, 3, [1, 2, 2, 2], 2, 3, 2, conv_bias=True,
+# (input channels, stages, features, conv, kernel, strides, convs per stage, classes, decoder convs)
+net = PlainConvUNet(1, 4, [32, 64, 128, 256], nn.Conv3d, 3, [1, 2, 2, 2], 2, 3, 2, conv_bias=True,
                     norm_op=nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
                     nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=True)
 weights = [1 / 2**i for i in range(4)]; weights[-1] = 0; s = sum(weights); weights = [w / s for w in weights]
