@@ -14,8 +14,11 @@ import typer
 
 from medseg import __version__
 from medseg.cli import convert, info, run
+from medseg.cli import models as models_cli
 from medseg.cli import preprocess as preprocess_cmd
+from medseg.cli import train as train_cmd
 from medseg.cli import evaluate as evaluate_cmd
+from medseg.cli import ui as ui_cmd
 
 app = typer.Typer(
     name="medseg",
@@ -26,9 +29,12 @@ app = typer.Typer(
 )
 app.command("convert")(convert.command)
 app.command("info")(info.command)
+app.command("models")(models_cli.command)
 app.command("run")(run.command)
 app.command("preprocess")(preprocess_cmd.command)
+app.command("train")(train_cmd.command)
 app.command("evaluate")(evaluate_cmd.command)
+app.command("ui")(ui_cmd.command)
 
 
 def _version(value: bool) -> None:
