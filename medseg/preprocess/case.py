@@ -86,12 +86,12 @@ def preprocess_case(images: list[Volume], plan: Plan, label: Volume | None = Non
             f"the case has {image.num_channels} channel(s), the plan expects {len(plan.channel_names)} "
             f"({', '.join(plan.channel_names)}); give one image per channel"
         )
-    if label is not None:
-        diff = image.geometry_differences(label)
-        if diff:
-            raise GeometryError(f"the label's grid differs from the image's ({'; '.join(diff)}); resample the label onto the image")
     ras = image.reoriented("RAS")
     ras_label = label.reoriented("RAS") if label is not None else None
+    if ras_label is not None:  # compared in RAS: a label may store the same grid in another voxel order
+        diff = ras.geometry_differences(ras_label)
+        if diff:
+            raise GeometryError(f"the label's grid differs from the image's ({'; '.join(diff)}); resample the label onto the image")
 
     box = nonzero_box(ras.array)
     sl = tuple(slice(a, b) for a, b in box)

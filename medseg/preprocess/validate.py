@@ -97,7 +97,8 @@ def inspect_case(case: ManifestCase, labels: dict[int, str] | None) -> CaseRepor
                 problems.append(Problem(cid, path, "channel grid differs from channel 0: " + "; ".join(diff), "resample all channels onto one grid"))
     if label is not None:
         if volumes[0] is not None:
-            diff = volumes[0].geometry_differences(label)
+            # same physical grid in another voxel order (axis flips/permutations) is fine
+            diff = volumes[0].reoriented("RAS").geometry_differences(label.reoriented("RAS"))
             if diff:
                 problems.append(Problem(cid, case.label, "label grid differs from image: " + "; ".join(diff), "resample the label onto its image's grid"))
         values = np.unique(label.array)

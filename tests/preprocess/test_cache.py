@@ -88,3 +88,20 @@ def test_cached_case_layout(msd_factory, tmp_path):
     assert len(case.locations[1]) == np.sum(case.label == 1)  # fewer than 10000: all kept
     fp = json.loads((tmp_path / "w" / "fingerprint.json").read_text())
     assert fp["cases"][0]["voxels_per_class"]["1"] == 6 * 7 * 6
+
+
+@pytest.mark.slow
+def test_dicom_series_manifest_with_label_in_other_voxel_order(shared_data, tmp_path):
+    from medseg.io import read_volume
+    from medseg.preprocess import invert_to_original
+
+    series = shared_data / "dicom" / "totalsegmentator" / "ct_series"
+    seg = shared_data / "dicom" / "totalsegmentator" / "ct_series_reference_seg.nii.gz"
+    (tmp_path / "m.csv").write_text(f"case_id,image,label,modality\nct1,{series},{seg},CT\n")
+    run_preprocess(tmp_path / "m.csv", tmp_path / "w")
+    case = load_case(tmp_path / "w", "ct1")
+    back = invert_to_original(np.asarray(case.label), case.properties)
+    image = read_volume(series)
+    np.testing.assert_allclose(back.affine, image.affine)
+    expected = read_volume(seg).reoriented(image.orientation)
+    np.testing.assert_array_equal(back.array, expected.array)
