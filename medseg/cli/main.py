@@ -19,6 +19,7 @@ from medseg.cli import preprocess as preprocess_cmd
 from medseg.cli import train as train_cmd
 from medseg.cli import evaluate as evaluate_cmd
 from medseg.cli import ui as ui_cmd
+from medseg.cli import infer as infer_cmd
 
 app = typer.Typer(
     name="medseg",
@@ -33,6 +34,7 @@ app.command("models")(models_cli.command)
 app.command("run")(run.command)
 app.command("preprocess")(preprocess_cmd.command)
 app.command("train")(train_cmd.command)
+app.command("infer")(infer_cmd.command)
 app.command("evaluate")(evaluate_cmd.command)
 app.command("ui")(ui_cmd.command)
 

@@ -1,0 +1,213 @@
+"""`medseg infer INPUT --model BUNDLE`: masks on the scan's exact grid as NIfTI, DICOM SEG or RTSTRUCT."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+class OutputFormat(str, Enum):
+    nifti = "nifti"
+    dicom_seg = "dicom-seg"
+    rtstruct = "rtstruct"
+
+
+SUFFIX = {OutputFormat.nifti: ".nii.gz", OutputFormat.dicom_seg: ".dcm", OutputFormat.rtstruct: ".dcm"}
+MANIFEST_SUFFIXES = (".txt", ".csv", ".json")
+
+
+def command(
+    input: Annotated[Path, typer.Argument(help="A scan file, a DICOM folder, or a folder / manifest (.txt, .csv, .json) of many scans.")],
+    model: Annotated[list[str], typer.Option("--model", "-m", help="Bundle folder, MLflow run id, runs:/ URI or registered model name; repeat to ensemble.")],
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output file (one scan) or folder (many scans).")] = None,
+    format: Annotated[OutputFormat, typer.Option("--format", help="nifti, dicom-seg or rtstruct (the last two need DICOM input).")] = OutputFormat.nifti,
+    series: Annotated[Optional[str], typer.Option(help="DICOM: SeriesInstanceUID or index of the series to load.")] = None,
+    overlap: Annotated[float, typer.Option(help="Sliding-window overlap in [0, 1).")] = 0.5,
+    tta: Annotated[bool, typer.Option("--tta", help="Average over mirrorings of every spatial axis (2^3 times slower in 3D).")] = False,
+    folds: Annotated[Optional[str], typer.Option(help="Comma-separated folds to use, e.g. 0,1 (from fold_* subfolders or the given bundles).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
+    probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write the probability maps (<case>_probabilities.nii.gz).")] = False,
+    instances: Annotated[bool, typer.Option("--instances", help="Write connected-component instance labels instead of classes.")] = False,
+    no_postprocess: Annotated[bool, typer.Option("--no-postprocess", help="Skip the bundle's post-processing steps.")] = False,
+) -> None:
+    """Segment one scan or many with a trained bundle (or an ensemble of folds)."""
+    import logging
+    import resource
+    import time
+
+    from medseg.bundle import resolve_model_reference
+    from medseg.errors import ConfigError, InputError, MedsegError
+    from medseg.inference.predictor import Predictor
+
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"--precision {precision!r} is invalid; use auto, fp32, bf16 or fp16")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device {device!r} is invalid; use auto, cpu or cuda")
+    if not input.exists():
+        raise InputError(f"{input}: no such file or folder; check the path")
+    cases, many = _cases(input)
+    if format is not OutputFormat.nifti:
+        non_dicom = [c for c in cases if _is_image_file(c)]
+        if non_dicom:
+            raise InputError(
+                f"{non_dicom[0]}: --format {format.value} needs a DICOM series as input (to reference), "
+                "but this is a NIfTI/NRRD/MHA file; use --format nifti or give the DICOM folder"
+            )
+    if many and output is None:
+        raise InputError(f"{input} holds {len(cases)} scans; give an output folder with -o OUT_DIR")
+
+    bundles = _select_folds([resolve_model_reference(m) for m in model], folds)
+    extra = [{"name": "instances", "params": {}}] if instances else []
+    predictor = Predictor(bundles, device=device, precision=precision, tta=tta, overlap=overlap,
+                          postprocess=not no_postprocess, extra_steps=extra)
+    typer.echo(f"precision: {predictor.precision.describe()}; {len(bundles)} model(s); device {predictor.device}")
+
+    if many:
+        output.mkdir(parents=True, exist_ok=True)
+    failures: list[tuple[str, str]] = []
+    rows = []
+    for n, case in enumerate(cases, start=1):
+        case_id = _case_id(case)
+        target = (output / f"{case_id}{SUFFIX[format]}") if many else (output or Path(f"{case_id}_seg{SUFFIX[format]}"))
+        start = time.perf_counter()
+        try:
+            _infer_one(predictor, case, target, format, series, probabilities)
+        except MedsegError as exc:
+            if not many:
+                raise
+            failures.append((case_id, str(exc)))
+            typer.echo(f"[{n}/{len(cases)}] {case_id}: FAILED: {exc}", err=True)
+            continue
+        except Exception as exc:  # a bug on one case must not lose the rest of a batch
+            if not many:
+                raise
+            logging.getLogger(__name__).debug("case failed", exc_info=True)
+            failures.append((case_id, f"internal error: {type(exc).__name__}: {exc}"))
+            typer.echo(f"[{n}/{len(cases)}] {case_id}: FAILED: internal error {type(exc).__name__}", err=True)
+            continue
+        seconds = time.perf_counter() - start
+        rows.append((case_id, seconds, target))
+        typer.echo(f"[{n}/{len(cases)}] {case_id}: {seconds:.1f} s -> {target}")
+
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if many:
+        typer.echo(f"\n{'case':<40} {'result':<8} seconds")
+        for case_id, seconds, _ in rows:
+            typer.echo(f"{case_id:<40} {'ok':<8} {seconds:.1f}")
+        for case_id, message in failures:
+            typer.echo(f"{case_id:<40} {'FAILED':<8} {message}")
+        typer.echo(f"{len(rows)} ok, {len(failures)} failed")
+    typer.echo(f"peak memory: {peak_mb:.0f} MB")
+    if failures:
+        raise typer.Exit(1)
+
+
+def _is_image_file(path: Path) -> bool:
+    from medseg.io import is_readable_image_path
+
+    return path.is_file() and is_readable_image_path(path)
+
+
+def _cases(input: Path) -> tuple[list[Path], bool]:
+    """The scans behind INPUT and whether it names many of them."""
+    from medseg.errors import InputError
+
+    if input.is_file() and input.suffix.lower() in MANIFEST_SUFFIXES:
+        import json
+
+        text = input.read_text()
+        if input.suffix.lower() == ".json":
+            entries = json.loads(text)
+            entries = [e["image"] if isinstance(e, dict) else e for e in entries]
+        else:
+            entries = [line.split(",")[0].strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        paths = [(input.parent / e) if not Path(e).is_absolute() else Path(e) for e in entries]
+        if not paths:
+            raise InputError(f"{input}: the manifest lists no scans; put one path per line")
+        return paths, True
+    if input.is_dir():
+        children = sorted(input.iterdir())
+        images = [c for c in children if _is_image_file(c)]
+        if images:
+            return images, True
+        subdirs = [c for c in children if c.is_dir()]
+        if subdirs and not any(c.is_file() and not c.name.startswith(".") and c.suffix.lower() not in (".md", ".txt", ".json") for c in children):
+            return subdirs, True
+    return [input], False
+
+
+def _case_id(path: Path) -> str:
+    from medseg.io.atomic import full_suffix
+
+    suffix = full_suffix(path) if path.is_file() else ""
+    return path.name[: len(path.name) - len(suffix)] if suffix else path.name
+
+
+def _select_folds(bundles: list[Path], folds: str | None) -> list[Path]:
+    """Expand folders of fold_* bundles and keep the requested folds."""
+    import json
+
+    from medseg.errors import BundleError, ConfigError
+
+    expanded = []
+    for b in bundles:
+        if not (b / "bundle.json").exists() and any((c / "bundle.json").exists() for c in b.iterdir() if c.is_dir()):
+            expanded += sorted(c for c in b.iterdir() if (c / "bundle.json").exists())
+        else:
+            expanded.append(b)
+    if folds is None:
+        return expanded
+    try:
+        wanted = {int(f) for f in folds.split(",") if f.strip()}
+    except ValueError:
+        raise ConfigError(f"--folds {folds!r} is invalid; give comma-separated integers such as 0,1") from None
+    chosen = []
+    for b in expanded:
+        try:
+            fold = json.loads((b / "bundle.json").read_text()).get("fold")
+        except (OSError, json.JSONDecodeError):
+            fold = None
+        if fold is not None and int(fold) in wanted:
+            chosen.append(b)
+    if not chosen:
+        raise BundleError(f"no bundle for folds {sorted(wanted)} among {', '.join(str(b) for b in expanded)}; check --folds")
+    return chosen
+
+
+def _infer_one(predictor, case: Path, target: Path, format: OutputFormat, series: str | None, probabilities: bool) -> None:
+    from medseg.io import read_volume, write_volume
+    from medseg.io.atomic import check_output_dir
+
+    check_output_dir(target)  # fail before a long prediction
+    datasets = None
+    if _is_image_file(case):
+        image = read_volume(case)
+    else:
+        from medseg.io.dicom import load_dicom_series
+
+        loaded = load_dicom_series(case, series=series)
+        image, datasets = loaded.volume, loaded.datasets
+    result = predictor.predict([image], probabilities=probabilities)
+    labels = result.labels
+    names = predictor.labels
+    if labels.array.dtype.itemsize > 1 or labels.array.max(initial=0) > max(names):
+        names = {int(v): f"instance {int(v)}" for v in sorted(set(labels.array.ravel().tolist()) | {0})}
+    if format is OutputFormat.nifti:
+        write_volume(labels, target)
+    elif format is OutputFormat.dicom_seg:
+        from medseg.io.dicom_seg import write_dicom_seg
+
+        write_dicom_seg(labels.array, datasets, target, names, predictor.bundle.label_codes, model_name=predictor.bundle.model_name)
+    else:
+        from medseg.io.rtstruct import write_rtstruct
+
+        write_rtstruct(labels.array, datasets, target, names, model_name=predictor.bundle.model_name)
+    if probabilities and result.probabilities is not None:
+        from medseg.io.atomic import full_suffix
+
+        stem = target.name[: len(target.name) - len(full_suffix(target))]
+        write_volume(result.probabilities, target.with_name(f"{stem}_probabilities.nii.gz"))

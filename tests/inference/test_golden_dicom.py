@@ -1,0 +1,98 @@
+"""`medseg infer` on real DICOM series: NIfTI on the exact input grid, SEG and RTSTRUCT that map back."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from medseg.cli.main import main
+from medseg.io import read_volume
+from medseg.io.dicom import load_dicom_series
+from medseg.io.dicom_seg import read_dicom_seg, source_datasets
+from medseg.io.rtstruct import read_rtstruct
+
+SERIES = [
+    "tcia_mr_oblique/11-T1post-18670",
+    "tcia_mr_oblique/11_HCropVolume",
+    "tcia_mr_oblique/26401-T1prereg-52906",
+    "tcia_mr_oblique/36468-FLAIRreg-58706",
+    "tcia_mr_oblique/37830-T2reg-78532",
+    "totalsegmentator/ct_series",
+]
+
+
+def run(*args) -> int:
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def dciodvfy_errors(path) -> list[str]:
+    if shutil.which("dciodvfy") is None:
+        pytest.fail("dciodvfy (Debian package dicom3tools) is not installed")
+    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("series", SERIES)
+def test_infer_writes_masks_on_the_source_grid(shared_data, tiny_bundle, tmp_path, series):
+    folder = shared_data / "dicom" / series
+    src = load_dicom_series(folder)
+    common = ["--model", tiny_bundle, "--device", "cpu", "--precision", "fp32"]
+    assert run("infer", folder, "-o", tmp_path / "mask.nii.gz", *common) == 0
+    mask = read_volume(tmp_path / "mask.nii.gz")
+    assert mask.spatial_shape == src.volume.spatial_shape
+    np.testing.assert_allclose(mask.affine, src.volume.affine, atol=1e-4)
+    labels = np.asarray(mask.array)
+    assert labels.any(), "the blob model found nothing; the SEG/RTSTRUCT checks below would be vacuous"
+
+    assert run("infer", folder, "-o", tmp_path / "seg.dcm", "--format", "dicom-seg", *common) == 0
+    back, names = read_dicom_seg(tmp_path / "seg.dcm", src.datasets)
+    assert names == {1: "blob"} and np.array_equal(back, labels)
+    import highdicom as hd
+
+    seg = hd.seg.segread(str(tmp_path / "seg.dcm"))
+    uids = [ds.SOPInstanceUID for ds in source_datasets(src.datasets)]
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        k = uids.index(frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+        position = np.array(frame.PlanePositionSequence[0].ImagePositionPatient, float)
+        assert np.allclose(position, src.datasets[k].ImagePositionPatient, atol=1e-3) and labels[:, :, k].any()
+    assert dciodvfy_errors(tmp_path / "seg.dcm") == []
+
+    assert run("infer", folder, "-o", tmp_path / "rt.dcm", "--format", "rtstruct", *common) == 0
+    roi = read_rtstruct(tmp_path / "rt.dcm", src.volume)["blob"]
+    assert 2 * (roi & (labels == 1)).sum() / (roi.sum() + (labels == 1).sum()) >= 0.95
+    assert dciodvfy_errors(tmp_path / "rt.dcm") == []
+
+
+def test_seg_from_nifti_and_bad_model_give_one_line(shared_data, tiny_bundle, tmp_path, capsys):
+    scan = shared_data / "volumes" / "totalsegmentator" / "example_ct_sm.nii.gz"
+    assert run("infer", scan, "--model", tiny_bundle, "--format", "dicom-seg", "-o", tmp_path / "s.dcm") == 1
+    err = capsys.readouterr().err.strip()
+    assert "needs a DICOM series" in err and len(err.splitlines()) == 1
+    assert run("infer", scan, "--model", tmp_path / "no-bundle", "-o", tmp_path / "m.nii.gz") == 1
+    err = capsys.readouterr().err.strip()
+    assert "no such bundle folder" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "s.dcm").exists() and not (tmp_path / "m.nii.gz").exists()
+
+
+def test_many_scans_one_failing_are_reported_and_exit_nonzero(shared_data, tiny_bundle, tmp_path, capsys):
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    shutil.copy(shared_data / "volumes" / "totalsegmentator" / "example_ct_sm.nii.gz", cases / "good.nii.gz")
+    (cases / "broken.nii.gz").write_bytes(b"not a nifti")
+    out = tmp_path / "out"
+    code = run("infer", cases, "--model", tiny_bundle, "-o", out, "--device", "cpu", "--precision", "fp32")
+    text = capsys.readouterr()
+    assert code == 1
+    assert (out / "good.nii.gz").exists() and not (out / "broken.nii.gz").exists()
+    assert "1 ok, 1 failed" in text.out and "broken" in text.out and "peak memory" in text.out
+    good = read_volume(out / "good.nii.gz")
+    src = read_volume(cases / "good.nii.gz")
+    assert good.spatial_shape == src.spatial_shape and np.allclose(good.affine, src.affine)
