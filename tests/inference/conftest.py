@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from medseg.bundle import write_bundle
-from medseg.preprocess.plan import ChannelNormalization, ConfigurationPlan, Plan
+from medseg.preprocess.plan import ChannelNormalization, ConfigurationPlan, Plan, ResamplingPlan
 
 LABELS = {0: "background", 1: "blob"}
 
@@ -19,6 +19,7 @@ def tiny_plan(target_spacing=(3.0, 3.0, 3.0), channels=("image",)) -> Plan:
         modalities=["MR"] * len(channels),
         labels=LABELS,
         target_spacing=list(target_spacing),
+        resampling=ResamplingPlan(image_order=1),
         normalization=[ChannelNormalization(scheme="zscore") for _ in channels],
         configurations={
             "3d": ConfigurationPlan(
