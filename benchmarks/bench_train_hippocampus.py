@@ -31,7 +31,6 @@ def main() -> None:
     ap.add_argument("--seconds-per-iteration", type=float, default=1.2,
                     help="measured step time, used to size the epochs so the LR schedule ends within the budget")
     ap.add_argument("--epochs", type=int, default=None, help="fixed epochs instead of sizing from the budget (for bf16 vs fp32 at equal iterations)")
-    ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--work", type=Path, default=Path("/tmp/medseg_bench/hippo"))
     ap.add_argument("--seed", type=int, default=12345)
     args = ap.parse_args()
