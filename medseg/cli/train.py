@@ -60,14 +60,15 @@ def command(
         folds = [int(fold)]
     else:
         raise ConfigError(f"--fold {fold!r}: expected 0-4, 'all' or 'none'")
-    overrides = {"epochs": epochs, "seed": seed, "precision": precision.value if precision else None,
+    overrides = {"seed": seed,
                  "iterations_per_epoch": iterations_per_epoch, "deterministic": True if deterministic else None}
     cfg = load_config(config, overrides)
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     echo = (lambda s: typer.echo(s)) if rank == 0 else (lambda s: None)
     for k in folds:
-        result = train(workdir, cfg, preset_name=config.stem, fold=k, resume=resume, max_minutes=max_minutes,
+        result = train(workdir, cfg, preset_name=config.stem, fold=k, resume=resume, epochs=epochs,
+                       precision=precision.value if precision else None, max_minutes=max_minutes,
                        echo=echo, progress=_Progress())
         if world > 1:  # lets users (and the tests) check that every rank ended with the same weights
             typer.echo(f"rank {rank}/{world}: final weights sha256 {result.weights_sha256}", err=True)

@@ -100,13 +100,16 @@ def train(
     preset_name: str,
     fold: int | None,
     resume: bool = False,
+    epochs: int | None = None,
+    precision: str | None = None,
     max_minutes: float | None = None,
     echo: Callable[[str], None] = lambda s: None,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> TrainResult:
     """Train one fold (`fold=None`: every case, no validation); return where the bundle went.
 
-    config: resolved or not (plan values are filled here). The bundle goes to
+    config: resolved or not (plan values are filled here); on `resume` the run's saved config is
+    used instead. `epochs` and `precision` override either (more epochs extend a finished run). The bundle goes to
     WORKDIR/models/<preset_name>/fold_<k>/ (fold_all when fold is None).
     echo: receives one-line messages (epoch summaries); progress(iteration, total, loss) per step.
     """
@@ -139,9 +142,13 @@ def train(
         if not state_path.is_file():
             raise InputError(f"{state_path}: nothing to resume; train without --resume first")
         saved = ckpt.load_state(state_path)
-        # the run's own config wins, except the knobs a resume may change (epochs, time, precision)
+        # the run's own config wins; --epochs and --precision below may still override it
         old = TrainConfig.model_validate(saved["config"])
-        config = old.model_copy(update={"epochs": config.epochs, "precision": config.precision})
+        config = old
+    if epochs is not None:
+        config = config.model_copy(update={"epochs": epochs})
+    if precision is not None:
+        config = config.model_copy(update={"precision": precision})
     config = config.resolve_with_plan(plan)
     run_plan = effective_plan(plan, config)
     conf = run_plan.configurations[config.model.configuration]
@@ -150,7 +157,7 @@ def train(
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     dist = init_distributed(device_type)
     device = torch.device(device_type, dist.local_rank) if device_type == "cuda" else torch.device("cpu")
-    precision = resolve_precision(config.precision, device_type)
+    precision = resolve_precision(config.precision, device_type)  # from here on: the resolved plan
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False

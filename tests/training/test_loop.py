@@ -61,7 +61,7 @@ def test_resume_repeats_an_uninterrupted_run_exactly(tiny_config, tiny_workdir, 
     assert resumed.train_losses == full.train_losses  # bit for bit
     assert resumed.weights_sha256 == full.weights_sha256
     assert full.train_losses[0] != full.train_losses[2]  # it did learn something
-    extended = train(other, cfg.model_copy(update={"epochs": 4}), preset_name="unet3d", fold=1, resume=True)
+    extended = train(other, tiny_config(), preset_name="unet3d", fold=1, resume=True, epochs=4)  # the run's own config wins
     assert extended.epochs_done == 4 and extended.train_losses[:3] == full.train_losses
 
 
