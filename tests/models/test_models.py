@@ -113,3 +113,12 @@ def test_count_parameters_and_gflops_by_hand():
     assert count_gflops(conv, (1, 2, 5, 6, 7)) == pytest.approx(2 * 2 * 27 * 4 * 5 * 6 * 7 / 1e9)
     model = _build("unet3d")
     assert count_gflops(model, (1, 2, 16, 16, 16)) > 0 and model.training  # training flag restored
+
+
+def test_weights_trained_with_deep_supervision_load_without_it():
+    trained = _build("unet3d", deep_supervision=True)
+    plain = _build("unet3d", deep_supervision=False)
+    plain.load_state_dict(trained.state_dict())  # same heads either way: bundles load in any mode
+    x = torch.randn(1, 2, 12, 10, 9)
+    with torch.no_grad():
+        assert torch.equal(plain.eval()(x), trained.eval()(x))
