@@ -18,6 +18,7 @@ import torch
 
 from medseg.bundle import Bundle, load_bundle
 from medseg.errors import BundleError, InputError
+from medseg.inference.invert import labels_on_original
 from medseg.inference.sliding_window import sliding_window_predict, sliding_window_predict_2d
 from medseg.inference.tta import mirrored
 from medseg.precision import PrecisionPlan, resolve_precision
@@ -50,6 +51,8 @@ class Predictor:
     precision: "auto" | "fp32" | "bf16" | "fp16" (see medseg.precision).
     tta: average over all mirrorings of the spatial axes.
     postprocess: run the bundle's post-processing steps; extra_steps run after them.
+    crf: refine the probabilities with MONAI's CRF on the preprocessed grid before inversion
+        (None: off; a dict of `medseg.postprocess.crf.crf_refine` keyword arguments: on).
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class Predictor:
         postprocess: bool = True,
         extra_steps: list[dict] | None = None,
         accumulate_dtype: torch.dtype = torch.float32,
+        crf: dict | None = None,
     ):
         if not bundle_paths:
             raise BundleError("no model given; pass at least one bundle with --model")
@@ -82,6 +86,7 @@ class Predictor:
         self.overlap = overlap
         self.batch_size = batch_size or max(1, min(self.config.batch_size, 4))
         self.accumulate_dtype = accumulate_dtype
+        self.crf = crf  # None, or keyword arguments of medseg.postprocess.crf.crf_refine
         self.steps = (list(first.postprocessing) if postprocess else []) + list(extra_steps or [])
         fmt = self.precision.memory_format(self.spatial_dims)
         self.networks = [b.build_network("best", device=str(self.device)).to(memory_format=fmt) for b in self.bundles]
@@ -150,14 +155,23 @@ class Predictor:
         t0 = time.perf_counter()
         case = preprocess_case(images, self.bundle.plan)
         t1 = time.perf_counter()
-        probs = self.logits_to_probabilities(torch.from_numpy(case.image)).cpu().numpy()
+        probs = self.logits_to_probabilities(torch.from_numpy(case.image)).cpu()
+        if self.crf is not None:
+            from medseg.postprocess.crf import crf_refine
+
+            probs = crf_refine(probs, torch.from_numpy(case.image), **self.crf)
         t2 = time.perf_counter()
-        original = invert_to_original(probs, case.properties)
+        prob_volume = None
+        if probabilities:
+            original = invert_to_original(probs.numpy(), case.properties)
+            dtype = np.uint8 if original.array.shape[0] <= 256 else np.uint16
+            labels = Volume(np.argmax(original.array, axis=0).astype(dtype), original.affine, images[0].meta)
+            prob_volume = Volume(original.array, original.affine, images[0].meta)
+        else:  # streamed: no full-resolution float array per class (large CT)
+            inverted = labels_on_original(probs, case.properties)
+            labels = Volume(inverted.array, inverted.affine, images[0].meta)
         del probs
-        dtype = np.uint8 if original.array.shape[0] <= 256 else np.uint16
-        labels = Volume(np.argmax(original.array, axis=0).astype(dtype), original.affine, images[0].meta)
         if self.steps:
             labels = apply_steps(labels, self.steps)
         t3 = time.perf_counter()
-        prob_volume = Volume(original.array, original.affine, images[0].meta) if probabilities else None
         return Prediction(labels, prob_volume, {"preprocess": t1 - t0, "network": t2 - t1, "invert": t3 - t2})
