@@ -33,6 +33,7 @@ def command(
     probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write the probability maps (<case>_probabilities.nii.gz).")] = False,
     instances: Annotated[bool, typer.Option("--instances", help="Write connected-component instance labels instead of classes.")] = False,
     no_postprocess: Annotated[bool, typer.Option("--no-postprocess", help="Skip the bundle's post-processing steps.")] = False,
+    crf: Annotated[bool, typer.Option("--crf", help="Refine the probabilities with a mean-field CRF (MONAI's CRF block) guided by the image.")] = False,
 ) -> None:
     """Segment one scan or many with a trained bundle (or an ensemble of folds)."""
     import logging
@@ -63,7 +64,7 @@ def command(
     bundles = _select_folds([resolve_model_reference(m) for m in model], folds)
     extra = [{"name": "instances", "params": {}}] if instances else []
     predictor = Predictor(bundles, device=device, precision=precision, tta=tta, overlap=overlap,
-                          postprocess=not no_postprocess, extra_steps=extra)
+                          postprocess=not no_postprocess, extra_steps=extra, crf={} if crf else None)
     typer.echo(f"precision: {predictor.precision.describe()}; {len(bundles)} model(s); device {predictor.device}")
 
     if many:
