@@ -331,7 +331,9 @@ def train(
                        "samples_per_s": iters * config.batch_size / max(epoch_time, 1e-9)}
             best_state = None
             last_epoch = epoch == config.epochs - 1
-            if dist.is_main and val_ids and ((epoch + 1) % config.validate_every == 0 or last_epoch):
+            over_time = max_minutes is not None and (time.monotonic() - t_start) / 60 >= max_minutes
+            stop = any_rank(dist, over_time)  # stopping early still validates, so the checkpoint has a score
+            if dist.is_main and val_ids and ((epoch + 1) % config.validate_every == 0 or last_epoch or stop):
                 val_dice = validate(model, workdir, val_ids, run_plan, config, precision, device, labels)
                 mean = val_dice["mean"]
                 ema = mean if ema is None else config.ema_alpha * ema + (1 - config.ema_alpha) * mean
@@ -344,8 +346,6 @@ def train(
                     best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             elif fold is None and dist.is_main:
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}  # no validation: last is best
-            over_time = max_minutes is not None and (time.monotonic() - t_start) / 60 >= max_minutes
-            stop = any_rank(dist, over_time)
             if dist.is_main:
                 tracker.log_metrics(metrics, step=epoch)
                 write(epoch, best_state)
