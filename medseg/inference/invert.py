@@ -40,6 +40,18 @@ def _lerp_axis(x: torch.Tensor, dim: int, i0: torch.Tensor, i1: torch.Tensor, w:
     return torch.lerp(a, b, w.view(shape))
 
 
+def _argmax0(x: torch.Tensor) -> torch.Tensor:
+    """argmax over dim 0 (first maximum wins, as np.argmax), as uint8/int32 labels; K - 1 elementwise
+    passes, several times faster than torch.argmax over the outer dimension on the CPU."""
+    best = x[0].clone()
+    labels = torch.zeros(x.shape[1:], dtype=torch.uint8 if x.shape[0] <= 256 else torch.int32)
+    for k in range(1, x.shape[0]):
+        better = x[k] > best
+        labels.masked_fill_(better, k)
+        torch.maximum(best, x[k], out=best)
+    return labels
+
+
 def labels_on_original(probs: np.ndarray | torch.Tensor, properties, slab: int = 16) -> Volume:
     """(K, X, Y, Z) probabilities on the preprocessed grid -> uint8/uint16 label Volume on the original grid."""
     from medseg.preprocess.case import CaseProperties
@@ -63,7 +75,7 @@ def labels_on_original(probs: np.ndarray | torch.Tensor, properties, slab: int =
             part = _lerp_axis(p, 3, wz[0][start:stop], wz[1][start:stop], wz[2][start:stop])
             part = _lerp_axis(part, 2, *wy)
             part = _lerp_axis(part, 1, *wx)
-            labels[x0:x1, y0:y1, z0 + start : z0 + stop] = part.argmax(0).numpy().astype(dtype, copy=False)
+            labels[x0:x1, y0:y1, z0 + start : z0 + stop] = _argmax0(part).numpy()
     back = Volume(labels, np.array(props.ras_affine)).reoriented(props.original_orientation)
     original_affine = np.array(props.original_affine)
     if tuple(back.spatial_shape) != tuple(props.original_shape) or not np.allclose(back.affine, original_affine, atol=1e-3):
