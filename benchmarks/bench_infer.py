@@ -1,0 +1,384 @@
+"""Inference benchmark: `medseg infer` (precision auto and fp32) vs a MONAI reference pipeline.
+
+Same network weights in both (the bundle's `build_network`), each tool in its own subprocess so
+peak RSS (`os.wait4` rusage of that child) is per tool; the tools run interleaved, so the time
+RATIO is meaningful on a loaded machine. End to end: process start, imports, reading, preprocessing,
+sliding window, inversion to the original grid, argmax, writing the NIfTI mask.
+
+MONAI reference (float32): LoadImaged -> EnsureChannelFirstd -> Orientationd(RAS) ->
+CropForegroundd(nonzero, as the plan crops) -> NormalizeIntensityd (the plan's z-score) ->
+Resized to the plan-spacing shape (trilinear, align_corners=False: the extent-preserving grid that
+medseg's plan resamples to; Spacingd keeps the first voxel centre fixed instead, a different grid
+that would make the masks differ by up to half a voxel) -> sliding_window_inference(mode="gaussian",
+same patch, overlap and windows per batch) -> softmax -> Invertd (probabilities, linear) ->
+argmax -> SaveImage (uint8).
+
+Datasets: (a) --cases hippocampus scans from ../shared/data/hippocampus with a trained hippocampus
+bundle (--hippo-bundle; default /tmp/medseg_bench/infer/hippo_bundle; when missing, the plan's
+32-256 U-Net is trained here for --hippo-train-steps bf16 steps of two 32^3 crops each);
+(b) a synthetic CT of 512x512x--ct-slices (0.9375 mm pixels, 60 cm long; air, body, bright and dark spheres)
+with a 3-class 3D U-Net (8-64 features, patch 96^3) trained here for --ct-train-steps steps on that
+very case, plan spacing 2.5 mm (192x192x240 voxels for the network).
+
+Usage: .venv/bin/python benchmarks/bench_infer.py [--cases 15] [--ct-slices 300] [--repeats 1]
+           [--only hippo|ct] [--ct-medseg-only-slices 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "hippocampus"
+WORK = Path("/tmp/medseg_bench/infer")
+
+
+# --------------------------------------------------------------------------------------- workers
+def monai_worker(bundle_dir: str, inputs_file: str, out_dir: str, overlap: float, batch: int) -> None:
+    import numpy as np
+    import torch
+    from monai.inferers import sliding_window_inference
+    from monai.transforms import (
+        Compose, CropForegroundd, EnsureChannelFirstd, Invertd, LoadImaged, NormalizeIntensityd, Orientationd,
+        Resized, SaveImage,
+    )
+
+    from medseg.bundle import load_bundle
+
+    bundle = load_bundle(bundle_dir)
+    plan = bundle.plan
+    cfg = bundle.configuration_plan
+    norm = plan.normalization[0]
+    assert norm.scheme == "zscore", "the MONAI reference reproduces the z-score plans only"
+    net = bundle.build_network("best", device="cpu")
+    first = Compose([
+        LoadImaged("image", image_only=True),
+        EnsureChannelFirstd("image"),
+        Orientationd("image", axcodes="RAS"),
+        CropForegroundd("image", source_key="image", select_fn=lambda x: x != 0, allow_smaller=True),
+        NormalizeIntensityd("image", nonzero=bool(norm.use_nonzero_mask)),
+    ])
+    out = Path(out_dir)
+    saver = SaveImage(output_dir=str(out), output_postfix="monai", separate_folder=False, output_ext=".nii.gz",
+                      output_dtype=np.uint8, resample=False, print_log=False)
+    for path in Path(inputs_file).read_text().split():
+        data = first({"image": path})
+        img = data["image"]
+        spacing = [float(s) for s in img.pixdim[:3]]
+        size = [max(1, int(round(s * sp / t))) for s, sp, t in zip(img.shape[1:], spacing, plan.target_spacing)]
+        resize = Resized("image", spatial_size=size, mode="trilinear", align_corners=False)
+        data = resize(data)
+        pre = Compose(list(first.transforms) + [resize])
+        with torch.inference_mode():
+            logits = sliding_window_inference(data["image"][None], cfg.patch_size, batch, net, overlap=overlap,
+                                              mode="gaussian")
+        data["pred"] = torch.softmax(logits[0], dim=0)
+        del logits
+        data = Invertd("pred", transform=pre, orig_keys="image", nearest_interp=False)(data)
+        mask = torch.argmax(data["pred"], dim=0, keepdim=True)
+        mask.meta = data["pred"].meta
+        saver(mask.to(torch.uint8))
+
+
+# ----------------------------------------------------------------------------------- orchestration
+def run_child(cmd: list[str], log: Path) -> tuple[float, float]:
+    """Run `cmd`; return (wall seconds, peak RSS MiB of that child)."""
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}); see {log}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def dice_mc(a, b, classes) -> float:
+    import numpy as np
+
+    scores = []
+    for c in classes:
+        x, y = a == c, b == c
+        denom = x.sum() + y.sum()
+        if denom:
+            scores.append(2 * np.logical_and(x, y).sum() / denom)
+    return float(np.mean(scores)) if scores else 1.0
+
+
+def ensure_hippo_bundle(path: Path, steps: int) -> Path:
+    """A hippocampus bundle with the plan's network (nnU-Net's 32-256 U-Net) trained here for `steps`
+    bf16 steps of two 32^3 crops (class-weighted cross-entropy, Adam) on `medseg preprocess`ed cases: enough for
+    non-trivial masks, which is all an inference benchmark needs."""
+    if (path / "bundle.json").is_file():
+        return path
+    import numpy as np
+    import torch
+
+    from medseg.bundle import write_bundle
+    from medseg.models import build_model
+    from medseg.preprocess.cache import list_cases, load_case
+    from medseg.preprocess.plan import Plan
+
+    work = Path("/tmp/medseg_bench/hippo")
+    if not (work / "plan.json").is_file():
+        subprocess.run([sys.executable, "-m", "medseg", "preprocess", str(DATA), "--out", str(work)], check=True)
+    plan = Plan.load(work / "plan.json")
+    cfg = plan.configurations["3d"]
+    cases = [load_case(work, c) for c in list_cases(work)[:150]]
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    net = build_model("unet3d", in_channels=1, num_classes=len(plan.labels), features_per_stage=cfg.features_per_stage,
+                      strides=cfg.strides, kernel_sizes=cfg.kernel_sizes).to(memory_format=torch.channels_last_3d)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    weights = torch.tensor([0.2] + [1.0] * (len(plan.labels) - 1))
+    patch = [32, 32, 32]  # training crops smaller than the plan's patch: fast, and the net is fully convolutional
+    t0 = time.perf_counter()
+    for step in range(steps):
+        xs, ys = [], []
+        for _ in range(2):
+            case = cases[rng.integers(len(cases))]
+            x = np.zeros((1, *patch), np.float32)
+            y = np.zeros(patch, np.int64)
+            sl_src, sl_dst = [], []
+            for s, p in zip(case.label.shape, patch):
+                if s >= p:
+                    o = int(rng.integers(0, s - p + 1))
+                    sl_src.append(slice(o, o + p)); sl_dst.append(slice(0, p))
+                else:
+                    o = (p - s) // 2
+                    sl_src.append(slice(0, s)); sl_dst.append(slice(o, o + s))
+            x[(slice(None), *sl_dst)] = case.image[(slice(None), *sl_src)]
+            y[tuple(sl_dst)] = case.label[tuple(sl_src)]
+            xs.append(x); ys.append(y)
+        x = torch.from_numpy(np.stack(xs)).contiguous(memory_format=torch.channels_last_3d)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net(x)
+        loss = torch.nn.functional.cross_entropy(out.float(), torch.from_numpy(np.stack(ys)), weight=weights)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 25 == 0:
+            print(f"hippocampus bundle: step {step} loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    state = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
+    return write_bundle(path, model_name="unet3d", configuration="3d", fold=0, model_options={}, plan=plan,
+                        config={"benchmark": True, "steps": steps}, labels=plan.labels, postprocessing=[],
+                        precision="bf16", state_dict_best=state, state_dict_last=state)
+
+
+def make_ct(path: Path, slices: int, seed: int = 0):
+    """Synthetic CT (int16 HU, LPS-like affine) and its 3-class label: 512x512 at 0.9375 mm (a 48 cm
+    field of view) and `slices` slices spanning 60 cm, so the 2.5 mm grid is 192x192x240 voxels. On
+    that grid MONAI's window positions (multiples of patch * (1 - overlap), the last one clamped) and
+    medseg's (evenly spread, as nnU-Net) coincide; with other sizes they differ, and a network with
+    instance normalisation then gives different logits near window borders (the masks of a weakly
+    trained model differed by Dice 0.8 on a 164x164x180 grid)."""
+    import numpy as np
+
+    from medseg.io import write_volume
+    from medseg.volume import Volume
+
+    rng = np.random.default_rng(seed)
+    shape = (512, 512, slices)
+    spacing = np.array([0.9375, 0.9375, 600.0 / slices])
+    x = (np.arange(shape[0]) - shape[0] / 2)[:, None, None] * spacing[0]
+    y = (np.arange(shape[1]) - shape[1] / 2)[None, :, None] * spacing[1]
+    z = (np.arange(shape[2]) - shape[2] / 2)[None, None, :] * spacing[2]
+    image = np.full(shape, -1000, np.int16)
+    body = (x / 170) ** 2 + (y / 120) ** 2 <= 1
+    image[np.broadcast_to(body, shape)] = 40
+    label = np.zeros(shape, np.uint8)
+    extent = np.array([170, 120, 300 - 40])
+    for i in range(12):
+        centre = rng.uniform(-0.6, 0.6, 3) * extent
+        radius = rng.uniform(15, 35)
+        ball = ((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2) < radius ** 2
+        cls = 1 + i % 2
+        label[ball] = cls
+        image[ball] = 250 if cls == 1 else -120
+    image += rng.normal(0, 25, shape).astype(np.int16)
+    affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+    affine[:3, 3] = [200, 180, -300]
+    write_volume(Volume(image, affine), path)
+    return Volume(image, affine), Volume(label, affine)
+
+
+def make_ct_bundle(path: Path, image, label, steps: int) -> Path:
+    import numpy as np
+    import torch
+
+    from medseg.bundle import write_bundle
+    from medseg.models import build_model
+    from medseg.preprocess.case import preprocess_case
+    from medseg.preprocess.plan import ChannelNormalization, ConfigurationPlan, Plan, ResamplingPlan
+
+    labels = {0: "background", 1: "bright", 2: "dark"}
+    plan = Plan(
+        dataset_name="synthetic_ct", channel_names=["CT"], modalities=["CT"], labels=labels,
+        target_spacing=[2.5, 2.5, 2.5], resampling=ResamplingPlan(image_order=1),
+        normalization=[ChannelNormalization(scheme="zscore", use_nonzero_mask=False)],
+        configurations={"3d": ConfigurationPlan(
+            spatial_dims=3, patch_size=[96, 96, 96], batch_size=2, features_per_stage=[8, 16, 32, 64],
+            strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]], kernel_sizes=[[3, 3, 3]] * 4)},
+    )
+    case = preprocess_case([image], plan, label)
+    img, lab = torch.from_numpy(case.image), torch.from_numpy(case.label.astype(np.int64))
+    cfg = plan.configurations["3d"]
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    net = build_model("unet3d", in_channels=1, num_classes=3, features_per_stage=cfg.features_per_stage,
+                      strides=cfg.strides, kernel_sizes=cfg.kernel_sizes)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    class_weights = torch.tensor([0.2, 1.0, 1.0])  # the spheres are a few % of the volume
+    fg = np.argwhere(case.label > 0)
+    p = 48
+    for step in range(steps):
+        xs, ys = [], []
+        for _ in range(2):
+            centre = fg[rng.integers(len(fg))] if rng.random() < 0.7 else rng.integers(0, lab.shape)
+            start = [int(np.clip(c - p // 2, 0, s - p)) for c, s in zip(centre, lab.shape)]
+            sl = tuple(slice(s, s + p) for s in start)
+            xs.append(img[(slice(None), *sl)])
+            ys.append(lab[sl])
+        loss = torch.nn.functional.cross_entropy(net(torch.stack(xs)), torch.stack(ys), weight=class_weights)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    from medseg.inference.sliding_window import sliding_window_predict
+
+    net.eval()
+    pred = sliding_window_predict(img, net, cfg.patch_size, batch_size=2).argmax(0).numpy()
+    dice = [2 * np.sum((pred == c) & (case.label == c)) / max(1, np.sum(pred == c) + np.sum(case.label == c)) for c in (1, 2)]
+    print(f"CT bundle: {steps} steps, last loss {loss.item():.3f}, Dice on its own case {dice[0]:.3f} / {dice[1]:.3f}", flush=True)
+    state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    return write_bundle(path, model_name="unet3d", configuration="3d", fold=0, model_options={}, plan=plan,
+                        config={"synthetic": True, "steps": steps}, labels=labels, postprocessing=[],
+                        precision="fp32", state_dict_best=state, state_dict_last=state)
+
+
+def bench(name: str, bundle: Path, inputs: list[Path], work: Path, repeats: int, overlap: float, tools: list[str]):
+    """Run the tools interleaved; return rows and per-case Dice."""
+    import numpy as np
+
+    from medseg.bundle import load_bundle
+    from medseg.io import read_volume
+
+    b = load_bundle(bundle)
+    batch = max(1, min(b.configuration_plan.batch_size, 4))  # what the Predictor uses
+    classes = [c for c in b.labels if c != 0]
+    listing = work / f"{name}_inputs.txt"
+    listing.write_text("\n".join(str(p) for p in inputs))
+    in_dir = work / f"{name}_in"
+    if in_dir.exists():
+        shutil.rmtree(in_dir)
+    in_dir.mkdir()
+    for p in inputs:
+        (in_dir / p.name).symlink_to(p)
+    results: dict[str, list[tuple[float, float]]] = {t: [] for t in tools}
+    for r in range(repeats):
+        for tool in tools:
+            out = work / f"{name}_{tool}"
+            if out.exists():
+                shutil.rmtree(out)
+            out.mkdir()
+            if tool.startswith("medseg"):
+                cmd = [sys.executable, "-m", "medseg", "infer", str(in_dir), "-m", str(bundle), "-o", str(out),
+                       "--precision", tool.split("_")[1], "--overlap", str(overlap), "--device", "cpu"]
+            else:
+                cmd = [sys.executable, __file__, "--worker", str(bundle), str(listing), str(out), str(overlap), str(batch)]
+            wall, rss = run_child(cmd, work / f"{name}_{tool}.log")
+            results[tool].append((wall, rss))
+            print(f"{name} run {r + 1} {tool:<12} {wall:8.1f} s {rss:8.0f} MiB  load {os.getloadavg()[0]:.1f}", flush=True)
+    dices: dict[str, list[float]] = {"fp32_vs_monai": [], "auto_vs_fp32": []}
+    fg = []
+    for p in inputs:
+        stem = p.name.split(".")[0]
+        masks = {}
+        if "medseg_fp32" in tools:
+            masks["fp32"] = read_volume(work / f"{name}_medseg_fp32" / f"{stem}.nii.gz").array
+        if "medseg_auto" in tools:
+            masks["auto"] = read_volume(work / f"{name}_medseg_auto" / f"{stem}.nii.gz").array
+        if "monai" in tools:
+            masks["monai"] = np.asarray(read_volume(work / f"{name}_monai" / f"{stem}_monai.nii.gz").array)
+        if "fp32" in masks and "monai" in masks:
+            dices["fp32_vs_monai"].append(dice_mc(masks["fp32"], masks["monai"], classes))
+        if "fp32" in masks and "auto" in masks:
+            dices["auto_vs_fp32"].append(dice_mc(masks["auto"], masks["fp32"], classes))
+        fg.append(float(np.mean(next(iter(masks.values())) > 0)))
+    return results, dices, fg
+
+
+def report(name: str, results, dices, fg) -> dict:
+    import numpy as np
+
+    med = {t: (float(np.median([w for w, _ in v])), float(max(m for _, m in v))) for t, v in results.items()}
+    base = med.get("monai")
+    print(f"\n{name}: median wall, max peak RSS over runs")
+    for tool, (wall, rss) in med.items():
+        ratio = f"{wall / base[0]:.2f}x time, {rss / base[1]:.2f}x memory vs MONAI" if base else ""
+        print(f"  {tool:<12} {wall:8.1f} s {rss:8.0f} MiB  {ratio}")
+    for k, v in dices.items():
+        if v:
+            print(f"  Dice {k}: min {min(v):.5f} mean {np.mean(v):.5f} over {len(v)} case(s)")
+    print(f"  foreground fraction of the masks: min {min(fg):.4f} max {max(fg):.4f}")
+    return {"tools": med, "dice": {k: [float(x) for x in v] for k, v in dices.items()}, "foreground": fg}
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        bundle, listing, out, overlap, batch = sys.argv[2:7]
+        monai_worker(bundle, listing, out, float(overlap), int(batch))
+        return
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cases", type=int, default=15)
+    ap.add_argument("--ct-slices", type=int, default=300)
+    ap.add_argument("--ct-medseg-only-slices", type=int, default=0,
+                    help="also run medseg (auto and fp32) alone on a 512x512xN CT, e.g. 400 (issue 7 item 6)")
+    ap.add_argument("--ct-train-steps", type=int, default=150)
+    ap.add_argument("--hippo-train-steps", type=int, default=150)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--overlap", type=float, default=0.5)
+    ap.add_argument("--only", choices=["hippo", "ct"], default=None)
+    ap.add_argument("--hippo-bundle", type=Path, default=WORK / "hippo_bundle")
+    ap.add_argument("--work", type=Path, default=WORK)
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    print(f"load average at start: {os.getloadavg()}, {os.cpu_count()} CPUs", flush=True)
+    tools = ["medseg_auto", "medseg_fp32", "monai"]
+    summary = {"load_start": os.getloadavg()}
+    if args.only in (None, "hippo"):
+        if not DATA.is_dir():
+            sys.exit(f"hippocampus data not found at {DATA}")
+        bundle = ensure_hippo_bundle(args.hippo_bundle, args.hippo_train_steps)
+        inputs = sorted((DATA / "imagesTr").glob("*.nii.gz"))[: args.cases]
+        summary["hippocampus"] = report(f"hippocampus ({len(inputs)} cases)",
+                                        *bench("hippo", bundle, inputs, args.work, args.repeats, args.overlap, tools))
+    if args.only in (None, "ct"):
+        ct = args.work / f"ct_{args.ct_slices}.nii"
+        image, label = make_ct(ct, args.ct_slices)
+        bundle = args.work / "ct_bundle"
+        if not (bundle / "bundle.json").is_file():
+            make_ct_bundle(bundle, image, label, args.ct_train_steps)
+        del image, label
+        summary["ct"] = report(f"CT 512x512x{args.ct_slices}",
+                               *bench("ct", bundle, [ct], args.work, args.repeats, args.overlap, tools))
+        if args.ct_medseg_only_slices:
+            n = args.ct_medseg_only_slices
+            big = args.work / f"ct_{n}.nii"
+            make_ct(big, n)
+            summary[f"ct_{n}"] = report(f"CT 512x512x{n} (medseg only)",
+                                        *bench(f"ct{n}", bundle, [big], args.work, 1, args.overlap, ["medseg_auto", "medseg_fp32"]))
+    summary["load_end"] = os.getloadavg()
+    print(f"load average at end: {summary['load_end']}")
+    (args.work / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
