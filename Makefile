@@ -21,5 +21,10 @@ install: $(BIN)/medseg
 test: install
 	$(BIN)/python -m pytest
 
+# The demo pipeline on the shipped sample; its outputs go to work/demo (rerun to start over).
+demo: install
+	rm -rf work/demo
+	$(BIN)/medseg run pipelines/demo.yaml
+
 clean:
 	rm -rf $(VENV) .pytest_cache
