@@ -65,7 +65,6 @@ def medseg_its(precision: str, steps: int, threads: int) -> tuple[float, str]:
     from medseg.losses import DeepSupervisionLoss, build_loss
     from medseg.models import build_model
     from medseg.precision import resolve_precision
-    from medseg.training.loop import deep_supervision_weights
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -73,7 +72,7 @@ def medseg_its(precision: str, steps: int, threads: int) -> tuple[float, str]:
     fmt = plan.memory_format(3)
     net = build_model("unet3d", in_channels=1, num_classes=3, features_per_stage=FEATURES, strides=STRIDES,
                       deep_supervision=True).to(memory_format=fmt)
-    loss_fn = DeepSupervisionLoss(build_loss("dice_ce"), deep_supervision_weights(len(FEATURES) - 1))
+    loss_fn = DeepSupervisionLoss(build_loss("dice_ce"))
     opt = torch.optim.SGD(net.parameters(), 0.01, momentum=0.99, nesterov=True, weight_decay=3e-5)
     x = torch.randn(BATCH, 1, *PATCH).contiguous(memory_format=fmt)
     y = torch.randint(0, 3, (BATCH, 1, *PATCH))

@@ -80,15 +80,6 @@ def state_checksum(model) -> str:
     return h.hexdigest()
 
 
-def deep_supervision_weights(n: int) -> list[float]:
-    """nnU-Net's weights 1, 1/2, 1/4, ..., the lowest resolution 0, normalised to sum 1."""
-    w = [1 / 2**i for i in range(n)]
-    if n > 1:
-        w[-1] = 0.0
-    s = sum(w)
-    return [x / s for x in w]
-
-
 def _lr(optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
@@ -193,7 +184,7 @@ def train(
     loss_fn = build_loss(config.loss.name, **config.loss.options)
     deep_sup = bool(config.model.options.get("deep_supervision", False))
     if deep_sup:
-        loss_fn = DeepSupervisionLoss(loss_fn, deep_supervision_weights(len(conf.features_per_stage) - 1))
+        loss_fn = DeepSupervisionLoss(loss_fn)  # nnU-Net's weights, one per output the model returns
 
     iters = config.iterations_per_epoch
     optimizer, scheduler, schedule = build_optimizer_and_scheduler(model.parameters(), config.optimizer, config.epochs * iters, iters)
