@@ -43,6 +43,7 @@ def write_bundle(
     label_codes: dict[int, dict] | None = None,
     postprocessing: list[dict] | None = None,
     precision: str | None = None,
+    mlflow_run_id: str | None = None,
     state_dict_best: dict,
     state_dict_last: dict | None = None,
     training_state: dict | None = None,
@@ -51,7 +52,8 @@ def write_bundle(
 
     plan: a `medseg.preprocess.Plan` (or its dict); labels: {0: "background", 1: ...};
     label_codes: per label {"category": [code, scheme, meaning], "type": [...]} (SNOMED CT);
-    postprocessing: [{"name", "params"}] as in `medseg.postprocess`.
+    postprocessing: [{"name", "params"}] as in `medseg.postprocess`;
+    mlflow_run_id: the run that trained the weights, so evaluations can be logged beside it.
     """
     import torch
     import yaml
@@ -72,6 +74,7 @@ def write_bundle(
         "activation": "softmax",
         "postprocessing": list(postprocessing or []),
         "precision": precision,
+        "mlflow_run_id": mlflow_run_id,
     }
     plan_text = plan.model_dump_json(indent=2) if hasattr(plan, "model_dump_json") else json.dumps(plan, indent=2)
     files = {
@@ -115,6 +118,10 @@ class Bundle:
     @property
     def configuration(self) -> str:
         return self.meta["configuration"]
+
+    @property
+    def mlflow_run_id(self) -> str | None:
+        return self.meta.get("mlflow_run_id")
 
     @property
     def postprocessing(self) -> list[dict]:

@@ -16,7 +16,7 @@ def command(
     tolerance_mm: Annotated[float, typer.Option("--tolerance-mm", help="Tolerance of surface Dice and boundary F1, in mm.")] = 1.0,
     labels: Annotated[Optional[str], typer.Option("--labels", help="Labels to score, e.g. '1,2' (default: every label present).")] = None,
     images: Annotated[Optional[Path], typer.Option("--images", help="Folder of scans (ID.nii.gz or ID_0000.nii.gz) to draw the overlays on.")] = None,
-    run: Annotated[Optional[str], typer.Option("--run", help="Log into this existing MLflow run (e.g. the training run).")] = None,
+    run: Annotated[Optional[str], typer.Option("--run", help="Log into this existing MLflow run: a run id, or a model bundle folder (its training run).")] = None,
     experiment: Annotated[Optional[str], typer.Option("--experiment", help="MLflow experiment of the new run (default: the dataset's name, else medseg-evaluate).")] = None,
     workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Workdir whose tracking store to use (default: the current folder).")] = None,
 ) -> None:
@@ -30,6 +30,8 @@ def command(
 
     if run and experiment:
         raise ConfigError("--run and --experiment exclude each other: log into an existing run, or start one in an experiment")
+    if run and Path(run).is_dir():
+        run = _training_run_of(Path(run))
     label_list = _parse_labels(labels)
     report = evaluation.evaluate(pred, ref, labels=label_list, tolerance_mm=tolerance_mm)
     for cid in report.unmatched_references:
@@ -61,6 +63,17 @@ def command(
         tracker.log_artifacts(plots, "evaluation/plots")
         if tracker.run_id:
             typer.echo(f"MLflow run {tracker.run_id} in experiment '{name}' ({tracking.redact(tracking.tracking_uri(workdir))})")
+
+
+def _training_run_of(bundle_dir: Path) -> str:
+    """The MLflow run id recorded in a bundle's bundle.json (the run that trained it)."""
+    from medseg.bundle import load_bundle
+    from medseg.errors import ConfigError
+
+    run_id = load_bundle(bundle_dir).mlflow_run_id
+    if not run_id:
+        raise ConfigError(f"{bundle_dir}: the bundle records no MLflow run (trained without tracking); pass --run RUN_ID or --experiment")
+    return run_id
 
 
 def _parse_labels(text: str | None) -> list[int] | None:

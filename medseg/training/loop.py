@@ -278,6 +278,7 @@ def train(
             config=config.model_dump(mode="json"),
             labels=labels,
             precision=precision.resolved.value,
+            mlflow_run_id=run_id,
             state_dict_best=best_state if best_state is not None else last,
             state_dict_last=last,
             training_state=training_state,

@@ -46,6 +46,21 @@ def test_tiny_run_writes_bundle_and_an_mlflow_run(tiny_config, tiny_workdir, mon
     plots = {a.path for a in client.list_artifacts(result.run_id, "plots")}
     assert "plots/learning_curves.png" in plots and any("overlay_" in p for p in plots)
 
+    # the bundle names its training run, so `evaluate --run BUNDLE` scores land beside the curves
+    assert bundle.mlflow_run_id == result.run_id
+    from medseg.cli.main import run_argv
+    from medseg.io import write_volume
+    from medseg.volume import Volume
+
+    mask = np.zeros((8, 8, 8), np.uint8)
+    mask[2:5, 2:5, 2:5] = 1
+    for folder in ("pred", "ref"):
+        (tiny_workdir / folder).mkdir()
+        write_volume(Volume(mask, np.eye(4)), tiny_workdir / folder / "case.nii.gz")
+    run_argv(["evaluate", "--pred", str(tiny_workdir / "pred"), "--ref", str(tiny_workdir / "ref"),
+              "-o", str(tiny_workdir / "metrics.csv"), "--workdir", str(tiny_workdir), "--run", str(bundle_dir)])
+    assert client.get_run(result.run_id).data.metrics["eval_dice_mean"] == 1.0
+
 
 @pytest.mark.slow
 def test_resume_repeats_an_uninterrupted_run_exactly(tiny_config, tiny_workdir, tmp_path, dead_tracking_uri):
