@@ -54,9 +54,9 @@ def load_pipeline(path: Path, overrides: dict[str, str] | None = None) -> Pipeli
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with 'name' and 'steps', found {type(raw).__name__}")
-    variables = {**raw.get("variables", {}), **(overrides or {})}
+    variables = _resolve_variables({**raw.get("variables", {}), **(overrides or {})})
     try:
-        substituted = _substitute(raw, {k: str(v) for k, v in variables.items()})
+        substituted = _substitute(raw, variables)
         substituted["variables"] = variables
         return Pipeline.model_validate(substituted)
     except KeyError as exc:
@@ -64,6 +64,14 @@ def load_pipeline(path: Path, overrides: dict[str, str] | None = None) -> Pipeli
     except ValueError as exc:  # pydantic.ValidationError
         first = str(exc).splitlines()
         raise ConfigError(f"{path}: invalid pipeline ({'; '.join(first[:3])})") from None
+
+
+def _resolve_variables(variables: dict[str, Any]) -> dict[str, str]:
+    """Let variables use each other (test_images: ${data}/imagesTs), whatever their order."""
+    resolved = {k: str(v) for k, v in variables.items()}
+    for _ in range(len(resolved)):
+        resolved = {k: string.Template(v).safe_substitute(resolved) for k, v in resolved.items()}
+    return resolved
 
 
 def _substitute(value: Any, variables: dict[str, str]) -> Any:

@@ -75,3 +75,30 @@ def test_bad_pipelines_are_config_errors(tmp_path):
         load_pipeline(tmp_path / "missing.yaml")
     result = run_cli("run", bad_var)
     assert result.returncode == 1 and "nope" in result.stderr
+
+
+def test_variables_may_use_each_other(tmp_path):
+    pipeline = write_pipeline(tmp_path / "p.yaml", [{"command": "info", "args": ["${images}"]}],
+                              {"images": "${data}/imagesTs", "data": "d", "out": "x"})
+    assert load_pipeline(pipeline).steps[0].args == ["d/imagesTs"]
+    assert load_pipeline(pipeline, {"data": "/other"}).steps[0].args == ["/other/imagesTs"]
+
+
+@pytest.mark.parametrize("name", ["demo", "hippocampus"])
+def test_shipped_pipelines_use_only_real_commands_and_options(name):
+    """Every step of pipelines/*.yaml names a medseg command and only options that command has."""
+    from pathlib import Path
+
+    import typer.main
+
+    from medseg.cli.main import app
+
+    root = Path(__file__).resolve().parents[1]
+    commands = typer.main.get_command(app).commands
+    pipeline = load_pipeline(root / "pipelines" / f"{name}.yaml")
+    for step in pipeline.steps:
+        assert step.command in commands, step.command
+        known = {opt for param in commands[step.command].params for opt in param.opts}
+        flags = [a for a in step_argv(step) if a.startswith("--")]
+        assert set(flags) <= known, (step.command, set(flags) - known)
+        assert all("${" not in a for a in step_argv(step))
