@@ -38,3 +38,10 @@ class BundleError(MedsegError):
 
 class OutputError(MedsegError):
     """An output cannot be written where it was asked to go."""
+
+
+def first_validation_problem(exc) -> str:
+    """"field 'a.b': <message>" for the first problem of a pydantic ValidationError, for one-line errors."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"field '{where}': {first['msg']}"

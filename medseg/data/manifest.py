@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from medseg.errors import InputError
+from medseg.errors import InputError, first_validation_problem
 
 MANIFEST_VERSION = 1
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -104,9 +104,7 @@ def _validate(data: dict, path: Path) -> Manifest:
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise InputError(f"{path}: field '{where}': {first['msg']}; see data_manifest/README.md") from None
+        raise InputError(f"{path}: {first_validation_problem(exc)}; see data_manifest/README.md") from None
 
 
 def _absolute(manifest: Manifest, root: Path) -> Manifest:

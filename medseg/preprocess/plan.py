@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from medseg.errors import ConfigError
+from medseg.errors import ConfigError, first_validation_problem
 
 PLAN_VERSION = 1
 
@@ -100,9 +100,7 @@ class Plan(_Strict):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise ConfigError(f"{source}: invalid plan field '{where}': {first['msg']} ({exc.error_count()} problem(s))") from None
+            raise ConfigError(f"{source}: invalid plan {first_validation_problem(exc)} ({exc.error_count()} problem(s))") from None
 
     def save(self, path: str | os.PathLike) -> Path:
         from medseg.io.atomic import atomic_output

@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from medseg.errors import ConfigError
+from medseg.errors import ConfigError, first_validation_problem
 from medseg.preprocess.plan import Plan, PlannerSettings, make_plan
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -40,9 +40,7 @@ def load_config(path: str | os.PathLike | None) -> PreprocessConfig:
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read the config ({exc}); fix the YAML") from None
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{path}: field '{where}': {first['msg']}; see configs/preprocess.yaml for the valid keys") from None
+        raise ConfigError(f"{path}: {first_validation_problem(exc)}; see configs/preprocess.yaml for the valid keys") from None
 
 
 @dataclass

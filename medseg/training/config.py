@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from medseg.errors import ConfigError
+from medseg.errors import ConfigError, first_validation_problem
 from medseg.precision import Precision
 
 
@@ -121,9 +121,7 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{path}: '{where}': {first['msg']}; see the commented presets in configs/") from None
+        raise ConfigError(f"{path}: {first_validation_problem(exc)}; see the commented presets in configs/") from None
 
 
 def dump_config(config: TrainConfig) -> str:
