@@ -1,4 +1,4 @@
-"""`medseg train WORKDIR --config configs/unet3d.yaml [--fold 0|..|4|0,1,..|all] ...`"""
+"""`medseg train WORKDIR --config configs/unet3d.yaml [--fold 0|..|4|0,1,..|all|none] ...`"""
 
 from __future__ import annotations
 
@@ -34,21 +34,24 @@ class _Progress:
 
 
 def _parse_folds(text: str) -> list[int | None]:
-    """'all' -> [None] (every case, fold_all); '0' -> [0]; '0,1,2' -> [0, 1, 2]."""
+    """'all' -> the five folds in turn; 'none' -> [None] (every case, no validation: fold_none);
+    '0' -> [0]; '0,2' -> [0, 2]."""
     from medseg.errors import ConfigError
 
     if text == "all":
+        return list(range(5))
+    if text == "none":
         return [None]
     parts = [p.strip() for p in text.split(",")]
     if not all(p.isdigit() and int(p) < 5 for p in parts):
-        raise ConfigError(f"--fold {text!r}: expected 0-4, a comma-separated list of them, or 'all'")
+        raise ConfigError(f"--fold {text!r}: expected 0-4, a comma-separated list of them, 'all' (five folds) or 'none' (every case)")
     return [int(p) for p in parts]
 
 
 def command(
     workdir: Path = typer.Argument(..., help="The folder `medseg preprocess` wrote (plan.json, preprocessed/)."),
     config: Path = typer.Option(..., "--config", "-c", help="A YAML preset, e.g. configs/unet3d.yaml."),
-    fold: str = typer.Option("0", "--fold", help="0-4, a list such as 0,1,2,3,4 (trained in turn), or 'all': every case, no validation (as nnU-Net)."),
+    fold: str = typer.Option("0", "--fold", help="0-4, a list such as 0,2 (trained in turn), 'all' (the five folds in turn) or 'none' (every case, no validation: a final model)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the fold's training_state.pt, exactly."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Total epochs (on a finished run: extend it)."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", min=0, help="Stop after the epoch that passes this many minutes, with a checkpoint."),

@@ -101,7 +101,7 @@ def train(
 
     config: resolved or not (plan values are filled here); on `resume` the run's saved config is
     used instead. `epochs` and `precision` override either (more epochs extend a finished run). The bundle goes to
-    WORKDIR/models/<preset_name>/fold_<k>/ (fold_all when fold is None).
+    WORKDIR/models/<preset_name>/fold_<k>/ (fold_none when fold is None).
     echo: receives one-line messages (epoch summaries); progress(iteration, total, loss) per step.
     """
     import torch
@@ -126,7 +126,7 @@ def train(
     plan = Plan.load(workdir / "plan.json")
     if config.model.configuration not in plan.configurations:
         raise ConfigError(f"the config wants the '{config.model.configuration}' configuration; the plan has {sorted(plan.configurations)}")
-    out_dir = workdir / "models" / preset_name / ("fold_all" if fold is None else f"fold_{fold}")
+    out_dir = workdir / "models" / preset_name / ("fold_none" if fold is None else f"fold_{fold}")
     state_path = out_dir / ckpt.STATE_FILE
     saved = None
     if resume:
@@ -236,8 +236,8 @@ def train(
     labels = {int(k): v for k, v in plan.labels.items()}
     if dist.is_main:
         tags = {"dataset": plan.dataset_name, "model": config.model.name, "preset": preset_name,
-                "fold": "all" if fold is None else str(fold), "precision": precision.resolved.value}
-        run_name = f"{preset_name}-fold{'all' if fold is None else fold}"
+                "fold": "none" if fold is None else str(fold), "precision": precision.resolved.value}
+        run_name = f"{preset_name}-fold{'none' if fold is None else fold}"
         try:
             tracker = open_tracker(workdir, plan.dataset_name, run_name=run_name, run_id=run_id, tags=tags)
         except InputError:  # the earlier run lives in another store: record the continuation as a new run
@@ -272,7 +272,7 @@ def train(
             out_dir,
             model_name=config.model.name,
             configuration=config.model.configuration,
-            fold="all" if fold is None else fold,
+            fold="none" if fold is None else fold,
             model_options=config.model.options,
             plan=run_plan,
             config=config.model_dump(mode="json"),

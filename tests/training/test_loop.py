@@ -89,5 +89,5 @@ def test_unreachable_tracking_server_does_not_stop_training(tiny_config, tiny_wo
 
 def test_2d_model_trains_on_slices(tiny_config, tiny_workdir, dead_tracking_uri):
     result = train(tiny_workdir, tiny_config("unet2d", epochs=1, iterations_per_epoch=2), preset_name="unet2d", fold=None)
-    assert result.bundle_dir.name == "fold_all" and np.isfinite(result.train_losses[0])
-    assert result.val_dice == {}  # --fold all: every case trains, no validation
+    assert result.bundle_dir.name == "fold_none" and np.isfinite(result.train_losses[0])
+    assert result.val_dice == {}  # --fold none: every case trains, no validation
