@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from medseg.precision import Precision
+
 
 class OutputFormat(str, Enum):
     nifti = "nifti"
@@ -16,7 +18,6 @@ class OutputFormat(str, Enum):
 
 
 SUFFIX = {OutputFormat.nifti: ".nii.gz", OutputFormat.dicom_seg: ".dcm", OutputFormat.rtstruct: ".dcm"}
-MANIFEST_SUFFIXES = (".txt", ".csv", ".json")
 
 
 def command(
@@ -29,11 +30,12 @@ def command(
     tta: Annotated[bool, typer.Option("--tta", help="Average over mirrorings of every spatial axis (2^3 times slower in 3D).")] = False,
     folds: Annotated[Optional[str], typer.Option(help="Comma-separated folds to use, e.g. 0,1 (from fold_* subfolders or the given bundles).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
+    precision: Annotated[Precision, typer.Option(help="auto: bf16 + channels-last on CPUs with bf16 units, mixed precision on CUDA, else fp32.")] = Precision.auto,
     probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write the probability maps (<case>_probabilities.nii.gz).")] = False,
     instances: Annotated[bool, typer.Option("--instances", help="Write connected-component instance labels instead of classes.")] = False,
     no_postprocess: Annotated[bool, typer.Option("--no-postprocess", help="Skip the bundle's post-processing steps.")] = False,
     crf: Annotated[bool, typer.Option("--crf", help="Refine the probabilities with a mean-field CRF (MONAI's CRF block) guided by the image.")] = False,
+    workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Log this run to WORKDIR's MLflow store (default: the workdir the bundle was trained in, if it sits in WORKDIR/models/).")] = None,
 ) -> None:
     """Segment one scan or many with a trained bundle (or an ensemble of folds)."""
     import logging
@@ -44,15 +46,13 @@ def command(
     from medseg.errors import ConfigError, InputError, MedsegError
     from medseg.inference.predictor import Predictor
 
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ConfigError(f"--precision {precision!r} is invalid; use auto, fp32, bf16 or fp16")
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"--device {device!r} is invalid; use auto, cpu or cuda")
     if not input.exists():
         raise InputError(f"{input}: no such file or folder; check the path")
     cases, many = _cases(input)
     if format is not OutputFormat.nifti:
-        non_dicom = [c for c in cases if _is_image_file(c)]
+        non_dicom = [p for _, paths in cases for p in paths if _is_image_file(p)]
         if non_dicom:
             raise InputError(
                 f"{non_dicom[0]}: --format {format.value} needs a DICOM series as input (to reference), "
@@ -63,7 +63,7 @@ def command(
 
     bundles = _select_folds([resolve_model_reference(m) for m in model], folds)
     extra = [{"name": "instances", "params": {}}] if instances else []
-    predictor = Predictor(bundles, device=device, precision=precision, tta=tta, overlap=overlap,
+    predictor = Predictor(bundles, device=device, precision=precision.value, tta=tta, overlap=overlap,
                           postprocess=not no_postprocess, extra_steps=extra, crf={} if crf else None)
     typer.echo(f"precision: {predictor.precision.describe()}; {len(bundles)} model(s); device {predictor.device}")
 
@@ -71,12 +71,11 @@ def command(
         output.mkdir(parents=True, exist_ok=True)
     failures: list[tuple[str, str]] = []
     rows = []
-    for n, case in enumerate(cases, start=1):
-        case_id = _case_id(case)
+    for n, (case_id, paths) in enumerate(cases, start=1):
         target = (output / f"{case_id}{SUFFIX[format]}") if many else (output or Path(f"{case_id}_seg{SUFFIX[format]}"))
         start = time.perf_counter()
         try:
-            _infer_one(predictor, case, target, format, series, probabilities)
+            _infer_one(predictor, paths, target, format, series, probabilities)
         except MedsegError as exc:
             if not many:
                 raise
@@ -103,6 +102,8 @@ def command(
             typer.echo(f"{case_id:<40} {'FAILED':<8} {message}")
         typer.echo(f"{len(rows)} ok, {len(failures)} failed")
     typer.echo(f"peak memory: {peak_mb:.0f} MB")
+    _log_run(predictor, model, bundles, workdir, rows, failures, peak_mb,
+             {"precision": predictor.precision.resolved.value, "overlap": overlap, "tta": tta, "format": format.value})
     if failures:
         raise typer.Exit(1)
 
@@ -113,32 +114,50 @@ def _is_image_file(path: Path) -> bool:
     return path.is_file() and is_readable_image_path(path)
 
 
-def _cases(input: Path) -> tuple[list[Path], bool]:
-    """The scans behind INPUT and whether it names many of them."""
+def _cases(input: Path) -> tuple[list[tuple[str, list[Path]]], bool]:
+    """The cases behind INPUT as (case id, one path per channel), and whether it names many.
+
+    INPUT: a scan or DICOM folder (one case); a folder of scans (nnU-Net's CASE_0000, CASE_0001
+    channel files are grouped into one case) or of DICOM series folders; a manifest in the
+    data_manifest format (.csv/.json) or a .txt list with one path per line.
+    """
+    from medseg.data.manifest import load_manifest
     from medseg.errors import InputError
 
-    if input.is_file() and input.suffix.lower() in MANIFEST_SUFFIXES:
-        import json
-
-        text = input.read_text()
-        if input.suffix.lower() == ".json":
-            entries = json.loads(text)
-            entries = [e["image"] if isinstance(e, dict) else e for e in entries]
-        else:
-            entries = [line.split(",")[0].strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-        paths = [(input.parent / e) if not Path(e).is_absolute() else Path(e) for e in entries]
-        if not paths:
-            raise InputError(f"{input}: the manifest lists no scans; put one path per line")
-        return paths, True
+    suffix = input.suffix.lower()
+    if input.is_file() and suffix in (".csv", ".json"):
+        manifest = load_manifest(input)
+        return [(c.case_id, [Path(p) for p in c.images]) for c in manifest.cases], True
+    if input.is_file() and suffix == ".txt":
+        entries = [line.strip() for line in input.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        if not entries:
+            raise InputError(f"{input}: the list names no scans; put one path per line")
+        paths = [p if p.is_absolute() else input.parent / p for p in map(Path, entries)]
+        return [(_case_id(p), [p]) for p in paths], True
     if input.is_dir():
         children = sorted(input.iterdir())
         images = [c for c in children if _is_image_file(c)]
         if images:
-            return images, True
+            return _group_channels(images), True
         subdirs = [c for c in children if c.is_dir()]
         if subdirs and not any(c.is_file() and not c.name.startswith(".") and c.suffix.lower() not in (".md", ".txt", ".json") for c in children):
-            return subdirs, True
-    return [input], False
+            return [(c.name, [c]) for c in subdirs], True
+    return [(_case_id(input), [input])], False
+
+
+def _group_channels(images: list[Path]) -> list[tuple[str, list[Path]]]:
+    """nnU-Net naming (CASE_0000.nii.gz, CASE_0001.nii.gz) -> one case per CASE, channels in order;
+    any other naming -> one single-channel case per file."""
+    import re
+
+    pattern = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+    matches = [pattern.match(_case_id(p)) for p in images]
+    if not all(matches):
+        return [(_case_id(p), [p]) for p in images]
+    cases: dict[str, list[tuple[int, Path]]] = {}
+    for m, p in zip(matches, images):
+        cases.setdefault(m["case"], []).append((int(m["channel"]), p))
+    return [(case, [p for _, p in sorted(channels)]) for case, channels in sorted(cases.items())]
 
 
 def _case_id(path: Path) -> str:
@@ -146,6 +165,32 @@ def _case_id(path: Path) -> str:
 
     suffix = full_suffix(path) if path.is_file() else ""
     return path.name[: len(path.name) - len(suffix)] if suffix else path.name
+
+
+def _log_run(predictor, model_refs, bundles, workdir, rows, failures, peak_mb, options) -> None:
+    """One MLflow run per `medseg infer`, in the dataset's experiment beside training and evaluation.
+
+    Logged to `workdir`'s store, else to the store of the workdir the first bundle was trained in
+    (bundles live in WORKDIR/models/<preset>/fold_k), else only when MLFLOW_TRACKING_URI is set.
+    """
+    import os
+
+    from medseg import tracking
+
+    if workdir is None:
+        candidate = Path(bundles[0]).resolve().parents[2] if len(Path(bundles[0]).resolve().parents) > 2 else None
+        if candidate is not None and (candidate / "plan.json").is_file():
+            workdir = candidate
+    if workdir is None and not os.environ.get("MLFLOW_TRACKING_URI"):
+        return
+    dataset = predictor.bundle.plan.dataset_name
+    with tracking.open_tracker(workdir, dataset, run_name="infer", tags={"medseg.command": "infer", "dataset": dataset}) as tracker:
+        tracker.log_params({"infer.model": ",".join(map(str, model_refs))[:500], **{f"infer.{k}": v for k, v in options.items()}})
+        seconds = [r[1] for r in rows]
+        tracker.log_metrics({
+            "cases_ok": len(rows), "cases_failed": len(failures), "peak_memory_mb": peak_mb,
+            **({"seconds_per_case": sum(seconds) / len(seconds)} if seconds else {}),
+        })
 
 
 def _select_folds(bundles: list[Path], folds: str | None) -> list[Path]:
@@ -179,20 +224,24 @@ def _select_folds(bundles: list[Path], folds: str | None) -> list[Path]:
     return chosen
 
 
-def _infer_one(predictor, case: Path, target: Path, format: OutputFormat, series: str | None, probabilities: bool) -> None:
+def _infer_one(predictor, paths: list[Path], target: Path, format: OutputFormat, series: str | None, probabilities: bool) -> None:
+    """Predict one case (one path per channel) and write its mask; DICOM outputs reference the first channel's series."""
     from medseg.io import read_volume, write_volume
     from medseg.io.atomic import check_output_dir
 
     check_output_dir(target)  # fail before a long prediction
     datasets = None
-    if _is_image_file(case):
-        image = read_volume(case)
-    else:
-        from medseg.io.dicom import load_dicom_series
+    images = []
+    for path in paths:
+        if _is_image_file(path):
+            images.append(read_volume(path))
+        else:
+            from medseg.io.dicom import load_dicom_series
 
-        loaded = load_dicom_series(case, series=series)
-        image, datasets = loaded.volume, loaded.datasets
-    result = predictor.predict([image], probabilities=probabilities)
+            loaded = load_dicom_series(path, series=series)
+            images.append(loaded.volume)
+            datasets = datasets if datasets is not None else loaded.datasets
+    result = predictor.predict(images, probabilities=probabilities)
     labels = result.labels
     names = predictor.labels
     if labels.array.dtype.itemsize > 1 or labels.array.max(initial=0) > max(names):
