@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from medseg.cli.main import main
+from cli_helpers import run
 from medseg.io import read_volume
 from medseg.io.dicom import load_dicom_series
 from medseg.io.dicom_seg import read_dicom_seg, source_datasets
@@ -22,14 +22,6 @@ SERIES = [
     "tcia_mr_oblique/37830-T2reg-78532",
     "totalsegmentator/ct_series",
 ]
-
-
-def run(*args) -> int:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def dciodvfy_errors(path) -> list[str]:

@@ -6,17 +6,9 @@ import shutil
 
 import numpy as np
 
-from medseg.cli.main import main
+from cli_helpers import run
 from medseg.io import read_volume, write_volume
 from medseg.volume import Volume
-
-
-def run(*args) -> int:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def blob_scan(path, seed):
