@@ -9,30 +9,36 @@ Every builder takes the plan's topology (`features_per_stage`, `strides`, `kerne
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
-from functools import partial
-from typing import Callable, Sequence
+from typing import Sequence
 
 from torch import nn
 
 from medseg.errors import ConfigError
-from medseg.models.deeplab import DeepLabV3Plus
-from medseg.models.unet import UNet
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "unet2d": partial(UNet, 2),
-    "unet3d": partial(UNet, 3),
-    "deeplabv3plus2d": partial(DeepLabV3Plus, 2),
-    "deeplabv3plus3d": partial(DeepLabV3Plus, 3),
+# name -> (module, class, spatial dims). Classes are imported on first use: DeepLab is built from
+# MONAI blocks, and importing MONAI costs seconds that a U-Net user should not pay.
+MODELS: dict[str, tuple[str, str, int]] = {
+    "unet2d": ("medseg.models.unet", "UNet", 2),
+    "unet3d": ("medseg.models.unet", "UNet", 3),
+    "deeplabv3plus2d": ("medseg.models.deeplab", "DeepLabV3Plus", 2),
+    "deeplabv3plus3d": ("medseg.models.deeplab", "DeepLabV3Plus", 3),
 }
 
 
 def spatial_dims_of(name: str) -> int:
     """2 or 3: the number of spatial axes model `name` works on."""
-    return _lookup(name).args[0]
+    return _lookup(name)[2]
 
 
-def _lookup(name: str):
+def model_class(name: str) -> type[nn.Module]:
+    """The class registered as `name` (its first argument is the number of spatial dims)."""
+    module, cls, _ = _lookup(name)
+    return getattr(importlib.import_module(module), cls)
+
+
+def _lookup(name: str) -> tuple[str, str, int]:
     if name not in MODELS:
         close = difflib.get_close_matches(name, MODELS, n=1)
         hint = f" did you mean {close[0]!r}?" if close else ""
@@ -51,12 +57,12 @@ def build_model(
     **options,
 ) -> nn.Module:
     """Build registered model `name`; `options` are its keyword options (e.g. deep_supervision, upsample)."""
-    builder = _lookup(name)
-    accepted = [p for p, v in inspect.signature(builder.func).parameters.items() if v.kind is inspect.Parameter.KEYWORD_ONLY]
+    cls = model_class(name)
+    accepted = [p for p, v in inspect.signature(cls).parameters.items() if v.kind is inspect.Parameter.KEYWORD_ONLY]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ConfigError(f"model {name!r} got unknown option(s) {', '.join(unknown)}; it accepts: {', '.join(accepted)}")
-    return builder(in_channels, num_classes, features_per_stage, strides, kernel_sizes, **options)
+    return cls(spatial_dims_of(name), in_channels, num_classes, features_per_stage, strides, kernel_sizes, **options)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -83,4 +89,4 @@ def count_gflops(model: nn.Module, input_shape: Sequence[int]) -> float:
     return counter.get_total_flops() / 1e9
 
 
-__all__ = ["MODELS", "build_model", "count_parameters", "count_gflops", "spatial_dims_of", "UNet", "DeepLabV3Plus"]
+__all__ = ["MODELS", "build_model", "count_gflops", "count_parameters", "model_class", "spatial_dims_of"]

@@ -22,6 +22,14 @@ def norm_spec(norm: str) -> tuple:
     return ("instance", {"affine": True}) if norm == "instance" else ("batch", {})
 
 
+def norm_layer(norm: str, spatial_dims: int, channels: int) -> nn.Module:
+    """The torch module for `norm`: instance norm with learnable affine (as nnU-Net), or batch norm."""
+    norm_spec(norm)  # validates the name
+    if norm == "instance":
+        return (nn.InstanceNorm3d if spatial_dims == 3 else nn.InstanceNorm2d)(channels, affine=True)
+    return (nn.BatchNorm3d if spatial_dims == 3 else nn.BatchNorm2d)(channels)
+
+
 def act_spec() -> tuple:
     return ("leakyrelu", {"inplace": True, "negative_slope": 0.01})
 

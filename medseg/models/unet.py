@@ -1,21 +1,53 @@
 """Plain convolutional U-Net in the nnU-Net style, 2D or 3D.
 
-Each stage is two (conv, norm, LeakyReLU) blocks (MONAI's `UnetBasicBlock`); the first conv of a
-stage carries its stride, so the encoder downsamples by strided convolution, never by pooling.
+Each stage is two (conv, norm, LeakyReLU) layers; the first conv of a stage carries its stride, so
+the encoder downsamples by strided convolution, never by pooling.
 Stages, features, strides and kernel sizes come from the plan's `ConfigurationPlan`.
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.networks.blocks.dynunet_block import UnetBasicBlock
 from torch import nn
 
-from medseg.models.common import act_spec, conv_cls, norm_spec, validate_topology
+from medseg.models.common import conv_cls, norm_layer, validate_topology
+
+
+class ConvBlock(nn.Module):
+    """Two (conv, norm, LeakyReLU 0.01) layers; the first conv carries the stride.
+
+    (B, C_in, *S) -> (B, C_out, *S / stride), with "same" padding. This is MONAI's `UnetBasicBlock`
+    with the same parameter names (conv1.conv.weight, norm1.weight, ...), so weights move freely
+    between the two; written here so that building a U-Net does not import MONAI, which costs
+    `medseg infer` about 4 s of start-up per call (docs/benchmarks.md, "Inference").
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, kernel_size: Sequence[int],
+                 stride: Sequence[int], norm: str, dropout: float = 0.0):
+        super().__init__()
+        conv = conv_cls(spatial_dims)
+
+        def conv_layer(c_in: int, s: Sequence[int]) -> nn.Sequential:
+            padding = tuple((k - si + 1) // 2 for k, si in zip(kernel_size, s))
+            layers = [("conv", conv(c_in, out_channels, tuple(kernel_size), stride=tuple(s), padding=padding, bias=False))]
+            if dropout:
+                layers.append(("dropout", (nn.Dropout3d if spatial_dims == 3 else nn.Dropout2d)(dropout)))
+            return nn.Sequential(OrderedDict(layers))
+
+        self.conv1 = conv_layer(in_channels, stride)
+        self.norm1 = norm_layer(norm, spatial_dims, out_channels)
+        self.conv2 = conv_layer(out_channels, [1] * spatial_dims)
+        self.norm2 = norm_layer(norm, spatial_dims, out_channels)
+        self.lrelu = nn.LeakyReLU(0.01, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.lrelu(self.norm1(self.conv1(x)))
+        return self.lrelu(self.norm2(self.conv2(x)))
 
 
 class _Upsample(nn.Module):
@@ -78,12 +110,12 @@ class UNet(nn.Module):
         self.total_stride = [math.prod(s[d] for s in strides) for d in range(spatial_dims)]
         # cumulative stride of each stage's feature map relative to the input
         self.cumulative = [[math.prod(s[d] for s in strides[: i + 1]) for d in range(spatial_dims)] for i in range(len(strides))]
-        block = dict(spatial_dims=spatial_dims, norm_name=norm_spec(norm), act_name=act_spec(), dropout=dropout or None)
+        block = dict(spatial_dims=spatial_dims, norm=norm, dropout=dropout)
 
         self.encoder = nn.ModuleList()
         channels = in_channels
         for f, s, k in zip(features, strides, kernel_sizes):
-            self.encoder.append(UnetBasicBlock(in_channels=channels, out_channels=f, kernel_size=k, stride=s, **block))
+            self.encoder.append(ConvBlock(in_channels=channels, out_channels=f, kernel_size=k, stride=s, **block))
             channels = f
         self.upsamples = nn.ModuleList()
         self.decoder = nn.ModuleList()
@@ -91,7 +123,8 @@ class UNet(nn.Module):
         for i in range(len(features) - 2, -1, -1):  # deepest decoder stage first
             self.upsamples.append(_Upsample(spatial_dims, features[i + 1], features[i], strides[i + 1], upsample))
             self.decoder.append(
-                UnetBasicBlock(in_channels=2 * features[i], out_channels=features[i], kernel_size=kernel_sizes[i], stride=1, **block)
+                ConvBlock(in_channels=2 * features[i], out_channels=features[i], kernel_size=kernel_sizes[i],
+                          stride=[1] * spatial_dims, **block)
             )
             self.heads.append(conv_cls(spatial_dims)(features[i], num_classes, kernel_size=1))
 
