@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from medseg.errors import ConfigError, InputError
+from medseg.precision import Precision
 from medseg.training.config import TrainConfig, dump_config
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ def train(
     if epochs is not None:
         config = config.model_copy(update={"epochs": epochs})
     if precision is not None:
-        config = config.model_copy(update={"precision": precision})
+        config = config.model_copy(update={"precision": Precision(precision)})  # model_copy does not validate
     config = config.resolve_with_plan(plan)
     run_plan = effective_plan(plan, config)
     conf = run_plan.configurations[config.model.configuration]
