@@ -7,7 +7,7 @@ random batch (data loading is left out on both sides, it runs in loader workers 
 nnU-Net runs in its own environment (benchmarks/.venv-nnunet) with its trainer's `train_step`
 logic, which on CPU has no autocast: float32 only.
 
-Usage: .venv/bin/python benchmarks/bench_train_throughput.py [--steps 5] [--threads 2]
+Usage: .venv/bin/python benchmarks/bench_train_throughput.py [--steps 5] [--threads 2] [--compile]
 """
 
 from __future__ import annotations
@@ -58,8 +58,9 @@ print(json.dumps({"its": steps / (time.perf_counter() - t)}))
 """
 
 
-def medseg_its(precision: str, steps: int, threads: int) -> tuple[float, str]:
-    """Iterations/s of medseg's training step (the same code as medseg.training.loop)."""
+def medseg_its(precision: str, steps: int, threads: int, compile: bool = False) -> tuple[float, str]:
+    """Iterations/s of medseg's training step (the same code as medseg.training.loop; `compile` as the
+    config's `compile: true`, the compilation itself excluded by the warm-up steps)."""
     import torch
 
     from medseg.losses import DeepSupervisionLoss, build_loss
@@ -76,11 +77,12 @@ def medseg_its(precision: str, steps: int, threads: int) -> tuple[float, str]:
     opt = torch.optim.SGD(net.parameters(), 0.01, momentum=0.99, nesterov=True, weight_decay=3e-5)
     x = torch.randn(BATCH, 1, *PATCH).contiguous(memory_format=fmt)
     y = torch.randint(0, 3, (BATCH, 1, *PATCH))
+    model = torch.compile(net) if compile else net
 
     def step():
         opt.zero_grad(set_to_none=True)
         with plan.autocast():
-            out = net(x)
+            out = model(x)
         out = [o.float() for o in out] if isinstance(out, (list, tuple)) else out.float()
         loss = loss_fn(out, y)
         loss.backward()
@@ -101,6 +103,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=BATCH)
+    ap.add_argument("--compile", action="store_true", help="also time medseg auto with torch.compile (compile: true)")
     args = ap.parse_args()
     BATCH = args.batch
     from _nnunet_env import ensure_nnunet_env
@@ -113,9 +116,11 @@ def main() -> None:
     for p in ("fp32", "auto"):
         rows[f"medseg_{p}"], desc = medseg_its(p, args.steps, args.threads)
         print(f"medseg {p}: {desc}")
+    if args.compile:
+        rows["medseg_auto_compiled"], _ = medseg_its("auto", args.steps, args.threads, compile=True)
     print(f"batch {BATCH}, patch {PATCH}, {args.threads} threads, {args.steps} timed steps after 2 warm-up")
     for k, v in rows.items():
-        print(f"{k:14s} {v:.3f} it/s  ({1 / v:.2f} s/step)  x{v / nnunet:.2f} vs nnU-Net")
+        print(f"{k:22s} {v:.3f} it/s  ({1 / v:.2f} s/step)  x{v / nnunet:.2f} vs nnU-Net")
 
 
 if __name__ == "__main__":

@@ -80,6 +80,7 @@ class TrainConfig(_Strict):
     num_workers: Optional[int] = None  # null: chosen from the CPU count (see loop.default_workers)
     seed: int = 12345
     deterministic: bool = False
+    compile: bool = False  # torch.compile the training forward/backward (see docs/benchmarks.md for the gain)
     val_overlap: float = Field(0.5, ge=0.0, lt=1.0)
 
     def resolve_with_plan(self, plan) -> "TrainConfig":

@@ -91,3 +91,16 @@ def test_2d_model_trains_on_slices(tiny_config, tiny_workdir, dead_tracking_uri)
     result = train(tiny_workdir, tiny_config("unet2d", epochs=1, iterations_per_epoch=2), preset_name="unet2d", fold=None)
     assert result.bundle_dir.name == "fold_none" and np.isfinite(result.train_losses[0])
     assert result.val_dice == {}  # --fold none: every case trains, no validation
+
+
+@pytest.mark.slow
+def test_compiled_training_step_matches_eager(tiny_config, tiny_workdir, tmp_path, dead_tracking_uri):
+    """`compile: true` changes speed, not results: same per-epoch losses as an eager run (fp32, same seed)."""
+    import shutil
+
+    other = shutil.copytree(tiny_workdir, tmp_path / "other")
+    cfg = dict(epochs=2, deterministic=True, validate_every=5)
+    eager = train(tiny_workdir, tiny_config(**cfg), preset_name="unet3d", fold=1)
+    compiled = train(other, tiny_config(**cfg, compile=True), preset_name="unet3d", fold=1)
+    assert compiled.train_losses == pytest.approx(eager.train_losses, rel=1e-3)
+    assert eager.train_losses[0] != eager.train_losses[1]
