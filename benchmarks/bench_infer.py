@@ -11,7 +11,9 @@ Resized to the plan-spacing shape (trilinear, align_corners=False: the extent-pr
 medseg's plan resamples to; Spacingd keeps the first voxel centre fixed instead, a different grid
 that would make the masks differ by up to half a voxel) -> sliding_window_inference(mode="gaussian",
 same patch, overlap and windows per batch) -> softmax -> Invertd (probabilities, linear) ->
-argmax -> SaveImage (uint8).
+argmax -> SaveImage (uint8). MONAI floors its Gaussian map at 1e-3 where medseg (as nnU-Net) floors
+it at its smallest value; --same-map also runs the reference with medseg's map (`roi_weight_map`), so
+the mask agreement can be read with and without that one design difference.
 
 Datasets: (a) --cases hippocampus scans from ../shared/data/hippocampus with a trained hippocampus
 bundle (--hippo-bundle; default /tmp/medseg_bench/infer/hippo_bundle; when missing, the plan's
@@ -21,7 +23,8 @@ with a 3-class 3D U-Net (8-64 features, patch 96^3) trained here for --ct-train-
 very case, plan spacing 2.5 mm (192x192x240 voxels for the network).
 
 Usage: .venv/bin/python benchmarks/bench_infer.py [--cases 15] [--ct-slices 300] [--repeats 1]
-           [--only hippo|ct] [--ct-medseg-only-slices 400]
+           [--only hippo|ct] [--ct-medseg-only-slices 400] [--same-map]
+           [--hippo-bundle BUNDLE --split-cases WORK/splits.json:0]
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ WORK = Path("/tmp/medseg_bench/infer")
 
 
 # --------------------------------------------------------------------------------------- workers
-def monai_worker(bundle_dir: str, inputs_file: str, out_dir: str, overlap: float, batch: int) -> None:
+def monai_worker(bundle_dir: str, inputs_file: str, out_dir: str, overlap: float, batch: int, weights: str) -> None:
+    """weights: "monai" = MONAI's own Gaussian map (floored at 1e-3); "medseg" = medseg's map (the
+    same Gaussian floored at its smallest value, as nnU-Net), passed as `roi_weight_map`."""
     import numpy as np
     import torch
     from monai.inferers import sliding_window_inference
@@ -58,6 +63,11 @@ def monai_worker(bundle_dir: str, inputs_file: str, out_dir: str, overlap: float
     norm = plan.normalization[0]
     assert norm.scheme == "zscore", "the MONAI reference reproduces the z-score plans only"
     net = bundle.build_network("best", device="cpu")
+    roi_weight_map = None
+    if weights == "medseg":
+        from medseg.inference.sliding_window import gaussian_importance_map
+
+        roi_weight_map = gaussian_importance_map(cfg.patch_size)
     first = Compose([
         LoadImaged("image", image_only=True),
         EnsureChannelFirstd("image"),
@@ -78,7 +88,7 @@ def monai_worker(bundle_dir: str, inputs_file: str, out_dir: str, overlap: float
         pre = Compose(list(first.transforms) + [resize])
         with torch.inference_mode():
             logits = sliding_window_inference(data["image"][None], cfg.patch_size, batch, net, overlap=overlap,
-                                              mode="gaussian")
+                                              mode="gaussian", roi_weight_map=roi_weight_map)
         data["pred"] = torch.softmax(logits[0], dim=0)
         del logits
         data = Invertd("pred", transform=pre, orig_keys="image", nearest_interp=False)(data)
@@ -303,11 +313,13 @@ def bench(name: str, bundle: Path, inputs: list[Path], work: Path, repeats: int,
                 cmd = [sys.executable, "-m", "medseg", "infer", str(in_dir), "-m", str(bundle), "-o", str(out),
                        "--precision", tool.split("_")[1], "--overlap", str(overlap), "--device", "cpu"]
             else:
-                cmd = [sys.executable, __file__, "--worker", str(bundle), str(listing), str(out), str(overlap), str(batch)]
+                weights = "medseg" if tool == "monai_medseg_map" else "monai"
+                cmd = [sys.executable, __file__, "--worker", str(bundle), str(listing), str(out), str(overlap), str(batch), weights]
             wall, rss = run_child(cmd, work / f"{name}_{tool}.log")
             results[tool].append((wall, rss))
             print(f"{name} run {r + 1} {tool:<12} {wall:8.1f} s {rss:8.0f} MiB  load {os.getloadavg()[0]:.1f}", flush=True)
-    dices: dict[str, list[float]] = {"fp32_vs_monai": [], "auto_vs_fp32": []}
+    dices: dict[str, list[float]] = {"fp32_vs_monai": [], "auto_vs_monai": [], "auto_vs_fp32": [],
+                                     "fp32_vs_monai_medseg_map": []}
     fg = []
     for p in inputs:
         stem = p.name.split(".")[0]
@@ -316,10 +328,12 @@ def bench(name: str, bundle: Path, inputs: list[Path], work: Path, repeats: int,
             masks["fp32"] = read_volume(work / f"{name}_medseg_fp32" / f"{stem}.nii.gz").array
         if "medseg_auto" in tools:
             masks["auto"] = read_volume(work / f"{name}_medseg_auto" / f"{stem}.nii.gz").array
-        if "monai" in tools:
-            masks["monai"] = np.asarray(read_volume(work / f"{name}_monai" / f"{stem}_monai.nii.gz").array)
-        if "fp32" in masks and "monai" in masks:
-            dices["fp32_vs_monai"].append(dice_mc(masks["fp32"], masks["monai"], classes))
+        for tool in ("monai", "monai_medseg_map"):
+            if tool in tools:
+                masks[tool] = np.asarray(read_volume(work / f"{name}_{tool}" / f"{stem}_monai.nii.gz").array)
+        for a, b in (("fp32", "monai"), ("auto", "monai"), ("fp32", "monai_medseg_map")):
+            if a in masks and b in masks:
+                dices[f"{a}_vs_{b}"].append(dice_mc(masks[a], masks[b], classes))
         if "fp32" in masks and "auto" in masks:
             dices["auto_vs_fp32"].append(dice_mc(masks["auto"], masks["fp32"], classes))
         fg.append(float(np.mean(next(iter(masks.values())) > 0)))
@@ -344,8 +358,8 @@ def report(name: str, results, dices, fg) -> dict:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        bundle, listing, out, overlap, batch = sys.argv[2:7]
-        monai_worker(bundle, listing, out, float(overlap), int(batch))
+        bundle, listing, out, overlap, batch, weights = sys.argv[2:8]
+        monai_worker(bundle, listing, out, float(overlap), int(batch), weights)
         return
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", type=int, default=15)
@@ -357,18 +371,27 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--overlap", type=float, default=0.5)
     ap.add_argument("--only", choices=["hippo", "ct"], default=None)
+    ap.add_argument("--same-map", action="store_true",
+                    help="also run the MONAI reference with medseg's Gaussian map (for mask agreement, not timing)")
     ap.add_argument("--hippo-bundle", type=Path, default=WORK / "hippo_bundle")
+    ap.add_argument("--split-cases", default=None, metavar="SPLITS_JSON:FOLD",
+                    help="hippocampus: use that fold's validation cases instead of the first --cases (e.g. with a "
+                         "bundle trained by bench_train_hippocampus.py)")
     ap.add_argument("--work", type=Path, default=WORK)
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"load average at start: {os.getloadavg()}, {os.cpu_count()} CPUs", flush=True)
-    tools = ["medseg_auto", "medseg_fp32", "monai"]
+    tools = ["medseg_auto", "medseg_fp32", "monai"] + (["monai_medseg_map"] if args.same_map else [])
     summary = {"load_start": os.getloadavg()}
     if args.only in (None, "hippo"):
         if not DATA.is_dir():
             sys.exit(f"hippocampus data not found at {DATA}")
         bundle = ensure_hippo_bundle(args.hippo_bundle, args.hippo_train_steps)
         inputs = sorted((DATA / "imagesTr").glob("*.nii.gz"))[: args.cases]
+        if args.split_cases:
+            splits_file, fold = args.split_cases.rsplit(":", 1)
+            val = json.loads(Path(splits_file).read_text())[int(fold)]["val"]
+            inputs = [DATA / "imagesTr" / f"{case}.nii.gz" for case in val]
         summary["hippocampus"] = report(f"hippocampus ({len(inputs)} cases)",
                                         *bench("hippo", bundle, inputs, args.work, args.repeats, args.overlap, tools))
     if args.only in (None, "ct"):
