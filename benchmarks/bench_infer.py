@@ -292,7 +292,7 @@ def bench(name: str, bundle: Path, inputs: list[Path], work: Path, repeats: int,
     from medseg.io import read_volume
 
     b = load_bundle(bundle)
-    batch = max(1, min(b.configuration_plan.batch_size, 4))  # what the Predictor uses
+    batch = 1  # windows per forward pass: what the Predictor uses on the CPU, and MONAI's default
     classes = [c for c in b.labels if c != 0]
     listing = work / f"{name}_inputs.txt"
     listing.write_text("\n".join(str(p) for p in inputs))

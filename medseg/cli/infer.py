@@ -27,6 +27,7 @@ def command(
     format: Annotated[OutputFormat, typer.Option("--format", help="nifti, dicom-seg or rtstruct (the last two need DICOM input).")] = OutputFormat.nifti,
     series: Annotated[Optional[str], typer.Option(help="DICOM: SeriesInstanceUID or index of the series to load.")] = None,
     overlap: Annotated[float, typer.Option(help="Sliding-window overlap in [0, 1).")] = 0.5,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Windows per forward pass (default: 1 on the CPU, min(plan batch, 4) on CUDA).")] = None,
     tta: Annotated[bool, typer.Option("--tta", help="Average over mirrorings of every spatial axis (2^3 times slower in 3D).")] = False,
     folds: Annotated[Optional[str], typer.Option(help="Comma-separated folds to use, e.g. 0,1 (from fold_* subfolders or the given bundles).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -63,7 +64,7 @@ def command(
 
     bundles = _select_folds([resolve_model_reference(m) for m in model], folds)
     extra = [{"name": "instances", "params": {}}] if instances else []
-    predictor = Predictor(bundles, device=device, precision=precision.value, tta=tta, overlap=overlap,
+    predictor = Predictor(bundles, device=device, precision=precision.value, tta=tta, overlap=overlap, batch_size=batch_size,
                           postprocess=not no_postprocess, extra_steps=extra, crf={} if crf else None)
     typer.echo(f"precision: {predictor.precision.describe()}; {len(bundles)} model(s); device {predictor.device}")
 
@@ -103,7 +104,8 @@ def command(
         typer.echo(f"{len(rows)} ok, {len(failures)} failed")
     typer.echo(f"peak memory: {peak_mb:.0f} MB")
     _log_run(predictor, model, bundles, workdir, rows, failures, peak_mb,
-             {"precision": predictor.precision.resolved.value, "overlap": overlap, "tta": tta, "format": format.value})
+             {"precision": predictor.precision.resolved.value, "overlap": overlap, "tta": tta, "format": format.value,
+              "batch_size": predictor.batch_size})
     if failures:
         raise typer.Exit(1)
 

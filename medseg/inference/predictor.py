@@ -50,6 +50,9 @@ class Predictor:
     bundle_paths: bundle folders of one training (folds); their plans and labels must agree.
     precision: "auto" | "fp32" | "bf16" | "fp16" (see medseg.precision).
     tta: average over all mirrorings of the spatial axes.
+    batch_size: windows per forward pass; default 1 on the CPU (batching gains at most 7% there and
+        costs a full set of activations per window: docs/benchmarks.md, "Inference: what was
+        tried"), min(plan batch, 4) on CUDA.
     postprocess: run the bundle's post-processing steps; extra_steps run after them.
     crf: refine the probabilities with MONAI's CRF on the preprocessed grid before inversion
         (None: off; a dict of `medseg.postprocess.crf.crf_refine` keyword arguments: on).
@@ -84,7 +87,7 @@ class Predictor:
         self.spatial_dims = self.config.spatial_dims
         self.tta = tta
         self.overlap = overlap
-        self.batch_size = batch_size or max(1, min(self.config.batch_size, 4))
+        self.batch_size = batch_size or (max(1, min(self.config.batch_size, 4)) if self.device.type == "cuda" else 1)
         self.accumulate_dtype = accumulate_dtype
         self.crf = crf  # None, or keyword arguments of medseg.postprocess.crf.crf_refine
         self.steps = (list(first.postprocessing) if postprocess else []) + list(extra_steps or [])

@@ -62,3 +62,13 @@ def test_wrong_channel_count_and_2d_image_are_refused(tiny_bundle):
     flat = Volume(np.zeros((40, 40, 1), np.int16), np.eye(4))
     with pytest.raises(InputError, match="2D image.*model is 3D"):
         predictor.predict([flat])
+
+
+def test_one_window_per_pass_on_cpu_by_default_and_batching_changes_nothing(tiny_bundle):
+    image, _ = oblique_case(seed=4)
+    single = Predictor([tiny_bundle], device="cpu", precision="fp32")
+    assert single.batch_size == 1
+    batched = Predictor([tiny_bundle], device="cpu", precision="fp32", batch_size=3)
+    a = single.predict([image], probabilities=True).probabilities.array
+    b = batched.predict([image], probabilities=True).probabilities.array
+    np.testing.assert_allclose(a, b, atol=1e-5)  # instance norm is per sample: batching is only speed
