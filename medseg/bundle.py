@@ -146,24 +146,27 @@ class Bundle:
         if which not in WEIGHTS:
             raise BundleError(f"weights '{which}' do not exist; use one of {sorted(WEIGHTS)}")
         cfg = self.configuration_plan
-        network = build_model(
-            self.model_name,
-            in_channels=len(self.plan.channel_names),
-            num_classes=len(self.labels),
-            features_per_stage=list(cfg.features_per_stage),
-            strides=[list(s) for s in cfg.strides],
-            kernel_sizes=[list(k) for k in cfg.kernel_sizes] if cfg.kernel_sizes is not None else None,
-            **self.meta.get("model_options", {}),
-        )
+        # built on the meta device and given the file's tensors (memory-mapped): no random
+        # initialisation and no second copy of the weights
+        with torch.device("meta"):
+            network = build_model(
+                self.model_name,
+                in_channels=len(self.plan.channel_names),
+                num_classes=len(self.labels),
+                features_per_stage=list(cfg.features_per_stage),
+                strides=[list(s) for s in cfg.strides],
+                kernel_sizes=[list(k) for k in cfg.kernel_sizes] if cfg.kernel_sizes is not None else None,
+                **self.meta.get("model_options", {}),
+            )
         weights = self.path / WEIGHTS[which]
         try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
+            state = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
         except FileNotFoundError:
             raise BundleError(f"{weights}: missing; the bundle is incomplete, copy the whole bundle folder") from None
         except Exception as exc:
             raise BundleError(f"{weights}: not a readable state_dict ({type(exc).__name__}); the file is corrupt, re-copy the bundle") from None
         try:
-            network.load_state_dict(state)
+            network.load_state_dict(state, assign=True)
         except RuntimeError as exc:
             first = str(exc).splitlines()[0]
             raise BundleError(f"{weights}: weights do not fit model '{self.model_name}' built from plan.json ({first}); the bundle is inconsistent") from None
