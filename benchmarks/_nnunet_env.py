@@ -23,7 +23,9 @@ def ensure_nnunet_env() -> Path:
         subprocess.run([sys.executable, "-m", "venv", str(ENV_DIR)], check=True)
         pip = [str(bin_dir / "python"), "-m", "pip", "install", "--quiet"]
         subprocess.run(pip + [TORCH_SPEC], check=True)
-        subprocess.run(pip + ["nnunetv2"], check=True)
+        # the pin again, or pip upgrades torch to satisfy nnunetv2's torchvision (which the
+        # benchmarks never import): both tools must run on the same torch build
+        subprocess.run(pip + ["nnunetv2", TORCH_SPEC], check=True)
         marker.touch()
     return bin_dir
 
