@@ -12,8 +12,9 @@ medseg's plan resamples to; Spacingd keeps the first voxel centre fixed instead,
 that would make the masks differ by up to half a voxel) -> sliding_window_inference(mode="gaussian",
 same patch, overlap and windows per batch) -> softmax -> Invertd (probabilities, linear) ->
 argmax -> SaveImage (uint8). MONAI floors its Gaussian map at 1e-3 where medseg (as nnU-Net) floors
-it at its smallest value; --same-map also runs the reference with medseg's map (`roi_weight_map`), so
-the mask agreement can be read with and without that one design difference.
+it at its smallest value, and medseg runs the network channels-last on the CPU; --same-map also runs
+the reference with medseg's map (`roi_weight_map`) and channels-last tensors, so the mask agreement
+can be read with and without those two differences.
 
 Datasets: (a) --cases hippocampus scans from ../shared/data/hippocampus with a trained hippocampus
 bundle (--hippo-bundle; default /tmp/medseg_bench/infer/hippo_bundle; when missing, the plan's
@@ -23,7 +24,7 @@ with a 3-class 3D U-Net (8-64 features, patch 96^3) trained here for --ct-train-
 very case, plan spacing 2.5 mm (192x192x240 voxels for the network).
 
 Usage: .venv/bin/python benchmarks/bench_infer.py [--cases 15] [--ct-slices 300] [--repeats 1]
-           [--only hippo|ct] [--ct-medseg-only-slices 400] [--same-map]
+           [--only hippo|ct] [--ct-medseg-only-slices 400] [--same-map] [--with-mlflow]
            [--hippo-bundle BUNDLE --split-cases WORK/splits.json:0]
 """
 
@@ -45,8 +46,11 @@ WORK = Path("/tmp/medseg_bench/infer")
 
 # --------------------------------------------------------------------------------------- workers
 def monai_worker(bundle_dir: str, inputs_file: str, out_dir: str, overlap: float, batch: int, weights: str) -> None:
-    """weights: "monai" = MONAI's own Gaussian map (floored at 1e-3); "medseg" = medseg's map (the
-    same Gaussian floored at its smallest value, as nnU-Net), passed as `roi_weight_map`."""
+    """weights: "monai" = MONAI's own Gaussian map (floored at 1e-3), the network as MONAI users run
+    it (NCDHW); "medseg" = the same arithmetic as medseg fp32: medseg's map (the same Gaussian
+    floored at its smallest value, as nnU-Net) passed as `roi_weight_map`, and the network run on
+    channels-last tensors as medseg runs it on the CPU (a different summation order in the
+    convolutions, which flips near-tie voxels of a weak model)."""
     import numpy as np
     import torch
     from monai.inferers import sliding_window_inference
@@ -64,10 +68,15 @@ def monai_worker(bundle_dir: str, inputs_file: str, out_dir: str, overlap: float
     assert norm.scheme == "zscore", "the MONAI reference reproduces the z-score plans only"
     net = bundle.build_network("best", device="cpu")
     roi_weight_map = None
+    predictor = net
     if weights == "medseg":
         from medseg.inference.sliding_window import gaussian_importance_map
 
         roi_weight_map = gaussian_importance_map(cfg.patch_size)
+        net = net.to(memory_format=torch.channels_last_3d)
+
+        def predictor(x):
+            return net(x.contiguous(memory_format=torch.channels_last_3d))
     first = Compose([
         LoadImaged("image", image_only=True),
         EnsureChannelFirstd("image"),
@@ -87,7 +96,7 @@ def monai_worker(bundle_dir: str, inputs_file: str, out_dir: str, overlap: float
         data = resize(data)
         pre = Compose(list(first.transforms) + [resize])
         with torch.inference_mode():
-            logits = sliding_window_inference(data["image"][None], cfg.patch_size, batch, net, overlap=overlap,
+            logits = sliding_window_inference(data["image"][None], cfg.patch_size, batch, predictor, overlap=overlap,
                                               mode="gaussian", roi_weight_map=roi_weight_map)
         data["pred"] = torch.softmax(logits[0], dim=0)
         del logits
@@ -312,6 +321,8 @@ def bench(name: str, bundle: Path, inputs: list[Path], work: Path, repeats: int,
             if tool.startswith("medseg"):
                 cmd = [sys.executable, "-m", "medseg", "infer", str(in_dir), "-m", str(bundle), "-o", str(out),
                        "--precision", tool.split("_")[1], "--overlap", str(overlap), "--device", "cpu"]
+                if tool.endswith("_mlflow"):  # as when the bundle sits in its workdir: the run is logged
+                    cmd += ["--workdir", str(work / "mlflow_workdir")]
             else:
                 weights = "medseg" if tool == "monai_medseg_map" else "monai"
                 cmd = [sys.executable, __file__, "--worker", str(bundle), str(listing), str(out), str(overlap), str(batch), weights]
@@ -372,7 +383,11 @@ def main() -> None:
     ap.add_argument("--overlap", type=float, default=0.5)
     ap.add_argument("--only", choices=["hippo", "ct"], default=None)
     ap.add_argument("--same-map", action="store_true",
-                    help="also run the MONAI reference with medseg's Gaussian map (for mask agreement, not timing)")
+                    help="also run the MONAI reference with medseg's arithmetic: its Gaussian map and channels-last "
+                         "tensors (for mask agreement, not timing)")
+    ap.add_argument("--with-mlflow", action="store_true",
+                    help="also run medseg auto logging its MLflow run (what `medseg infer` does when the bundle "
+                         "sits in its workdir); the MONAI reference tracks nothing")
     ap.add_argument("--hippo-bundle", type=Path, default=WORK / "hippo_bundle")
     ap.add_argument("--split-cases", default=None, metavar="SPLITS_JSON:FOLD",
                     help="hippocampus: use that fold's validation cases instead of the first --cases (e.g. with a "
@@ -381,7 +396,8 @@ def main() -> None:
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"load average at start: {os.getloadavg()}, {os.cpu_count()} CPUs", flush=True)
-    tools = ["medseg_auto", "medseg_fp32", "monai"] + (["monai_medseg_map"] if args.same_map else [])
+    tools = (["medseg_auto", "medseg_fp32", "monai"] + (["monai_medseg_map"] if args.same_map else [])
+             + (["medseg_auto_mlflow"] if args.with_mlflow else []))
     summary = {"load_start": os.getloadavg()}
     if args.only in (None, "hippo"):
         if not DATA.is_dir():
