@@ -11,7 +11,7 @@ def _mean_std(x: np.ndarray, chunk: int = 1 << 22) -> tuple[float, float]:
     """Mean and (population) standard deviation accumulated in float64 over chunks of a float32
     array: the same values as `x.mean(dtype=float64)`, `x.std(dtype=float64)` without the full-size
     float64 temporary that `np.std` makes (2.4 GB for a 512x512x400 CT)."""
-    flat = x.reshape(-1)
+    flat = x.ravel(order="K")  # a view in whatever memory order x has
     n = flat.size
     total = sum(float(flat[i : i + chunk].sum(dtype=np.float64)) for i in range(0, n, chunk))
     mean = total / n
@@ -25,9 +25,10 @@ def _mean_std(x: np.ndarray, chunk: int = 1 << 22) -> tuple[float, float]:
 def normalize(image: np.ndarray, schemes: list[ChannelNormalization], nonzero: np.ndarray | None = None) -> np.ndarray:
     """(C, X, Y, Z) -> float32 (C, X, Y, Z). `nonzero`: (X, Y, Z) bool, the region z-scores use.
 
-    Works in place in the output array, so the peak is the output plus one chunk.
+    Works in place in the output array, so the peak is the output plus one chunk. The output
+    keeps the input's memory order, so the copy never transposes.
     """
-    out = np.empty(image.shape, dtype=np.float32)
+    out = np.empty_like(image, dtype=np.float32)
     for c, scheme in enumerate(schemes):
         x = out[c]
         np.copyto(x, image[c], casting="unsafe")

