@@ -3,16 +3,18 @@
 `labels_on_original(probs, properties)` gives the same labels as
 `argmax(invert_to_original(probs, properties).array)`: each class is resampled linearly onto the
 cropped original grid (the extent-preserving grid of `medseg.preprocess.resample`, i.e. scipy's
-`zoom(order=1, grid_mode=True, mode="nearest")`), uncropped with background = 1 outside the box,
-argmax, reoriented back. It streams over slabs of the last axis, so a 512x512x400 CT with 3 classes
-needs the uint8 label map plus a slab of floats, instead of K full-size float32 arrays (4.7 GB
-for this example).
+`zoom(order=1, grid_mode=True, mode="nearest")`, which in-plane is torch's bilinear
+`interpolate(align_corners=False)`), uncropped with background = 1 outside the box, argmax,
+reoriented back. It streams over slabs of the last axis, so a 512x512x400 CT with 3 classes needs
+the uint8 label map plus a slab of floats, instead of K full-size float32 arrays (4.7 GB for this
+example). The label map is Fortran-ordered, as NIfTI stores voxels, so writing it never transposes.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from medseg.errors import GeometryError
 from medseg.volume import Volume
@@ -66,18 +68,21 @@ def labels_on_original(probs: np.ndarray | torch.Tensor, properties, slab: int =
     k = p.shape[0]
     dtype = np.uint8 if k <= 256 else np.uint16
     cropped = [int(s) for s in props.cropped_shape]
-    wx, wy, wz = (_axis_weights(n_in, n_out) for n_in, n_out in zip(p.shape[1:], cropped))
-    labels = np.zeros(props.ras_shape, dtype=dtype)  # background outside the crop box
+    wz = _axis_weights(p.shape[3], cropped[2])
+    labels = np.zeros(props.ras_shape, dtype=dtype, order="F")  # background outside the crop box
+    labels_zyx = labels.T  # the same memory as C-ordered (Z, Y, X): a z-slab is one block
     (x0, x1), (y0, y1), (z0, z1) = props.crop_box
     with torch.inference_mode():
         for start in range(0, cropped[2], slab):
             stop = min(start + slab, cropped[2])
-            part = _lerp_axis(p, 3, wz[0][start:stop], wz[1][start:stop], wz[2][start:stop])
-            part = _lerp_axis(part, 2, *wy)
-            part = _lerp_axis(part, 1, *wx)
-            labels[x0:x1, y0:y1, z0 + start : z0 + stop] = _argmax0(part).numpy()
+            part = _lerp_axis(p, 3, wz[0][start:stop], wz[1][start:stop], wz[2][start:stop])  # (K, X', Y', s)
+            part = part.permute(0, 3, 2, 1).contiguous()  # (K, s, Y', X'), a slab only
+            if part.shape[2:] != (cropped[1], cropped[0]):
+                part = F.interpolate(part.view(1, -1, *part.shape[2:]), size=(cropped[1], cropped[0]),
+                                     mode="bilinear", align_corners=False).view(k, stop - start, cropped[1], cropped[0])
+            labels_zyx[z0 + start : z0 + stop, y0:y1, x0:x1] = _argmax0(part).numpy()
     back = Volume(labels, np.array(props.ras_affine)).reoriented(props.original_orientation)
     original_affine = np.array(props.original_affine)
     if tuple(back.spatial_shape) != tuple(props.original_shape) or not np.allclose(back.affine, original_affine, atol=1e-3):
         raise GeometryError("reorienting back did not reproduce the original grid; the properties are inconsistent")
-    return Volume(np.ascontiguousarray(back.array), original_affine)
+    return Volume(back.array, original_affine)
