@@ -146,8 +146,9 @@ class Bundle:
         if which not in WEIGHTS:
             raise BundleError(f"weights '{which}' do not exist; use one of {sorted(WEIGHTS)}")
         cfg = self.configuration_plan
-        # built on the meta device and given the file's tensors (memory-mapped): no random
-        # initialisation and no second copy of the weights
+        # built on the meta device and given the loaded tensors: no random initialisation and no
+        # second copy of the weights (not memory-mapped: the mapping would stay resident beside
+        # the channels-last copies the predictor makes)
         with torch.device("meta"):
             network = build_model(
                 self.model_name,
@@ -160,7 +161,7 @@ class Bundle:
             )
         weights = self.path / WEIGHTS[which]
         try:
-            state = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+            state = torch.load(weights, map_location="cpu", weights_only=True)
         except FileNotFoundError:
             raise BundleError(f"{weights}: missing; the bundle is incomplete, copy the whole bundle folder") from None
         except Exception as exc:
