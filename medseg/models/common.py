@@ -32,11 +32,14 @@ class _ChannelsLastInstanceNorm:
     of nnU-Net's Hippocampus U-Net. Each sample of a channels-last batch is already a
     channels-last (1, C, *S) tensor, and batch norm over one sample with batch statistics is
     instance norm, so it runs in place of the copies; same values (tests/models), 2.5x faster
-    on this layer.
+    on this layer. Batch norm's channels-last kernel vectorises over channels, so with fewer than
+    32 bytes of channels per voxel (8 bf16 channels) the copies are faster and are kept (a 96^3
+    map of 8 channels in bf16: 14 ms this way, 4 ms with the copies).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.track_running_stats or x.is_contiguous() or not x.is_contiguous(memory_format=_channels_last(x.dim())):
+        if (self.track_running_stats or x.is_contiguous() or not x.is_contiguous(memory_format=_channels_last(x.dim()))
+                or x.shape[1] * x.element_size() < 32):
             return super().forward(x)
         samples = [F.batch_norm(x[n : n + 1], None, None, self.weight, self.bias, True, 0.0, self.eps) for n in range(x.shape[0])]
         return samples[0] if len(samples) == 1 else torch.cat(samples)
