@@ -28,6 +28,7 @@ def command(
     series: Annotated[Optional[str], typer.Option(help="DICOM: SeriesInstanceUID or index of the series to load.")] = None,
     overlap: Annotated[float, typer.Option(help="Sliding-window overlap in [0, 1).")] = 0.5,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Windows per forward pass (default: 1 on the CPU, min(plan batch, 4) on CUDA).")] = None,
+    fp16_buffer: Annotated[bool, typer.Option("--fp16-buffer", help="Sum the windows' logits in float16: half the buffer, for very large volumes on a GPU.")] = False,
     tta: Annotated[bool, typer.Option("--tta", help="Average over mirrorings of every spatial axis (2^3 times slower in 3D).")] = False,
     folds: Annotated[Optional[str], typer.Option(help="Comma-separated folds to use, e.g. 0,1 (from fold_* subfolders or the given bundles).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -42,6 +43,8 @@ def command(
     import logging
     import resource
     import time
+
+    import torch
 
     from medseg.bundle import resolve_model_reference
     from medseg.errors import ConfigError, InputError, MedsegError
@@ -65,6 +68,7 @@ def command(
     bundles = _select_folds([resolve_model_reference(m) for m in model], folds)
     extra = [{"name": "instances", "params": {}}] if instances else []
     predictor = Predictor(bundles, device=device, precision=precision.value, tta=tta, overlap=overlap, batch_size=batch_size,
+                          accumulate_dtype=torch.float16 if fp16_buffer else torch.float32,
                           postprocess=not no_postprocess, extra_steps=extra, crf={} if crf else None)
     typer.echo(f"precision: {predictor.precision.describe()}; {len(bundles)} model(s); device {predictor.device}")
 
@@ -105,7 +109,7 @@ def command(
     typer.echo(f"peak memory: {peak_mb:.0f} MB")
     _log_run(predictor, model, bundles, workdir, rows, failures, peak_mb,
              {"precision": predictor.precision.resolved.value, "overlap": overlap, "tta": tta, "format": format.value,
-              "batch_size": predictor.batch_size})
+              "batch_size": predictor.batch_size, "fp16_buffer": fp16_buffer})
     if failures:
         raise typer.Exit(1)
 

@@ -9,6 +9,7 @@ probabilities -> argmax -> post-processing steps.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,31 @@ class Prediction:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def accumulation_device(device: torch.device, spatial_shape, num_classes: int, dtype: torch.dtype,
+                        free_bytes: int | None = None) -> torch.device:
+    """Where the sliding window's (K, *S) logit sum lives: on the GPU when it and its weight map take
+    at most half the GPU's free memory (the rest is for the network's activations), else on the CPU.
+    `free_bytes` defaults to what CUDA reports free now."""
+    if device.type != "cuda":
+        return device
+    if free_bytes is None:
+        free_bytes = torch.cuda.mem_get_info(device)[0]
+    voxels = math.prod(int(s) for s in spatial_shape)
+    need = voxels * (num_classes * torch.finfo(dtype).bits // 8 + 4)  # + the float32 weight sum
+    if need <= free_bytes // 2:
+        return device
+    log.info("the %.1f GB logit buffer does not fit beside the network on the GPU; accumulating on the CPU", need / 1e9)
+    return torch.device("cpu")
+
+
+def softmax_(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over dim 0 in place: no second (K, *S) float buffer on a large volume."""
+    logits -= logits.amax(0, keepdim=True)
+    logits.exp_()
+    logits /= logits.sum(0, keepdim=True)
+    return logits
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -50,6 +76,8 @@ class Predictor:
     bundle_paths: bundle folders of one training (folds); their plans and labels must agree.
     precision: "auto" | "fp32" | "bf16" | "fp16" (see medseg.precision).
     tta: average over all mirrorings of the spatial axes.
+    accumulate_dtype: float16 halves the logit sum's buffer (for very large volumes on a GPU); the
+        buffer sits on the GPU when it fits (`accumulation_device`), else on the CPU.
     batch_size: windows per forward pass; default 1 on the CPU (batching gains at most 7% there and
         costs a full set of activations per window: docs/benchmarks.md, "Inference: what was
         tried"), min(plan batch, 4) on CUDA.
@@ -118,9 +146,11 @@ class Predictor:
                         "give a volume, or use a bundle trained with the 2d configuration"
                     )
 
+    @torch.inference_mode()
     def logits_to_probabilities(self, image: torch.Tensor) -> torch.Tensor:
         """(C, X, Y, Z) preprocessed image -> (K, X, Y, Z) float32 softmax, averaged over folds."""
         total = None
+        accumulate_on = accumulation_device(self.device, image.shape[1:], len(self.labels), self.accumulate_dtype)
         for network in self.networks:
             net = mirrored(network, self.spatial_dims) if self.tta else network
             kwargs = dict(
@@ -128,7 +158,7 @@ class Predictor:
                 batch_size=self.batch_size,
                 precision=self.precision,
                 device=self.device,
-                accumulate_device=self.device,
+                accumulate_device=accumulate_on,
                 accumulate_dtype=self.accumulate_dtype,
             )
             if self.spatial_dims == 3:
@@ -136,7 +166,7 @@ class Predictor:
             else:
                 axis = self.config.slice_axis if self.config.slice_axis is not None else 2
                 logits = sliding_window_predict_2d(image, net, self.config.patch_size, slice_axis=axis, **kwargs)
-            probs = torch.softmax(logits, dim=0)  # in place of logits to keep one buffer per fold
+            probs = softmax_(logits)
             del logits
             if total is None:
                 total = probs

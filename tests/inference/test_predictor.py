@@ -72,3 +72,31 @@ def test_one_window_per_pass_on_cpu_by_default_and_batching_changes_nothing(tiny
     a = single.predict([image], probabilities=True).probabilities.array
     b = batched.predict([image], probabilities=True).probabilities.array
     np.testing.assert_allclose(a, b, atol=1e-5)  # instance norm is per sample: batching is only speed
+
+
+def test_logit_buffer_goes_to_the_gpu_only_when_it_fits():
+    import torch
+
+    from medseg.inference.predictor import accumulation_device
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert accumulation_device(cpu, (512, 512, 400), 3, torch.float32, free_bytes=0) == cpu
+    # 100^3 voxels x (3 classes x 4 B + 4 B weight sum) = 16 MB: fits in 40 MB free, not in 20 MB
+    assert accumulation_device(cuda, (100, 100, 100), 3, torch.float32, free_bytes=40_000_000) == cuda
+    assert accumulation_device(cuda, (100, 100, 100), 3, torch.float32, free_bytes=20_000_000) == cpu
+    # a float16 buffer is 10 MB: fits in 20 MB free
+    assert accumulation_device(cuda, (100, 100, 100), 3, torch.float16, free_bytes=20_000_000) == cuda
+
+
+def test_in_place_softmax_and_float16_buffer_agree_with_the_defaults(tiny_bundle):
+    import torch
+
+    from medseg.inference.predictor import softmax_
+
+    logits = torch.randn(4, 7, 5, 3) * 20
+    torch.testing.assert_close(softmax_(logits.clone()), torch.softmax(logits, dim=0))
+    image, _ = oblique_case(seed=5)
+    fp32 = Predictor([tiny_bundle], device="cpu", precision="fp32").predict([image], probabilities=True)
+    fp16 = Predictor([tiny_bundle], device="cpu", precision="fp32", accumulate_dtype=torch.float16).predict([image], probabilities=True)
+    np.testing.assert_allclose(fp16.probabilities.array, fp32.probabilities.array, atol=5e-3)
+    assert dice(fp16.labels.array == 1, fp32.labels.array == 1) > 0.99
