@@ -39,15 +39,16 @@ def test_auto_falls_back_to_fp32_without_bf16_hardware(tiny_config, no_bf16, tin
     assert result.precision == "fp32"
 
 
-def test_bf16_bundle_loads_and_predicts_in_fp32(tiny_config, tiny_workdir, dead_tracking_uri):
+@pytest.mark.parametrize("trained_in", ["bf16", "fp32"])
+def test_bundle_trained_in_one_precision_predicts_in_the_other(trained_in, tiny_config, tiny_workdir, dead_tracking_uri):
     from medseg.bundle import load_bundle
     from medseg.inference.sliding_window import sliding_window_predict
     from medseg.preprocess.cache import load_case
 
-    cfg = tiny_config(epochs=1, precision="bf16")
+    cfg = tiny_config(epochs=1, precision=trained_in)
     result = train(tiny_workdir, cfg, preset_name="unet3d", fold=0)
     bundle = load_bundle(result.bundle_dir)
-    assert bundle.meta["precision"] == "bf16"
+    assert bundle.meta["precision"] == trained_in
     state = torch.load(result.bundle_dir / "model_best.pt", weights_only=True)
     assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())  # weights stay fp32
     net = bundle.build_network()
