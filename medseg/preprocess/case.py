@@ -96,7 +96,7 @@ def preprocess_case(images: list[Volume], plan: Plan, label: Volume | None = Non
     box = nonzero_box(ras.array)
     sl = tuple(slice(a, b) for a, b in box)
     cropped = ras.array[(slice(None),) + sl]
-    nonzero = np.any(cropped != 0, axis=0)
+    nonzero = np.any(cropped != 0, axis=0) if any(n.use_nonzero_mask for n in plan.normalization) else None
     spacing = ras.spacing
     new_shape = target_shape(cropped.shape[1:], spacing, plan.target_spacing)
     coarse = coarse_axis_of(spacing, plan.resampling.anisotropy_threshold)

@@ -8,16 +8,20 @@ from medseg.preprocess.plan import ChannelNormalization
 
 
 def _mean_std(x: np.ndarray, chunk: int = 1 << 22) -> tuple[float, float]:
-    """Mean and (population) standard deviation accumulated in float64 over chunks of a float32
-    array: the same values as `x.mean(dtype=float64)`, `x.std(dtype=float64)` without the full-size
-    float64 temporary that `np.std` makes (2.4 GB for a 512x512x400 CT)."""
-    flat = x.ravel(order="K")  # a view in whatever memory order x has
-    n = flat.size
-    total = sum(float(flat[i : i + chunk].sum(dtype=np.float64)) for i in range(0, n, chunk))
-    mean = total / n
+    """Mean and (population) standard deviation accumulated in float64 over chunks of an array of
+    any real dtype: the same values as `x.mean(dtype=float64)`, `x.std(dtype=float64)` without the
+    full-size float64 temporary that `np.std` makes (2.4 GB for a 512x512x400 CT)."""
+    n = x.size
+    if n == 0:
+        return 0.0, 0.0
+    # slabs along the axis with the largest stride: views of any array (a cropped one too), no copy
+    axis = int(np.argmax(np.abs(x.strides)))
+    step = max(1, chunk // (n // x.shape[axis]))
+    slabs = [x[(slice(None),) * axis + (slice(i, i + step),)] for i in range(0, x.shape[axis], step)]
+    mean = sum(float(part.sum(dtype=np.float64)) for part in slabs) / n
     squares = 0.0
-    for i in range(0, n, chunk):
-        d = flat[i : i + chunk].astype(np.float64) - mean
+    for part in slabs:
+        d = part.astype(np.float64).ravel(order="K") - mean
         squares += float(np.dot(d, d))
     return mean, (squares / n) ** 0.5
 
@@ -31,16 +35,22 @@ def normalize(image: np.ndarray, schemes: list[ChannelNormalization], nonzero: n
     out = np.empty_like(image, dtype=np.float32)
     for c, scheme in enumerate(schemes):
         x = out[c]
+        use_mask = scheme.scheme == "zscore" and scheme.use_nonzero_mask and nonzero is not None and nonzero.any()
+        if scheme.scheme == "zscore" and not use_mask:
+            # statistics from the input itself, then one pass that casts and subtracts together
+            # (float32 arithmetic: the same values as casting first)
+            mean, std = _mean_std(image[c])
+            np.subtract(image[c], np.float32(mean), out=x, dtype=np.float32, casting="unsafe")
+            np.divide(x, max(std, 1e-8), out=x)
+            continue
         np.copyto(x, image[c], casting="unsafe")
         if scheme.scheme == "ct":
             np.clip(x, scheme.clip_low, scheme.clip_high, out=x)
             np.subtract(x, scheme.mean, out=x)
             np.divide(x, max(scheme.std, 1e-8), out=x)
         elif scheme.scheme == "zscore":
-            use_mask = scheme.use_nonzero_mask and nonzero is not None and nonzero.any()
-            mean, std = _mean_std(np.ascontiguousarray(x[nonzero]) if use_mask else x)
+            mean, std = _mean_std(np.ascontiguousarray(x[nonzero]))
             np.subtract(x, mean, out=x)
             np.divide(x, max(std, 1e-8), out=x)
-            if use_mask:
-                x[~nonzero] = 0
+            x[~nonzero] = 0
     return out
