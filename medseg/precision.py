@@ -7,7 +7,7 @@ never slower than fp32 on a CPU without bf16 hardware. Weights and optimizer sta
 every mode; only the autocast region runs in low precision.
 
 On the CPU every precision runs with channels-last tensors: oneDNN's convolutions are faster on
-them in float32 too (docs/benchmarks.md, "Channels-last in float32"), now that instance norm keeps
+them in float32 too (docs/benchmarks.md, "Training: what dominates after bf16"), now that instance norm keeps
 that layout (`medseg.models.common.InstanceNorm3d`). On CUDA only the mixed precisions use it.
 """
 

@@ -14,8 +14,8 @@ def _mean_std(x: np.ndarray, chunk: int = 1 << 22) -> tuple[float, float]:
     n = x.size
     if n == 0:
         return 0.0, 0.0
-    # slabs along the axis with the largest stride: views of any array (a cropped one too), no copy
-    axis = int(np.argmax(np.abs(x.strides)))
+    # slabs along the (non-singleton) axis with the largest stride: views of any array, no copy
+    axis = max(range(x.ndim), key=lambda a: (x.shape[a] > 1, abs(x.strides[a])))
     step = max(1, chunk // (n // x.shape[axis]))
     slabs = [x[(slice(None),) * axis + (slice(i, i + step),)] for i in range(0, x.shape[axis], step)]
     mean = sum(float(part.sum(dtype=np.float64)) for part in slabs) / n
