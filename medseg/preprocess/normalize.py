@@ -35,22 +35,20 @@ def normalize(image: np.ndarray, schemes: list[ChannelNormalization], nonzero: n
     out = np.empty_like(image, dtype=np.float32)
     for c, scheme in enumerate(schemes):
         x = out[c]
-        use_mask = scheme.scheme == "zscore" and scheme.use_nonzero_mask and nonzero is not None and nonzero.any()
-        if scheme.scheme == "zscore" and not use_mask:
-            # statistics from the input itself, then one pass that casts and subtracts together
-            # (float32 arithmetic: the same values as casting first)
-            mean, std = _mean_std(image[c])
-            np.subtract(image[c], np.float32(mean), out=x, dtype=np.float32, casting="unsafe")
-            np.divide(x, max(std, 1e-8), out=x)
-            continue
-        np.copyto(x, image[c], casting="unsafe")
         if scheme.scheme == "ct":
+            np.copyto(x, image[c], casting="unsafe")
             np.clip(x, scheme.clip_low, scheme.clip_high, out=x)
             np.subtract(x, scheme.mean, out=x)
             np.divide(x, max(scheme.std, 1e-8), out=x)
         elif scheme.scheme == "zscore":
-            mean, std = _mean_std(np.ascontiguousarray(x[nonzero]))
-            np.subtract(x, mean, out=x)
+            use_mask = scheme.use_nonzero_mask and nonzero is not None and nonzero.any()
+            # statistics from the input itself, then one pass that casts and subtracts together
+            # (float32 arithmetic: the same values as casting first)
+            mean, std = _mean_std(image[c][nonzero] if use_mask else image[c])
+            np.subtract(image[c], np.float32(mean), out=x, dtype=np.float32, casting="unsafe")
             np.divide(x, max(std, 1e-8), out=x)
-            x[~nonzero] = 0
+            if use_mask:
+                x[~nonzero] = 0
+        else:
+            np.copyto(x, image[c], casting="unsafe")
     return out
