@@ -1,4 +1,4 @@
-"""Deep supervision: one loss per decoder scale, weighted 1, 1/2, 1/4, ... as nnU-Net does."""
+"""Deep supervision: one loss per decoder output, weighted 1, 1/2, 1/4, ... as nnU-Net does."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ from medseg.errors import ConfigError
 
 
 def default_weights(n: int) -> list[float]:
-    """1, 1/2, 1/4, ... with the lowest resolution set to 0 (nnU-Net), normalised to sum to 1."""
-    if n == 1:
-        return [1.0]
+    """1, 1/2, 1/4, ... for n outputs (full resolution first), normalised to sum to 1.
+
+    nnU-Net also computes the lowest-resolution output and weights it 0; medseg's U-Net does not
+    produce that output at all (an unused head would get no gradient, which DDP refuses), so every
+    output here has a weight > 0 and the kept outputs get nnU-Net's relative weights.
+    """
     weights = [0.5**i for i in range(n)]
-    weights[-1] = 0.0
     return [w / sum(weights) for w in weights]
 
 
@@ -54,7 +56,7 @@ class DeepSupervisionLoss(nn.Module):
         if len(weights) != len(outputs):
             raise ConfigError(f"deep supervision has {len(weights)} weights for {len(outputs)} outputs; give one weight per output")
         total = outputs[0].new_zeros((), dtype=torch.float32)
+        # no skipping of zero weights: a skipped output leaves its head without a gradient (DDP fails)
         for w, logits in zip(weights, outputs):
-            if w:
-                total = total + w * self.loss(logits, downsample_target(target, logits.shape[2:]))
+            total = total + w * self.loss(logits, downsample_target(target, logits.shape[2:]))
         return total

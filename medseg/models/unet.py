@@ -80,8 +80,9 @@ class UNet(nn.Module):
 
     Inputs whose sizes are not multiples of the total stride are zero-padded at the far end inside
     `forward` and the outputs cropped back. With `deep_supervision`, training mode returns a list of
-    logits, full resolution first, the k-th of spatial size ceil(S / cumulative stride of stage k);
-    eval mode always returns the single full-resolution tensor.
+    logits, full resolution first, the k-th of spatial size ceil(S / cumulative stride of stage k),
+    one per decoder level except the deepest (nnU-Net gives that one weight 0; here it does not
+    exist); eval mode always returns the single full-resolution tensor.
     """
 
     def __init__(
@@ -119,14 +120,39 @@ class UNet(nn.Module):
             channels = f
         self.upsamples = nn.ModuleList()
         self.decoder = nn.ModuleList()
-        self.heads = nn.ModuleList()
-        for i in range(len(features) - 2, -1, -1):  # deepest decoder stage first
+        # heads keyed by decoder level ("0" = deepest), the names a list of every level would have, so
+        # bundles load in either mode. Only levels with an output get a head: every parameter then
+        # receives a gradient, which DistributedDataParallel requires.
+        self.heads = nn.ModuleDict()
+        n_levels = len(features) - 1
+        self.output_levels = self._output_levels(n_levels, deep_supervision)
+        for level, i in enumerate(range(len(features) - 2, -1, -1)):  # deepest decoder stage first
             self.upsamples.append(_Upsample(spatial_dims, features[i + 1], features[i], strides[i + 1], upsample))
             self.decoder.append(
                 ConvBlock(in_channels=2 * features[i], out_channels=features[i], kernel_size=kernel_sizes[i],
                           stride=[1] * spatial_dims, **block)
             )
-            self.heads.append(conv_cls(spatial_dims)(features[i], num_classes, kernel_size=1))
+            if level in self.output_levels:
+                self.heads[str(level)] = conv_cls(spatial_dims)(features[i], num_classes, kernel_size=1)
+        self._register_load_state_dict_pre_hook(self._drop_absent_heads)
+
+    @staticmethod
+    def _output_levels(n_levels: int, deep_supervision: bool) -> list[int]:
+        """Decoder levels (0 = deepest) with an output head.
+
+        Without deep supervision only the full-resolution level. With it every level except the
+        deepest, which nnU-Net weights 0: it is dropped rather than computed and ignored.
+        """
+        if not deep_supervision or n_levels == 1:
+            return [n_levels - 1]
+        return list(range(1, n_levels))
+
+    def _drop_absent_heads(self, state_dict, prefix, *args) -> None:
+        """Ignore the side heads of weights saved with more outputs (deep supervision, older bundles)."""
+        head = prefix + "heads."
+        for key in [k for k in state_dict if k.startswith(head)]:
+            if key[len(head):].split(".")[0] not in self.heads:
+                del state_dict[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         size = x.shape[2:]
@@ -141,12 +167,12 @@ class UNet(nn.Module):
         x = skips.pop()
         want_all = self.deep_supervision and self.training
         outputs = []
-        for level, (up, dec, head) in enumerate(zip(self.upsamples, self.decoder, self.heads)):
+        for level, (up, dec) in enumerate(zip(self.upsamples, self.decoder)):
             x = dec(torch.cat([up(x), skips.pop()], dim=1))
             stage = len(self.decoder) - 1 - level  # encoder stage this decoder level mirrors
-            if want_all or stage == 0:
+            if (want_all and str(level) in self.heads) or stage == 0:
                 crop = [math.ceil(n / c) for n, c in zip(size, self.cumulative[stage])]
-                outputs.append(head(x)[(...,) + tuple(slice(0, c) for c in crop)])
+                outputs.append(self.heads[str(level)](x)[(...,) + tuple(slice(0, c) for c in crop)])
         if want_all:
             return outputs[::-1]  # full resolution first
         return outputs[-1]

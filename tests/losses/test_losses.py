@@ -153,7 +153,8 @@ def test_bf16_logits_give_float32_loss():
 
 
 def test_deep_supervision_weights_and_target_downsampling():
-    assert default_weights(3) == pytest.approx([2 / 3, 1 / 3, 0.0])
+    assert default_weights(3) == pytest.approx([4 / 7, 2 / 7, 1 / 7])  # no zero weight: every output trains
+    assert default_weights(2) == pytest.approx([2 / 3, 1 / 3])  # nnU-Net's 3-output weights, lowest dropped
     assert default_weights(1) == [1.0]
     target = torch.randint(0, 3, (1, 1, 37, 51, 29))
     small = downsample_target(target, (10, 13, 8))  # cumulative stride 4
@@ -161,11 +162,17 @@ def test_deep_supervision_weights_and_target_downsampling():
     g = torch.Generator().manual_seed(0)
     outputs = [torch.randn(1, 3, 37, 51, 29, generator=g), torch.randn(1, 3, 19, 26, 15, generator=g), torch.randn(1, 3, 10, 13, 8, generator=g)]
     base = build_loss("dice_ce")
-    ds = DeepSupervisionLoss(base)(outputs, target)
+    ds = DeepSupervisionLoss(base)(outputs[:2], target)
     expected = 2 / 3 * base(outputs[0], target) + 1 / 3 * base(outputs[1], target[:, :, ::2, ::2, ::2])
     assert ds.item() == pytest.approx(expected.item(), rel=1e-6)
-    explicit = DeepSupervisionLoss(base, weights=[0.0, 0.0, 1.0])(outputs, target)
+    three = DeepSupervisionLoss(base)(outputs, target)
+    assert three.item() == pytest.approx((4 * base(outputs[0], target) + 2 * base(outputs[1], target[:, :, ::2, ::2, ::2])
+                                          + base(outputs[2], small)).item() / 7, rel=1e-6)
+    leaves = [o.clone().requires_grad_() for o in outputs]
+    explicit = DeepSupervisionLoss(base, weights=[0.0, 0.0, 1.0])(leaves, target)
     assert explicit.item() == pytest.approx(base(outputs[2], small).item(), rel=1e-6)
+    explicit.backward()  # a weight of 0 still reaches its output (zero gradient), so DDP sees every head used
+    assert all(leaf.grad is not None for leaf in leaves) and not leaves[0].grad.any()
     assert DeepSupervisionLoss(base)(outputs[0], target).item() == pytest.approx(base(outputs[0], target).item())
 
 

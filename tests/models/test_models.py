@@ -37,8 +37,13 @@ def test_forward_backward_on_odd_sizes(name):
         assert p.grad is not None, f"{pname} received no gradient"
         assert torch.isfinite(p.grad).all(), pname
     if name.startswith("unet"):
-        # one output per decoder level, ceil(S / 2^level), full resolution first
-        assert [tuple(o.shape[2:]) for o in outputs] == [ODD[d], tuple((s + 1) // 2 for s in ODD[d])]
+        # 3 stages, 2 decoder levels: the deepest level's output (nnU-Net's weight 0) is not built
+        assert [tuple(o.shape[2:]) for o in outputs] == [ODD[d]]
+        deep = build_model(name, in_channels=2, num_classes=3, features_per_stage=[4, 8, 8, 8], strides=[[1] * d] + [[2] * d] * 3,
+                           deep_supervision=True).train()
+        # 4 stages: outputs of ceil(S / 2^level) for every decoder level but the deepest, full resolution first
+        assert [tuple(o.shape[2:]) for o in deep(x)] == [ODD[d], tuple((s + 1) // 2 for s in ODD[d])]
+        assert sorted(deep.heads) == ["1", "2"]
         model.eval()
         with torch.no_grad():
             single = model(x)
@@ -71,8 +76,8 @@ def test_unet_anisotropic_strides_interp_upsampling_and_batch_norm():
         upsample="interp", norm="batch", deep_supervision=True,
     ).train()
     outputs = model(torch.randn(2, 1, 21, 18, 7))
-    # cumulative strides (1,1,1), (2,2,1), (4,4,2): sizes ceil(S / stride)
-    assert [tuple(o.shape) for o in outputs] == [(2, 2, 21, 18, 7), (2, 2, 11, 9, 7), (2, 2, 6, 5, 4)]
+    # cumulative strides (1,1,1), (2,2,1): sizes ceil(S / stride); the deepest level, (4,4,2), has no output
+    assert [tuple(o.shape) for o in outputs] == [(2, 2, 21, 18, 7), (2, 2, 11, 9, 7)]
     assert any(isinstance(m, nn.BatchNorm3d) for m in model.modules())
     assert not any(isinstance(m, nn.ConvTranspose3d) for m in model.modules())
 
@@ -116,9 +121,11 @@ def test_count_parameters_and_gflops_by_hand():
 
 
 def test_weights_trained_with_deep_supervision_load_without_it():
-    trained = _build("unet3d", deep_supervision=True)
-    plain = _build("unet3d", deep_supervision=False)
-    plain.load_state_dict(trained.state_dict())  # same heads either way: bundles load in any mode
+    four = dict(in_channels=2, num_classes=3, features_per_stage=[4, 8, 8, 8], strides=[[1] * 3] + [[2] * 3] * 3)
+    trained = build_model("unet3d", **four, deep_supervision=True)
+    plain = build_model("unet3d", **four, deep_supervision=False)
+    assert set(trained.state_dict()) > set(plain.state_dict())  # side heads only with deep supervision
+    plain.load_state_dict(trained.state_dict())  # the full-resolution head has one name: bundles load in any mode
     x = torch.randn(1, 2, 12, 10, 9)
     with torch.no_grad():
         assert torch.equal(plain.eval()(x), trained.eval()(x))
