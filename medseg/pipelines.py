@@ -19,7 +19,7 @@ import string
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from medseg.errors import ConfigError
 
@@ -40,6 +40,7 @@ class Pipeline(BaseModel):
     variables: dict[str, str] = Field(default_factory=dict)
     steps: list[PipelineStep]
     summary: list[str] = Field(default_factory=list)
+    _source: str = PrivateAttr(default="pipeline")  # the YAML file it was read from, for error messages
 
 
 def load_pipeline(path: Path, overrides: dict[str, str] | None = None) -> Pipeline:
@@ -54,11 +55,20 @@ def load_pipeline(path: Path, overrides: dict[str, str] | None = None) -> Pipeli
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with 'name' and 'steps', found {type(raw).__name__}")
-    variables = _resolve_variables({**raw.get("variables", {}), **(overrides or {})})
+    declared = raw.get("variables") or {}
+    if not isinstance(declared, dict):
+        raise ConfigError(f"{path}: 'variables' must be a mapping NAME: VALUE, found {type(declared).__name__}")
+    unknown = sorted(set(overrides or {}) - set(declared))
+    if unknown:
+        known = ", ".join(sorted(declared)) or "none"
+        raise ConfigError(f"{path}: --set {unknown[0]}: no such variable in this pipeline (it defines: {known}); check the spelling")
+    variables = _resolve_variables({**declared, **(overrides or {})})
     try:
         substituted = _substitute(raw, variables)
         substituted["variables"] = variables
-        return Pipeline.model_validate(substituted)
+        pipeline = Pipeline.model_validate(substituted)
+        pipeline._source = str(path)
+        return pipeline
     except KeyError as exc:
         raise ConfigError(f"{path}: variable ${{{exc.args[0]}}} is used but not defined; add it under 'variables'") from None
     except ValueError as exc:  # pydantic.ValidationError
@@ -99,6 +109,24 @@ def step_argv(step: PipelineStep) -> list[str]:
         else:
             argv += [flag, str(value)]
     return argv
+
+
+def check_steps(pipeline: Pipeline, options_of: Callable[[str], set[str] | None]) -> None:
+    """Refuse, before any step runs, a step whose command or options medseg does not know.
+
+    options_of(command): the option names ("--out", ...) `medseg COMMAND` accepts, or None when there
+    is no such command.
+    """
+    for number, step in enumerate(pipeline.steps, start=1):
+        where = f"{pipeline._source}: step {number} ({step.command})"
+        known = options_of(step.command)
+        if known is None:
+            raise ConfigError(f"{where}: no command 'medseg {step.command}'; use one of those `medseg --help` lists")
+        for key in step.options:
+            flag = "--" + key.replace("_", "-")
+            if flag not in known:
+                names = ", ".join(sorted(k[2:] for k in known if k.startswith("--") and k != "--help"))
+                raise ConfigError(f"{where}: unknown option '{key}' (medseg {step.command} has no {flag}); valid options: {names}")
 
 
 def run_pipeline(pipeline: Pipeline, run_command: Callable[[list[str]], None], echo: Callable[[str], None]) -> None:

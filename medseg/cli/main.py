@@ -55,18 +55,57 @@ def _root(
 
 def run_argv(argv: list[str]) -> None:
     """Run one medseg command in this process (used by pipelines); errors propagate."""
-    import click
-
     from medseg.errors import ConfigError
 
     try:
         code = app(args=argv, prog_name="medseg", standalone_mode=False)
-    except click.ClickException as exc:  # a usage error in the step's arguments
+    except _click_exceptions() as exc:  # a usage error in the step's arguments
         raise ConfigError(f"medseg {argv[0]}: {exc.format_message()}") from None
     except SystemExit as exc:
         code = exc.code
     if code not in (0, None):
         raise ConfigError(f"medseg {' '.join(argv)} exited with code {code}")
+
+
+def _click_exceptions() -> tuple[type, ...]:
+    """Click's ClickException classes: Typer >= 0.2x raises those of its vendored copy (typer._click)."""
+    import click
+
+    classes = [click.ClickException]
+    try:
+        from typer import _click
+
+        classes.append(_click.exceptions.ClickException)
+    except (ImportError, AttributeError):
+        pass
+    return tuple(classes)
+
+
+def click_command(name: str):
+    """The click command behind `medseg NAME`, or None (for checking a pipeline step's options)."""
+    import typer.main
+
+    return typer.main.get_command(app).commands.get(name)
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of `exc` as one line.
+
+    torch's DataLoader re-raises a worker's exception as the same class holding "Caught X in DataLoader
+    worker process N.\nOriginal Traceback ...\nmodule.X: message"; the original message is its last line.
+    """
+    text = str(exc).strip()
+    if "\n" not in text:
+        return text
+    lines = [line for line in text.splitlines() if line.strip()]
+    if "Original Traceback" in text and lines:
+        last = lines[-1].strip()
+        name = type(exc).__name__
+        for prefix in (f"{type(exc).__module__}.{name}: ", f"{name}: "):
+            if last.startswith(prefix):
+                return last[len(prefix):]
+        return last
+    return " ".join(line.strip() for line in lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -86,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     except MedsegError as exc:
         if debug:
             raise
-        typer.echo(f"medseg: error: {exc}", err=True)
+        typer.echo(f"medseg: error: {one_line(exc)}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         typer.echo("medseg: interrupted", err=True)
@@ -94,5 +133,5 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug, not bad input: still one line unless --debug
         if debug:
             raise
-        typer.echo(f"medseg: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+        typer.echo(f"medseg: internal error: {type(exc).__name__}: {one_line(exc)} (rerun with --debug for the traceback)", err=True)
         sys.exit(1)
