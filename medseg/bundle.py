@@ -209,9 +209,10 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     return Bundle(root, meta, plan, config)
 
 
-def resolve_model_reference(ref: str | os.PathLike, dst: str | os.PathLike | None = None) -> Path:
+def resolve_model_reference(ref: str | os.PathLike, dst: str | os.PathLike | None = None, workdir: str | os.PathLike | None = None) -> Path:
     """A bundle folder for `ref`: a local folder, or an MLflow run id, `runs:/` URI or registered
-    model name (downloaded through `medseg.tracking.download_bundle` into `dst` or a temp folder)."""
+    model name, downloaded through `medseg.tracking.download_bundle` into `dst` or a temp folder from
+    `workdir`'s store (or MLFLOW_TRACKING_URI's); no store is created by a lookup."""
     local = Path(ref)
     if local.is_dir():
         return local
@@ -223,13 +224,100 @@ def resolve_model_reference(ref: str | os.PathLike, dst: str | os.PathLike | Non
         from medseg.tracking import download_bundle
     except ImportError:
         raise BundleError(f"{ref}: not a bundle folder, and MLflow references are unavailable in this install; pass a bundle folder") from None
-    if dst is None:
+    temporary = dst is None
+    if temporary:
         import tempfile
 
         dst = tempfile.mkdtemp(prefix="medseg-bundle-")
     try:
-        return Path(download_bundle(text, Path(dst)))
-    except BundleError:
-        raise
-    except Exception as exc:
+        return Path(download_bundle(text, Path(dst), workdir=Path(workdir) if workdir is not None else None))
+    except BaseException as exc:
+        if temporary:
+            import shutil
+
+            shutil.rmtree(dst, ignore_errors=True)
+        if isinstance(exc, BundleError) or not isinstance(exc, Exception):
+            raise
         raise BundleError(f"{ref}: not a bundle folder, and MLflow could not resolve it as a run id, runs:/ URI or model name ({type(exc).__name__}); check the reference") from None
+
+
+def parse_fold(value: Any, where: str | os.PathLike = BUNDLE_JSON) -> int | None:
+    """bundle.json's "fold": 0..N (also "0"), or None / "none" (trained on every case: fold_none)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
+        return None
+    if isinstance(value, bool):
+        value = str(value)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise BundleError(f"{where}: \"fold\" is {value!r}; expected an integer fold (0-4) or \"none\"; fix bundle.json") from None
+
+
+def bundle_fold(bundle_dir: str | os.PathLike) -> int | None:
+    """The fold a bundle folder was trained on (None: fold_none / every case)."""
+    meta_path = Path(bundle_dir) / BUNDLE_JSON
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        raise BundleError(f"{meta_path}: missing or not valid JSON; pass a bundle folder written by `medseg train`") from None
+    if not isinstance(meta, dict):
+        raise BundleError(f"{meta_path}: expected a JSON object; the bundle is corrupt, re-copy it")
+    return parse_fold(meta.get("fold"), meta_path)
+
+
+def parse_folds_option(text: str) -> set[int | None]:
+    """--folds "0,1" -> {0, 1}; "none" names fold_none; "all" is not accepted here (it is the default)."""
+    from medseg.errors import ConfigError
+
+    wanted: set[int | None] = set()
+    for part in (p.strip().lower() for p in text.split(",")):
+        if not part:
+            continue
+        if part == "none":
+            wanted.add(None)
+        elif part.isdigit():
+            wanted.add(int(part))
+        else:
+            raise ConfigError(f"--folds {text!r} is invalid; give comma-separated fold numbers such as 0,1, or 'none' for fold_none")
+    if not wanted:
+        raise ConfigError(f"--folds {text!r} names no fold; give e.g. 0,1 or none")
+    return wanted
+
+
+def select_fold_bundles(refs: list[str | os.PathLike], folds: str | None = None) -> list[Path]:
+    """The bundle folders to ensemble for `--model REF...` and `--folds`.
+
+    A REF holding bundle.json is used as given (also fold_none, when named so). A REF holding fold_*
+    bundles (a BUNDLE_PARENT) expands to its cross-validation folds only; its fold_none is used when it
+    is the only model there, or when `--folds` names `none`. `folds` ("0,1", "none", "0,none") then keeps
+    the bundles of those folds, in the order given by REFs.
+    """
+    explicit: list[Path] = []  # named by the user: kept whatever their fold
+    expanded: list[Path] = []  # from a BUNDLE_PARENT
+    for ref in map(Path, refs):
+        if (ref / BUNDLE_JSON).is_file() or not ref.is_dir():
+            explicit.append(ref)
+            continue
+        children = sorted(c for c in ref.iterdir() if c.is_dir() and (c / BUNDLE_JSON).is_file())
+        if not children:
+            explicit.append(ref)  # load_bundle will say what is wrong
+            continue
+        expanded += children
+    wanted = parse_folds_option(folds) if folds is not None else None
+    chosen: list[Path] = []
+    for b in explicit:
+        if wanted is None or bundle_fold(b) in wanted:
+            chosen.append(b)
+    cross_validation = [b for b in expanded if bundle_fold(b) is not None]
+    for b in expanded:
+        fold = bundle_fold(b)
+        if wanted is not None:
+            keep = fold in wanted
+        else:  # the CV folds form the ensemble; fold_none only stands in when there is nothing else
+            keep = fold is not None or not cross_validation
+        if keep and b not in chosen:
+            chosen.append(b)
+    if not chosen:
+        names = ", ".join(str(b) for b in explicit + expanded)
+        raise BundleError(f"no bundle for --folds {folds} among {names}; check --folds (fold numbers, or 'none' for fold_none)")
+    return chosen

@@ -1,11 +1,14 @@
 """Experiment tracking in MLflow: the only module that imports mlflow (lazily, inside functions).
 
 Store: `MLFLOW_TRACKING_URI` when set (e.g. a team server), otherwise SQLite `WORKDIR/mlruns.db`
-with artifacts under `WORKDIR/mlartifacts`. One experiment per dataset.
+with artifacts under `WORKDIR/mlartifacts`. One experiment per dataset. Without a workdir and without
+`MLFLOW_TRACKING_URI` nothing is tracked and no store is created (never one in the current folder).
 
 Tracking never stops the work: when the store cannot be reached (probed with a short timeout) or a
 call fails later, one warning is logged and the tracker becomes a no-op; the caller keeps its own
-local record (checkpoints, CSVs) either way.
+local record (checkpoints, CSVs) either way. MLflow's HTTP retries and timeouts are bounded
+(`HTTP_DEFAULTS`, unless the user set them), so a dead or hanging server costs about 10 s once, and a
+server that failed is not asked again by this process.
 """
 
 from __future__ import annotations
@@ -29,6 +32,27 @@ MAX_PARAM_LENGTH = 500  # MLflow 2 accepts 500 characters, MLflow 3 6000: stay w
 _BATCH = 100  # MLflow's log_batch accepts at most 1000 metrics / 100 params per call
 _warned = False
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+# MLflow's defaults (7 retries, backoff factor 2, 120 s timeout) stall a run about 4 minutes per call on
+# a dead server. These give at most 2 tries of 4 s, 1-1.5 s apart: ~10 s worst case on a hanging server.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "4",
+}
+_failed_uris: set[str] = set()  # stores that failed in this process: not tried again
+
+
+def configure_http() -> None:
+    """Bound MLflow's HTTP retries and timeouts (`HTTP_DEFAULTS`), keeping any the user set."""
+    for name, value in HTTP_DEFAULTS.items():
+        if not os.environ.get(name, "").strip():
+            os.environ[name] = value
+
+
+def has_store(workdir: Path | None) -> bool:
+    """Whether there is a store to use: `MLFLOW_TRACKING_URI` is set or a workdir is given."""
+    return bool(os.environ.get("MLFLOW_TRACKING_URI", "").strip()) or workdir is not None
 
 
 def tracking_uri(workdir: Path | None = None) -> str:
@@ -123,6 +147,7 @@ class Tracker(NullTracker):
         self._uri = uri
 
     def _fail(self, what: str, exc: Exception) -> None:
+        _failed_uris.add(self._uri)
         _warn_once(
             f"MLflow tracking at {redact(self._uri)} failed while {what} ({type(exc).__name__}: {exc}); "
             "continuing without tracking"
@@ -252,12 +277,20 @@ def open_tracker(
 ) -> Tracker | NullTracker:
     """Start a run in `experiment` (created if needed), or continue run `run_id`.
 
-    Returns a `NullTracker` (after one warning) when the store cannot be reached or used.
+    Returns a `NullTracker` (after one warning) when the store cannot be reached or used, or already
+    failed in this process; silently when there is no store (no workdir, no MLFLOW_TRACKING_URI).
     Raises InputError when `run_id` does not exist in a reachable store.
     """
+    if not has_store(workdir):
+        log.info("no workdir and no MLFLOW_TRACKING_URI: not tracked")
+        return NullTracker()
+    configure_http()
     uri = tracking_uri(workdir)
+    if uri in _failed_uris:
+        return NullTracker()
     problem = _reachable(uri)
     if problem is not None:
+        _failed_uris.add(uri)
         _warn_once(f"MLflow tracking server {redact(uri)} is unreachable ({problem}); continuing without tracking")
         return NullTracker()
     try:
@@ -274,6 +307,7 @@ def open_tracker(
     except InputError:
         raise
     except Exception as exc:
+        _failed_uris.add(uri)
         _warn_once(f"MLflow tracking at {redact(uri)} cannot be used ({type(exc).__name__}: {exc}); continuing without tracking")
         return NullTracker()
     if tags:
@@ -299,10 +333,18 @@ def download_bundle(model_ref: str, dst: str | os.PathLike, workdir: Path | None
 
     model_ref: an MLflow run id (its artifact path "bundle"), a `runs:/RUN_ID/PATH` URI, a
     `models:/NAME/VERSION` URI, or a registered model name (its latest version).
-    The store is the one `open_tracker(workdir, ...)` would use. Raises BundleError on failure.
+    The store is the one `open_tracker(workdir, ...)` would use; it is never created here (no workdir
+    and no MLFLOW_TRACKING_URI, or a workdir without mlruns.db: BundleError). Raises BundleError on failure.
     """
     import mlflow.artifacts
 
+    if not has_store(workdir):
+        raise BundleError(
+            f"'{model_ref}' is not a bundle folder, and there is no MLflow store to look it up in; "
+            "pass the bundle folder, or --workdir WORKDIR (its mlruns.db) or set MLFLOW_TRACKING_URI"
+        )
+    _check_local_store(workdir, model_ref)
+    configure_http()
     uri = tracking_uri(workdir)
     problem = _reachable(uri)
     if problem is not None:
@@ -329,6 +371,17 @@ def download_bundle(model_ref: str, dst: str | os.PathLike, workdir: Path | None
             )
         local = found
     return local
+
+
+def _check_local_store(workdir: Path | None, model_ref: str) -> None:
+    """A lookup in the default local store needs WORKDIR/mlruns.db to exist (a lookup never creates it)."""
+    if os.environ.get("MLFLOW_TRACKING_URI", "").strip() or workdir is None:
+        return
+    if not _db_path(workdir).is_file():
+        raise BundleError(
+            f"'{model_ref}' is not a bundle folder, and {workdir} has no MLflow store (mlruns.db) to look it up in; "
+            "pass the bundle folder, the workdir that trained it, or set MLFLOW_TRACKING_URI"
+        )
 
 
 def _model_version_uri(model_ref: str, workdir: Path | None) -> str:

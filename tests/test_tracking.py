@@ -23,6 +23,7 @@ def workdir(tmp_path_factory) -> Path:
 def local_store(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setattr(tracking, "_warned", False)
+    monkeypatch.setattr(tracking, "_failed_uris", set())
 
 
 def client(workdir: Path):

@@ -18,7 +18,7 @@ def command(
     images: Annotated[Optional[Path], typer.Option("--images", help="Folder of scans (ID.nii.gz or ID_0000.nii.gz) to draw the overlays on.")] = None,
     run: Annotated[Optional[str], typer.Option("--run", help="Log into this existing MLflow run: a run id, or a model bundle folder (its training run).")] = None,
     experiment: Annotated[Optional[str], typer.Option("--experiment", help="MLflow experiment of the new run (default: the dataset's name, else medseg-evaluate).")] = None,
-    workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Workdir whose tracking store to use (default: the current folder).")] = None,
+    workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Workdir whose tracking store to use (default: MLFLOW_TRACKING_URI, else the workdir of a --run bundle; otherwise nothing is logged).")] = None,
 ) -> None:
     """Score predictions against references: Dice, IoU, precision, recall, HD95, ASSD, NSD, boundary F1.
 
@@ -31,6 +31,8 @@ def command(
     if run and experiment:
         raise ConfigError("--run and --experiment exclude each other: log into an existing run, or start one in an experiment")
     if run and Path(run).is_dir():
+        if workdir is None:
+            workdir = _workdir_of(Path(run))
         run = _training_run_of(Path(run))
     label_list = _parse_labels(labels)
     report = evaluation.evaluate(pred, ref, labels=label_list, tolerance_mm=tolerance_mm)
@@ -49,6 +51,9 @@ def command(
     typer.echo(evaluation.format_table(report))
     typer.echo(f"wrote {csv_path}, {json_path} and {len(boxplots) + len(overlays)} plots in {plots}")
 
+    if not tracking.has_store(workdir):  # never a store in the current folder by accident
+        typer.echo("not logged to MLflow: pass --workdir WORKDIR or set MLFLOW_TRACKING_URI", err=True)
+        return
     name = experiment or _dataset_name(workdir) or report.dataset_name or "medseg-evaluate"
     tags = {"medseg.command": "evaluate"}
     if report.dataset_name:
@@ -74,6 +79,12 @@ def _training_run_of(bundle_dir: Path) -> str:
     if not run_id:
         raise ConfigError(f"{bundle_dir}: the bundle records no MLflow run (trained without tracking); pass --run RUN_ID or --experiment")
     return run_id
+
+
+def _workdir_of(bundle_dir: Path) -> Path | None:
+    """WORKDIR for a bundle in WORKDIR/models/<preset>/fold_k (it holds plan.json), else None."""
+    parents = bundle_dir.resolve().parents
+    return parents[2] if len(parents) > 2 and (parents[2] / "plan.json").is_file() else None
 
 
 def _parse_labels(text: str | None) -> list[int] | None:

@@ -30,7 +30,7 @@ def command(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Windows per forward pass (default: 1 on the CPU, min(plan batch, 4) on CUDA).")] = None,
     fp16_buffer: Annotated[bool, typer.Option("--fp16-buffer", help="Sum the windows' logits in float16: half the buffer, for very large volumes on a GPU.")] = False,
     tta: Annotated[bool, typer.Option("--tta", help="Average over mirrorings of every spatial axis (2^3 times slower in 3D).")] = False,
-    folds: Annotated[Optional[str], typer.Option(help="Comma-separated folds to use, e.g. 0,1 (from fold_* subfolders or the given bundles).")] = None,
+    folds: Annotated[Optional[str], typer.Option(help="Comma-separated folds to use, e.g. 0,1, or 'none' for fold_none (default: a folder of fold_* bundles gives its cross-validation folds; fold_none only when it is the only one).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     precision: Annotated[Precision, typer.Option(help="auto: bf16 + channels-last on CPUs with bf16 units, mixed precision on CUDA, else fp32.")] = Precision.auto,
     probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write the probability maps (<case>_probabilities.nii.gz).")] = False,
@@ -65,7 +65,7 @@ def command(
     if many and output is None:
         raise InputError(f"{input} holds {len(cases)} scans; give an output folder with -o OUT_DIR")
 
-    bundles = _select_folds([resolve_model_reference(m) for m in model], folds)
+    bundles = _select_folds([resolve_model_reference(m, workdir=workdir) for m in model], folds)
     extra = [{"name": "instances", "params": {}}] if instances else []
     predictor = Predictor(bundles, device=device, precision=precision.value, tta=tta, overlap=overlap, batch_size=batch_size,
                           accumulate_dtype=torch.float16 if fp16_buffer else torch.float32,
@@ -200,34 +200,25 @@ def _log_run(predictor, model_refs, bundles, workdir, rows, failures, peak_mb, o
 
 
 def _select_folds(bundles: list[Path], folds: str | None) -> list[Path]:
-    """Expand folders of fold_* bundles and keep the requested folds."""
-    import json
+    """Expand folders of fold_* bundles and keep the requested folds (see `medseg.bundle.select_fold_bundles`)."""
+    from medseg.bundle import select_fold_bundles
 
-    from medseg.errors import BundleError, ConfigError
+    return select_fold_bundles(bundles, folds)
 
-    expanded = []
-    for b in bundles:
-        if not (b / "bundle.json").exists() and any((c / "bundle.json").exists() for c in b.iterdir() if c.is_dir()):
-            expanded += sorted(c for c in b.iterdir() if (c / "bundle.json").exists())
-        else:
-            expanded.append(b)
-    if folds is None:
-        return expanded
-    try:
-        wanted = {int(f) for f in folds.split(",") if f.strip()}
-    except ValueError:
-        raise ConfigError(f"--folds {folds!r} is invalid; give comma-separated integers such as 0,1") from None
-    chosen = []
-    for b in expanded:
-        try:
-            fold = json.loads((b / "bundle.json").read_text()).get("fold")
-        except (OSError, json.JSONDecodeError):
-            fold = None
-        if fold is not None and int(fold) in wanted:
-            chosen.append(b)
-    if not chosen:
-        raise BundleError(f"no bundle for folds {sorted(wanted)} among {', '.join(str(b) for b in expanded)}; check --folds")
-    return chosen
+
+def _check_finite(volume, path: Path) -> None:
+    """Refuse NaN or Inf voxels: the network would turn them into NaN logits and an all-background mask."""
+    import numpy as np
+
+    from medseg.errors import InputError
+
+    array = volume.array
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+        raise InputError(
+            f"{path}: the image holds {nan} NaN and {inf} Inf voxel(s); expected finite intensities; "
+            "repair the image (e.g. replace NaN with 0) and rerun"
+        )
 
 
 def _infer_one(predictor, paths: list[Path], target: Path, format: OutputFormat, series: str | None, probabilities: bool) -> None:

@@ -74,6 +74,7 @@ def command(
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     echo = (lambda s: typer.echo(s)) if rank == 0 else (lambda s: None)
+    stopped_any = False
     for k in folds:
         result = train(workdir, cfg, preset_name=config.stem, fold=k, resume=resume, epochs=epochs,
                        precision=precision.value if precision else None, max_minutes=max_minutes,
@@ -84,3 +85,8 @@ def command(
             if result.val_dice:
                 typer.echo("validation Dice: " + ", ".join(f"{n} {v:.4f}" for n, v in result.val_dice.items()))
             typer.echo(f"bundle: {result.bundle_dir}")
+        stopped_any = stopped_any or result.stopped_early
+    if fold == "all" and rank == 0 and not stopped_any:  # one post-processing choice over every fold's validation
+        from medseg.postprocess.select import select_pooled
+
+        select_pooled(workdir, config.stem, folds, echo=echo)

@@ -31,6 +31,8 @@ def command(
     if not workdir.is_dir():
         raise InputError(f"{workdir}: no such workdir; pass the folder that holds mlruns.db")
     if uri.startswith("sqlite:///") and "MLFLOW_TRACKING_URI" not in os.environ and not (workdir / "mlruns.db").exists():
+        if not (workdir / "plan.json").is_file():  # the server would create a store in any folder
+            raise InputError(f"{workdir}: no mlruns.db and no plan.json, so not a medseg workdir; pass the workdir of `medseg preprocess` / `medseg train`")
         typer.echo(f"note: {workdir / 'mlruns.db'} does not exist yet; the UI will show no runs until one is logged", err=True)
     args = [
         sys.executable, "-m", "mlflow", "server",

@@ -31,9 +31,21 @@ def _classes(labels: np.ndarray, classes: Iterable[int] | None) -> list[int]:
     return present if classes is None else [int(c) for c in classes if int(c) in present]
 
 
-def keep_largest_component(labels: np.ndarray, spacing, classes=None, connectivity: int = 3) -> np.ndarray:
-    """Per class, keep only its largest connected component; the rest becomes background."""
+def keep_largest_component(labels: np.ndarray, spacing, classes=None, connectivity: int = 3, together: bool = False) -> np.ndarray:
+    """Per class, keep only its largest connected component; the rest becomes background.
+
+    together: the chosen classes (all foreground by default) form one mask; only its largest
+    component survives, with its voxels' classes unchanged (nnU-Net's "all foreground" step).
+    """
     out = labels.copy()
+    if together:
+        chosen = _classes(labels, classes)
+        components, n = ndimage.label(np.isin(labels, chosen), structure=_structure(connectivity))
+        if n > 1:
+            sizes = np.bincount(components.ravel())
+            sizes[0] = 0
+            out[(components != 0) & (components != int(sizes.argmax()))] = 0
+        return out
     for c in _classes(labels, classes):
         components, n = ndimage.label(labels == c, structure=_structure(connectivity))
         if n > 1:
