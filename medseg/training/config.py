@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -20,10 +20,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Positive = Annotated[int, Field(gt=0)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
 class ModelConfig(_Strict):
     name: str  # a key of medseg.models.MODELS, e.g. "unet3d"
     configuration: Literal["2d", "3d"]  # which plan configuration supplies patch/batch/strides
-    features_per_stage: Optional[list[int]] = None  # null: the plan's
+    features_per_stage: Optional[list[Positive]] = Field(None, min_length=1)  # null: the plan's
     options: dict[str, Any] = Field(default_factory=dict)  # passed to build_model (deep_supervision, ...)
 
 
@@ -34,30 +38,30 @@ class LossConfig(_Strict):
 
 class OptimizerConfig(_Strict):
     name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.99  # sgd only
+    lr: float = Field(0.01, gt=0.0)
+    momentum: float = Field(0.99, ge=0.0, lt=1.0)  # sgd only
     nesterov: bool = True  # sgd only
-    weight_decay: float = 3e-5
+    weight_decay: float = Field(3e-5, ge=0.0)
     schedule: Literal["poly", "cosine"] = "poly"
-    poly_exponent: float = 0.9
-    warmup_epochs: int = 0
+    poly_exponent: float = Field(0.9, gt=0.0)
+    warmup_epochs: int = Field(0, ge=0)
 
 
 class AugmentConfig(_Strict):
     """Probabilities per sample; 0 disables a transform. nnU-Net's defaults."""
 
-    flip: float = 0.5  # per axis
-    rot90: float = 0.0  # only about axes whose in-plane spacings agree (checked at run time)
-    affine: float = 0.2  # small rotation + scaling (RandAffined)
-    rotate_degrees: float = 30.0
-    scale_range: float = 0.3  # zoom factor drawn in [1 - s, 1 + s]
-    elastic: float = 0.0  # expensive on CPU: off unless asked for
-    brightness: float = 0.15
-    contrast: float = 0.15
-    gamma: float = 0.3
-    noise: float = 0.1
-    blur: float = 0.2
-    low_resolution: float = 0.25
+    flip: Probability = 0.5  # per axis
+    rot90: Probability = 0.0  # only about axes whose in-plane spacings agree (checked at run time)
+    affine: Probability = 0.2  # small rotation + scaling (RandAffined)
+    rotate_degrees: float = Field(30.0, ge=0.0, le=180.0)
+    scale_range: float = Field(0.3, ge=0.0, lt=1.0)  # zoom factor drawn in [1 - s, 1 + s]
+    elastic: Probability = 0.0  # expensive on CPU: off unless asked for
+    brightness: Probability = 0.15
+    contrast: Probability = 0.15
+    gamma: Probability = 0.3
+    noise: Probability = 0.1
+    blur: Probability = 0.2
+    low_resolution: Probability = 0.25
 
 
 class TrainConfig(_Strict):
@@ -71,13 +75,13 @@ class TrainConfig(_Strict):
     epochs: int = Field(1000, ge=1)
     iterations_per_epoch: int = Field(250, ge=1)
     batch_size: Optional[int] = Field(None, ge=1)  # null: the plan's
-    patch_size: Optional[list[int]] = None  # null: the plan's
+    patch_size: Optional[list[Positive]] = Field(None, min_length=2, max_length=3)  # null: the plan's
     foreground_oversampling: float = Field(0.33, ge=0.0, le=1.0)
     validate_every: int = Field(50, ge=1)
     ema_alpha: float = Field(0.9, gt=0.0, le=1.0)  # weight of the past in the smoothed val Dice
     precision: Precision = Precision.auto
-    grad_clip: float = 12.0
-    num_workers: Optional[int] = None  # null: chosen from the CPU count (see loop.default_workers)
+    grad_clip: float = Field(12.0, gt=0.0)
+    num_workers: Optional[int] = Field(None, ge=0)  # null: chosen from the CPU count (see loop.default_workers)
     seed: int = 12345
     deterministic: bool = False
     compile: bool = False  # torch.compile the training forward/backward (see docs/benchmarks.md for the gain)
@@ -122,7 +126,17 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {first_validation_problem(exc)}; see the commented presets in configs/") from None
+        raise ConfigError(f"{path}: {_problem(exc)}; fix it (see the commented presets in configs/)") from None
+
+
+def _problem(exc: ValidationError) -> str:
+    """"field 'a.b': found X; <what pydantic expected>" for the first problem, on one line."""
+    first = exc.errors()[0]
+    found = first.get("input")
+    shown = "" if first["type"] == "missing" or isinstance(found, dict) else f"found {found!r}; "
+    text = first_validation_problem(exc)
+    where, _, msg = text.partition(": ")
+    return f"{where}: {shown}{msg}".replace("\n", " ")
 
 
 def dump_config(config: TrainConfig) -> str:

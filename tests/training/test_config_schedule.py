@@ -27,3 +27,45 @@ def test_poly_and_cosine_curves():
     s = LrSchedule("poly", 100)
     s.total = 200  # --epochs extends a run: the same step is now earlier on the curve
     assert s(50) == pytest.approx(0.75**0.9)
+
+
+@pytest.mark.parametrize("setting, field, found", [
+    ("patch_size: [0, 16, 16]", "patch_size.0", "0"),
+    ("patch_size: [16, -8, 16]", "patch_size.1", "-8"),
+    ("patch_size: [16]", "patch_size", "[16]"),
+    ("batch_size: 0", "batch_size", "0"),
+    ("optimizer: {lr: -1}", "optimizer.lr", "-1"),
+    ("optimizer: {lr: 0}", "optimizer.lr", "0"),
+    ("optimizer: {momentum: 1.5}", "optimizer.momentum", "1.5"),
+    ("optimizer: {weight_decay: -0.1}", "optimizer.weight_decay", "-0.1"),
+    ("epochs: 0", "epochs", "0"),
+    ("iterations_per_epoch: -3", "iterations_per_epoch", "-3"),
+    ("validate_every: 0", "validate_every", "0"),
+    ("grad_clip: 0", "grad_clip", "0"),
+    ("num_workers: -1", "num_workers", "-1"),
+    ("val_overlap: 1.0", "val_overlap", "1.0"),
+    ("foreground_oversampling: 1.5", "foreground_oversampling", "1.5"),
+    ("augment: {flip: 2}", "augment.flip", "2"),
+    ("model: {name: unet3d, configuration: 3d, features_per_stage: [32, 0]}", "model.features_per_stage.1", "0"),
+])
+def test_out_of_range_values_are_one_line_errors_naming_file_and_field(tmp_path, setting, field, found):
+    path = tmp_path / "c.yaml"
+    head = "" if setting.startswith("model:") else "model: {name: unet3d, configuration: 3d}\n"
+    path.write_text(head + setting + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    text = str(info.value)
+    assert "\n" not in text
+    assert text.startswith(f"{path}: field '{field}': found {found};"), text
+
+
+def test_out_of_range_value_from_the_cli_exits_1_with_one_line(tmp_path, capsys):
+    from medseg.cli.main import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {name: unet3d, configuration: 3d}\noptimizer: {lr: -1}\n")
+    with pytest.raises(SystemExit) as info:
+        main(["train", str(tmp_path), "--config", str(path)])
+    assert info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "optimizer.lr" in err[0] and "Traceback" not in err[0]
