@@ -134,11 +134,15 @@ def evaluate(
     labels: Sequence[int] | None = None,
     tolerance_mm: float = 1.0,
     ignore_index: int | None = 255,
+    label_names: dict[int, str] | None = None,
 ) -> EvaluationReport:
     """Metrics for every case found in both PRED and REF (files or folders), read via medseg.io.
 
-    labels: default every non-zero label present in any reference or prediction, so that a class
-    missing from a case is scored (Dice 0 or 1 by the empty conventions) rather than skipped.
+    Label maps are compared by their raw values (e.g. 0, 1, 2, 4) on the reference grid.
+    labels: default every non-zero label present in any reference or prediction, plus every
+    foreground label of `label_names`, so that a class missing from a case is scored (Dice 0 or 1
+    by the empty conventions) rather than skipped.
+    label_names: {value: name} of a bundle or plan; default those of a dataset.json beside REF.
     """
     from medseg.io import read_volume
 
@@ -155,6 +159,7 @@ def evaluate(
             found |= {int(v) for v in np.union1d(np.unique(pred.array), np.unique(ref.array))}
             if len(pairs) <= 50:  # keep small sets in memory rather than reading twice
                 volumes[cid] = (pred, ref)
+        found |= set(label_names or {})
         labels = sorted(v for v in found if v != 0 and v != ignore_index)
     rows = []
     for cid, (pred_file, ref_file) in pairs.items():
@@ -170,7 +175,8 @@ def evaluate(
                 raise GeometryError(f"case {cid} ({pred_file} vs {ref_file}): {exc}") from None
             raise
         rows.extend({"case_id": cid, **row} for row in case_rows)
-    name, label_names = dataset_info(Path(ref_path))
+    name, names_found = dataset_info(Path(ref_path))
+    label_names = {int(k): str(v) for k, v in label_names.items()} if label_names else names_found
     return EvaluationReport(
         rows=rows,
         summary=summarise(rows) if rows else {"per_class": {}, "mean": {}, "miou": float("nan")},

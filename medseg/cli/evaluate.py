@@ -30,12 +30,14 @@ def command(
 
     if run and experiment:
         raise ConfigError("--run and --experiment exclude each other: log into an existing run, or start one in an experiment")
+    bundle_dir = Path(run) if run and Path(run).is_dir() else None
     if run and Path(run).is_dir():
         if workdir is None:
             workdir = _workdir_of(Path(run))
         run = _training_run_of(Path(run))
     label_list = _parse_labels(labels)
-    report = evaluation.evaluate(pred, ref, labels=label_list, tolerance_mm=tolerance_mm)
+    label_names = _label_names(bundle_dir, workdir)
+    report = evaluation.evaluate(pred, ref, labels=label_list, tolerance_mm=tolerance_mm, label_names=label_names)
     for cid in report.unmatched_references:
         typer.echo(f"warning: reference {cid} has no prediction (not scored)", err=True)
     for cid in report.unmatched_predictions:
@@ -85,6 +87,19 @@ def _workdir_of(bundle_dir: Path) -> Path | None:
     """WORKDIR for a bundle in WORKDIR/models/<preset>/fold_k (it holds plan.json), else None."""
     parents = bundle_dir.resolve().parents
     return parents[2] if len(parents) > 2 and (parents[2] / "plan.json").is_file() else None
+
+
+def _label_names(bundle_dir: Path | None, workdir: Path | None) -> dict[int, str] | None:
+    """{value: name} of the --run bundle, else of WORKDIR/plan.json, else None (dataset.json beside REF)."""
+    if bundle_dir is not None:
+        from medseg.bundle import load_bundle
+
+        return load_bundle(bundle_dir).labels
+    if workdir is not None and (workdir / "plan.json").is_file():
+        from medseg.preprocess.plan import Plan
+
+        return Plan.load(workdir / "plan.json").labels
+    return None
 
 
 def _parse_labels(text: str | None) -> list[int] | None:

@@ -241,7 +241,7 @@ def _infer_one(predictor, paths: list[Path], target: Path, format: OutputFormat,
     result = predictor.predict(images, probabilities=probabilities)
     labels = result.labels
     names = predictor.labels
-    if labels.array.dtype.itemsize > 1 or labels.array.max(initial=0) > max(names):
+    if any(step["name"] == "instances" for step in predictor.steps):  # instance ids, not label values (which may be uint16)
         names = {int(v): f"instance {int(v)}" for v in sorted(set(labels.array.ravel().tolist()) | {0})}
     if format is OutputFormat.nifti:
         write_volume(labels, target)

@@ -49,6 +49,12 @@ def command(
     if summary.invalid:
         typer.echo(format_table(summary.invalid), err=True)
         typer.echo(f"left out {len({p.case for p in summary.invalid})} invalid case(s)", err=True)
+    if summary.cases_per_label is not None:  # every value with its case count, so a stray value shows
+        source = "declared" if summary.labels_declared else "not declared: taken from the values found in the masks"
+        typer.echo(f"labels ({source}):")
+        for value, n in summary.cases_per_label.items():
+            name = summary.plan.labels.get(value, "ignored (unannotated)" if value == 255 else "?")
+            typer.echo(f"  {value:>5}  {name:<24} in {n} case(s)")
     cfg = summary.plan.configurations["3d"]
     typer.echo(
         f"{len(summary.processed)} case(s) preprocessed, {len(summary.skipped_unchanged)} unchanged; "

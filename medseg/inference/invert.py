@@ -54,9 +54,14 @@ def _argmax0(x: torch.Tensor) -> torch.Tensor:
     return labels
 
 
-def labels_on_original(probs: np.ndarray | torch.Tensor, properties, slab: int = 16) -> Volume:
-    """(K, X, Y, Z) probabilities on the preprocessed grid -> uint8/uint16 label Volume on the original grid."""
+def labels_on_original(probs: np.ndarray | torch.Tensor, properties, slab: int = 16, label_values: list[int] | None = None) -> Volume:
+    """(K, X, Y, Z) probabilities on the preprocessed grid -> label Volume on the original grid.
+
+    Channel k becomes label value `label_values[k]` (default `properties.label_values`; the channel
+    itself for properties without them); uint8 when every value is < 256, else uint16.
+    """
     from medseg.preprocess.case import CaseProperties
+    from medseg.preprocess.plan import value_lookup
 
     props = properties if isinstance(properties, CaseProperties) else CaseProperties.model_validate(properties)
     p = torch.as_tensor(probs).float()
@@ -66,7 +71,14 @@ def labels_on_original(probs: np.ndarray | torch.Tensor, properties, slab: int =
             f"{tuple(props.resampled_shape)}; predict on the preprocessed image of this case"
         )
     k = p.shape[0]
-    dtype = np.uint8 if k <= 256 else np.uint16
+    values = label_values if label_values is not None else props.label_values
+    if values is None:
+        values = list(range(k))
+    if len(values) != k:
+        raise GeometryError(f"the prediction has {k} channels but there are {len(values)} label values {list(values)[:8]}; "
+                            "predict with the plan these properties came from")
+    lut = None if list(values) == list(range(k)) and k <= 256 else torch.from_numpy(value_lookup(values).astype(np.int64))
+    dtype = np.uint8 if max(values) < 256 else np.uint16
     cropped = [int(s) for s in props.cropped_shape]
     wz = _axis_weights(p.shape[3], cropped[2])
     labels = np.zeros(props.ras_shape, dtype=dtype, order="F")  # background outside the crop box
@@ -80,7 +92,8 @@ def labels_on_original(probs: np.ndarray | torch.Tensor, properties, slab: int =
             if part.shape[2:] != (cropped[1], cropped[0]):
                 part = F.interpolate(part.view(1, -1, *part.shape[2:]), size=(cropped[1], cropped[0]),
                                      mode="bilinear", align_corners=False).view(k, stop - start, cropped[1], cropped[0])
-            labels_zyx[z0 + start : z0 + stop, y0:y1, x0:x1] = _argmax0(part).numpy()
+            channels = _argmax0(part)
+            labels_zyx[z0 + start : z0 + stop, y0:y1, x0:x1] = (channels if lut is None else lut[channels.long()]).numpy()
     back = Volume(labels, np.array(props.ras_affine)).reoriented(props.original_orientation)
     original_affine = np.array(props.original_affine)
     if tuple(back.spatial_shape) != tuple(props.original_shape) or not np.allclose(back.affine, original_affine, atol=1e-3):

@@ -3,7 +3,8 @@
 `Predictor` loads one or more bundles (folds of one training) once, then for each case:
 preprocess with the bundle's plan (the same `preprocess_case` as training) -> sliding window per
 fold (optionally mirrored) -> softmax, averaged over folds -> `invert_to_original` on the
-probabilities -> argmax -> post-processing steps.
+probabilities -> argmax -> channel k to the plan's k-th label value -> post-processing steps
+(whose `classes` name label values).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Prediction:
-    """labels: (X, Y, Z) uint8/uint16 on the input's grid; probabilities: (K, X, Y, Z) float32 or None."""
+    """labels: (X, Y, Z) label values (uint8, uint16 when a value is >= 256) on the input's grid, after
+    post-processing; probabilities: (K, X, Y, Z) float32 or None, channel k = the k-th label value."""
 
     labels: Volume
     probabilities: Volume | None = None
@@ -197,11 +199,11 @@ class Predictor:
         prob_volume = None
         if probabilities:
             original = invert_to_original(probs.numpy(), case.properties)
-            dtype = np.uint8 if original.array.shape[0] <= 256 else np.uint16
-            labels = Volume(np.argmax(original.array, axis=0).astype(dtype), original.affine, images[0].meta)
+            channels = np.argmax(original.array, axis=0).astype(np.uint8)
+            labels = Volume(self.bundle.plan.to_values(channels), original.affine, images[0].meta)
             prob_volume = Volume(original.array, original.affine, images[0].meta)
         else:  # streamed: no full-resolution float array per class (large CT)
-            inverted = labels_on_original(probs, case.properties)
+            inverted = labels_on_original(probs, case.properties, label_values=self.bundle.plan.label_values)
             labels = Volume(inverted.array, inverted.affine, images[0].meta)
         del probs
         if self.steps:

@@ -60,15 +60,23 @@ def array_metrics(
         labels = [int(v) for v in present if v != 0 and v != ignore_index]
     labels = [int(v) for v in labels]
     num_labels = int(max([pred.max(initial=0), ref.max(initial=0), *labels])) + 1
-    cm = confusion_matrix(pred, ref, num_labels, ignore_index)
+    index = {v: v for v in labels}  # label value -> row/column of the confusion matrix
+    if num_labels > 1024:  # large values (uint16 label maps): count over the values present only
+        values = np.union1d(np.union1d(np.unique(pred), np.unique(ref)), labels)
+        index = {int(v): i for i, v in enumerate(values)}
+        ignore = index.get(ignore_index) if ignore_index is not None else None
+        cm = confusion_matrix(np.searchsorted(values, pred), np.searchsorted(values, ref), len(values), ignore)
+    else:
+        cm = confusion_matrix(pred, ref, num_labels, ignore_index)
     total = int(cm.sum())
     voxel_ml = float(np.prod(spacing)) / 1000.0
     valid = None if ignore_index is None else ref != ignore_index
     rows = []
     for label in labels:
-        tp = int(cm[label, label])
-        fp = int(cm[:, label].sum()) - tp
-        fn = int(cm[label, :].sum()) - tp
+        i = index[label]
+        tp = int(cm[i, i])
+        fp = int(cm[:, i].sum()) - tp
+        fn = int(cm[i, :].sum()) - tp
         row = overlap_metrics(tp, fp, fn, total - tp - fp - fn)
         pred_mask = pred == label
         if valid is not None:

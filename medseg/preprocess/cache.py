@@ -72,11 +72,12 @@ def load_case(workdir: str | os.PathLike, case_id: str, mmap: bool = True) -> Ca
 
 
 def sample_locations(label: np.ndarray, case_id: str, max_per_class: int = MAX_LOCATIONS) -> dict[int, np.ndarray]:
-    """Per foreground class, up to `max_per_class` voxel indices (N, 3), chosen reproducibly per case."""
+    """Per foreground channel of `label` (channel indices), up to `max_per_class` voxel indices (N, 3),
+    chosen reproducibly per case."""
     rng = np.random.default_rng(zlib.crc32(case_id.encode()))
     out = {}
     for c in np.unique(label):
-        if c == 0:
+        if c == 0 or c == 255:  # background, and unannotated voxels (IGNORE_LABEL) are no class to sample
             continue
         idx = np.argwhere(label == c)
         if len(idx) > max_per_class:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from medseg.errors import GeometryError, InputError
 from medseg.preprocess.normalize import normalize
-from medseg.preprocess.plan import PLAN_VERSION, Plan
+from medseg.preprocess.plan import PLAN_VERSION, Plan, channels_to_values
 from medseg.preprocess.resample import coarse_axis_of, resample_image, resample_label, resampled_affine, resize3d
 from medseg.volume import Volume, orientation_code
 
@@ -37,11 +37,15 @@ class CaseProperties(BaseModel):
     original_spacing: list[float]  # mm, RAS axis order
     spacing: list[float]  # mm of the preprocessed grid, RAS axis order
     classes_present: list[int] = []  # label values in this case (empty without a label)
+    # the plan's label values: the cached label.npy and predictions hold channel k = label_values[k];
+    # None in caches written before the map existed, whose channels were the values
+    label_values: list[int] | None = None
 
 
 @dataclass
 class PreprocessedCase:
-    """image: float32 (C, X, Y, Z); label: uint8 (X, Y, Z) or None; both on the preprocessed grid."""
+    """image: float32 (C, X, Y, Z); label: uint8 (X, Y, Z) channel indices (IGNORE_LABEL kept) or
+    None; both on the preprocessed grid."""
 
     image: np.ndarray
     label: np.ndarray | None
@@ -79,7 +83,8 @@ def target_shape(shape, spacing, target_spacing) -> list[int]:
 
 
 def preprocess_case(images: list[Volume], plan: Plan, label: Volume | None = None) -> PreprocessedCase:
-    """Raw channel volumes (+ optional label on the same grid) -> arrays on the plan's grid."""
+    """Raw channel volumes (+ optional label in label values, same grid) -> arrays on the plan's grid;
+    the label becomes channel indices (`Plan.to_channels`)."""
     image = stack_channels(images)
     if image.num_channels != len(plan.channel_names):
         raise InputError(
@@ -110,11 +115,9 @@ def preprocess_case(images: list[Volume], plan: Plan, label: Volume | None = Non
     classes: list[int] = []
     if ras_label is not None:
         lab = ras_label.array[sl]
-        if lab.size and (lab.min() < 0 or lab.max() > 255 or not np.all(np.mod(lab, 1) == 0)):
-            raise InputError("label values must be integers in 0..255; relabel the mask")
-        lab = lab.astype(np.uint8)
-        out_label = resample_label(lab, new_shape, plan.resampling.label_mode, coarse)
         classes = [int(c) for c in np.unique(lab)]
+        lab = plan.to_channels(lab)  # raises naming values the plan does not declare
+        out_label = resample_label(lab, new_shape, plan.resampling.label_mode, coarse)
 
     cropped_affine = ras.affine.copy()
     cropped_affine[:3, 3] = ras.affine[:3, :3] @ np.array([b[0] for b in box], dtype=float) + ras.affine[:3, 3]
@@ -131,6 +134,7 @@ def preprocess_case(images: list[Volume], plan: Plan, label: Volume | None = Non
         original_spacing=[float(s) for s in spacing],
         spacing=[float(s) for s in plan.target_spacing],
         classes_present=classes,
+        label_values=plan.label_values,
     )
     return PreprocessedCase(np.ascontiguousarray(out_image, dtype=np.float32), out_label, props)
 
@@ -140,8 +144,9 @@ def invert_to_original(array: np.ndarray, properties: CaseProperties | dict) -> 
 
     array: (K, X, Y, Z) float probabilities -> returns float32 (K, *original_shape), each channel
         resampled linearly, background (channel 0) = 1 and others 0 outside the crop box;
-        (X, Y, Z) integer labels -> returns uint8 (*original_shape), via one-hot probabilities
-        treated the same way, then argmax (label values are preserved, none are created).
+        (X, Y, Z) integer channel indices (as in label.npy; IGNORE_LABEL kept) -> returns label values
+        (`properties.label_values`; uint8, uint16 when a value is >= 256) of *original_shape, via one-hot
+        probabilities treated the same way, then argmax (no channel absent from the input is created).
     """
     props = properties if isinstance(properties, CaseProperties) else CaseProperties.model_validate(properties)
     if tuple(array.shape[-3:]) != tuple(props.resampled_shape):
@@ -165,7 +170,13 @@ def invert_to_original(array: np.ndarray, properties: CaseProperties | dict) -> 
         classes = np.unique(array)
         if 0 not in classes:
             classes = np.concatenate([[0], classes])
-        ras = np.zeros(props.ras_shape, dtype=np.uint8)
+        values = props.label_values
+        if values is not None and any(c >= len(values) and c != 255 for c in classes.tolist()):
+            raise InputError(
+                f"the label map holds channels {[c for c in classes.tolist() if c >= len(values)][:5]} but the plan has "
+                f"{len(values)} labels; pass channel indices 0..{len(values) - 1}"
+            )
+        ras = np.zeros(props.ras_shape, dtype=np.uint8 if classes.max() < 256 else np.uint16)
         best = np.full(props.ras_shape, -1.0, dtype=np.float32)
         for c in classes:
             p = uncropped((array == c).astype(np.float32), 1.0 if c == 0 else 0.0)
@@ -174,9 +185,36 @@ def invert_to_original(array: np.ndarray, properties: CaseProperties | dict) -> 
             np.maximum(best, p, out=best)
     else:
         raise InputError(f"expected (K, X, Y, Z) probabilities or (X, Y, Z) labels, got shape {array.shape}")
+    if array.ndim == 3:
+        ras = channels_to_values(ras, props.label_values)
 
     back = Volume(ras, np.array(props.ras_affine)).reoriented(props.original_orientation)
     original_affine = np.array(props.original_affine)
     if tuple(back.spatial_shape) != tuple(props.original_shape) or not np.allclose(back.affine, original_affine, atol=1e-3):
         raise GeometryError("reorienting back did not reproduce the original grid; the properties are inconsistent")
     return Volume(back.array, original_affine)
+
+
+def check_cached_labels(workdir, case_ids: list[str], plan: Plan) -> None:
+    """Before training: every cached case's label.npy must be in this plan's channels.
+
+    Reads only properties.json. Raises InputError naming the first case cached with other label
+    values, or (caches from before the value -> channel map) holding a value that is not a channel.
+    """
+    from medseg.preprocess.cache import load_case
+
+    for cid in case_ids:
+        props = load_case(workdir, cid).properties
+        if props.label_values is not None:
+            if props.label_values != plan.label_values:
+                raise InputError(
+                    f"case {cid}: cached with label values {props.label_values} but the plan has {plan.label_values}; "
+                    f"rerun `medseg preprocess` into {workdir}"
+                )
+            continue
+        legacy = [v for v in props.classes_present if v != 255 and (v >= plan.num_classes or plan.label_values[v] != v)]
+        if legacy:
+            raise InputError(
+                f"case {cid}: its cached label holds values {legacy[:5]} that are not channels of the plan's labels "
+                f"{plan.label_values} (a cache from an older medseg); rerun `medseg preprocess` into {workdir}"
+            )

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from medseg.preprocess.plan import IGNORE_LABEL
 from medseg.preprocess.validate import CaseReport
 
 
 def compute_fingerprint(name: str, channel_names: list[str], modalities: list[str], labels: dict[int, str], reports: list[CaseReport]) -> dict:
     """Fingerprint from valid `CaseReport`s; `intensity` per channel pools every case's samples.
 
-    Shapes and spacings are (X, Y, Z) in RAS axis order (after reorientation).
+    Shapes and spacings are (X, Y, Z) in RAS axis order (after reorientation). `labels` are the
+    declared ones, or when none are declared every value found in a mask except IGNORE_LABEL;
+    0 (background) is always included.
     """
     reports = [r for r in reports if r.fingerprint is not None]
     intensity = []
@@ -27,14 +30,20 @@ def compute_fingerprint(name: str, channel_names: list[str], modalities: list[st
                 "max": float(pooled.max()),
             }
         )
-    if not labels:  # not declared: the values found in the data
-        found = sorted({int(k) for r in reports for k in r.fingerprint["voxels_per_class"]} | {0})
-        labels = {v: ("background" if v == 0 else f"label_{v}") for v in found}
+    found = {int(k) for r in reports for k in r.fingerprint["voxels_per_class"]}
+    declared = bool(labels)
+    if not declared:  # not declared: every value found in the masks (but the ignore value) is a label
+        labels = {v: ("background" if v == 0 else f"label_{v}") for v in sorted((found - {IGNORE_LABEL}) | {0})}
+    labels = {0: "background", **{int(k): v for k, v in labels.items()}}
+    cases_per_value = {v: sum(str(v) in r.fingerprint["voxels_per_class"] for r in reports) for v in sorted(set(labels) | found)}
     return {
         "dataset_name": name,
         "channel_names": channel_names,
         "modalities": modalities,
         "labels": {str(k): v for k, v in sorted(labels.items())},
+        "labels_declared": declared,
+        # label value -> number of cases whose mask holds it (IGNORE_LABEL included when found)
+        "cases_per_label": {str(k): n for k, n in cases_per_value.items()},
         "intensity": intensity,
         "cases": [r.fingerprint for r in sorted(reports, key=lambda r: r.case_id)],
     }

@@ -16,11 +16,47 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from medseg.errors import ConfigError, first_validation_problem
+from medseg.errors import ConfigError, InputError, first_validation_problem
 
 PLAN_VERSION = 1
+IGNORE_LABEL = 255  # unannotated voxels, in masks and in the cached label.npy (the losses' default ignore_index)
+MAX_LABEL_VALUE = 65535  # label maps are written as uint16 at most
+MAX_CLASSES = 255  # channels 0..254 fit the uint8 cache beside IGNORE_LABEL
+
+
+def check_label_set(labels: dict[int, str]) -> None:
+    """Raise ValueError unless `labels` holds background 0 and at most MAX_CLASSES values in 0..MAX_LABEL_VALUE."""
+    bad = sorted(int(k) for k in labels if not 0 <= int(k) <= MAX_LABEL_VALUE)
+    if bad:
+        raise ValueError(f"label values {bad[:5]} are outside 0..{MAX_LABEL_VALUE}; relabel the masks")
+    if 0 not in labels:
+        raise ValueError(f"labels {sorted(labels)} lack 0 (background); declare 0 as background")
+    if len(labels) > MAX_CLASSES:
+        raise ValueError(f"{len(labels)} labels; at most {MAX_CLASSES} classes (background included) are supported")
+
+
+def value_lookup(label_values: list[int]) -> np.ndarray:
+    """(256,) channel -> label value: channel k is the k-th value in sorted order, IGNORE_LABEL stays
+    IGNORE_LABEL; uint8 when every value is < 256, else uint16. Other channels map to 0."""
+    values = sorted(int(v) for v in label_values)
+    lut = np.zeros(MAX_CLASSES + 1, dtype=np.uint8 if max(values, default=0) < 256 else np.uint16)
+    lut[: len(values)] = values
+    lut[IGNORE_LABEL] = IGNORE_LABEL
+    return lut
+
+
+def channels_to_values(channels: np.ndarray, label_values: list[int] | None) -> np.ndarray:
+    """Channel indices (integer array, e.g. an argmax or a cached label.npy) -> label values.
+
+    label_values None means a legacy plan whose values are the channels (returned unchanged).
+    """
+    if label_values is None:
+        return channels
+    if list(label_values) == list(range(len(label_values))) and channels.dtype == np.uint8:
+        return channels  # consecutive labels: the map is the identity
+    return value_lookup(label_values)[channels]
 
 
 class _Strict(BaseModel):
@@ -81,6 +117,75 @@ class Plan(_Strict):
     normalization: list[ChannelNormalization]
     resampling: ResamplingPlan = ResamplingPlan()
     configurations: dict[str, ConfigurationPlan]
+    # --- labels: values as in the masks; the network's channel k is the k-th value in sorted order ---
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_valid(cls, labels: dict[int, str]) -> dict[int, str]:
+        check_label_set(labels)
+        return dict(sorted(labels.items()))
+
+    @property
+    def label_values(self) -> list[int]:
+        """Label values in channel order (sorted; 0 first)."""
+        return sorted(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Label names in channel order."""
+        return [self.labels[v] for v in self.label_values]
+
+    @property
+    def label_dtype(self) -> type:
+        """dtype of label maps written in label values: uint8 if every value is < 256, else uint16."""
+        return np.uint8 if max(self.labels) < 256 else np.uint16
+
+    @property
+    def value_lookup(self) -> np.ndarray:
+        """(256,) channel -> label value (see `value_lookup`)."""
+        return value_lookup(self.label_values)
+
+    @property
+    def channel_lookup(self) -> np.ndarray:
+        """(max(max value, 255) + 1,) int16 label value -> channel; IGNORE_LABEL -> IGNORE_LABEL unless it
+        is a declared label; -1 for undeclared values."""
+        lut = np.full(max(max(self.labels), IGNORE_LABEL) + 1, -1, dtype=np.int16)
+        lut[IGNORE_LABEL] = IGNORE_LABEL
+        lut[self.label_values] = np.arange(self.num_classes)
+        return lut
+
+    def undeclared_values(self, values) -> list[int]:
+        """The values among `values` (any integers) that are neither a label nor IGNORE_LABEL, sorted."""
+        return sorted({int(v) for v in values} - set(self.labels) - {IGNORE_LABEL})
+
+    def to_channels(self, labels: np.ndarray) -> np.ndarray:
+        """A mask in label values (X, Y, Z), any integer-valued dtype -> uint8 channel indices;
+        IGNORE_LABEL stays IGNORE_LABEL. Raises InputError naming undeclared or non-integer values."""
+        if labels.size == 0:
+            return labels.astype(np.uint8)
+        if not np.issubdtype(labels.dtype, np.integer):
+            if labels.dtype == bool:
+                labels = labels.astype(np.uint8)
+            elif not np.all(np.mod(labels, 1) == 0):
+                raise InputError("the mask holds non-integer values; give an integer label map")
+        values = np.unique(labels)
+        extra = self.undeclared_values(values)
+        if extra:
+            raise InputError(
+                f"the mask holds label values {extra[:10]} that the plan does not declare ({self.label_values}); "
+                "relabel the mask or declare the labels and rerun `medseg preprocess`"
+            )
+        if values.tolist() == list(range(len(values))) and self.label_values[: len(values)] == values.tolist() and labels.dtype == np.uint8:
+            return labels  # consecutive values: channels are the values
+        return self.channel_lookup[labels.astype(np.int64, copy=False)].astype(np.uint8)
+
+    def to_values(self, channels: np.ndarray) -> np.ndarray:
+        """Channel indices (integer array) -> label values (`label_dtype`; IGNORE_LABEL kept)."""
+        return channels_to_values(channels, self.label_values)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Plan":
@@ -113,6 +218,9 @@ class Plan(_Strict):
     def digest(self) -> str:
         """sha256 of the fields that change the preprocessed arrays (not patch/batch sizes)."""
         data = self.model_dump(include={"version", "channel_names", "labels", "target_spacing", "normalization", "resampling"})
+        if self.label_values != list(range(self.num_classes)):
+            # caches written before the value -> channel map held raw values: invalidate exactly those
+            data["label_channels"] = "sorted values"
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

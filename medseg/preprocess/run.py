@@ -50,6 +50,17 @@ class RunSummary:
     processed: list[str]
     skipped_unchanged: list[str]
     invalid: list  # Problems of cases left out (with --skip-invalid)
+    cases_per_label: dict[int, int] | None = None  # label value -> cases whose mask holds it
+    labels_declared: bool = True  # False: the labels are the values found in the masks
+
+
+def _check_labels(labels: dict[int, str], source: str) -> None:
+    from medseg.preprocess.plan import check_label_set
+
+    try:
+        check_label_set(labels)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def _write_json(path: Path, data) -> None:
@@ -91,10 +102,16 @@ def _process(args):
     from medseg.preprocess.case import preprocess_case
 
     case, stamp, workdir, plan_json = args
+    from medseg.errors import MedsegError
+
     plan = Plan.model_validate_json(plan_json)
     images = [read_volume(p) for p in case.images]
     label = read_volume(case.label) if case.label else None
-    result = preprocess_case(images, plan, label)
+    try:
+        result = preprocess_case(images, plan, label)
+    except MedsegError as exc:  # name the case: the message alone does not say which one
+        exc.args = (f"case {case.case_id}: {exc}",)
+        raise
     write_case(workdir, case.case_id, result, stamp)
     return case.case_id
 
@@ -122,6 +139,9 @@ def run_preprocess(
     manifest = load_manifest(dataset)
     if config.labels:
         manifest.labels = dict(config.labels)
+    if manifest.labels:
+        manifest.labels.setdefault(0, "background")
+        _check_labels(manifest.labels, f"labels declared for {dataset}")
     workdir.mkdir(parents=True, exist_ok=True)
     clean_partial(workdir)
 
@@ -137,6 +157,8 @@ def run_preprocess(
     _write_json(workdir / "manifest.json", json.loads(resolved.model_dump_json()))
 
     fingerprint = compute_fingerprint(manifest.name, manifest.channel_names, manifest.modalities, manifest.labels, [valid[c.case_id] for c in cases])
+    if not manifest.labels:
+        _check_labels({int(k): v for k, v in fingerprint["labels"].items()}, f"label values found in the masks of {dataset}")
     _write_json(workdir / "fingerprint.json", fingerprint)
     plan = make_plan(fingerprint, config.planner, config.overrides)
     plan.save(workdir / "plan.json")
@@ -151,4 +173,5 @@ def run_preprocess(
         else:
             todo.append((c, stamp, str(workdir), plan.model_dump_json()))
     done = list(_pool_map(_process, todo, workers, progress, "preprocess"))
-    return RunSummary(workdir, plan, sorted(done), unchanged, problems)
+    return RunSummary(workdir, plan, sorted(done), unchanged, problems,
+                      {int(k): n for k, n in fingerprint["cases_per_label"].items()}, fingerprint["labels_declared"])

@@ -14,6 +14,7 @@ import numpy as np
 
 from medseg.data.manifest import ManifestCase, sha256_of
 from medseg.errors import InputError, MedsegError
+from medseg.preprocess.plan import IGNORE_LABEL, MAX_LABEL_VALUE
 
 FOREGROUND_SAMPLES = 10000  # intensity samples kept per case and channel
 
@@ -101,12 +102,18 @@ def inspect_case(case: ManifestCase, labels: dict[int, str] | None) -> CaseRepor
             diff = volumes[0].reoriented("RAS").geometry_differences(label.reoriented("RAS"))
             if diff:
                 problems.append(Problem(cid, case.label, "label grid differs from image: " + "; ".join(diff), "resample the label onto its image's grid"))
-        values = np.unique(label.array)
-        if labels:
-            extra = [v for v in values.tolist() if int(v) != v or int(v) not in labels]
+        values = np.unique(label.array).tolist()
+        odd = [v for v in values if int(v) != v or not 0 <= v <= MAX_LABEL_VALUE]
+        if odd:
+            problems.append(
+                Problem(cid, case.label, f"label values {odd[:5]} are not integers in 0..{MAX_LABEL_VALUE}",
+                        "relabel the mask with non-negative integer values")
+            )
+        elif labels:
+            extra = [int(v) for v in values if int(v) not in labels and int(v) != IGNORE_LABEL]
             if extra:
                 problems.append(
-                    Problem(cid, case.label, f"label values {extra[:5]} not among the declared labels {sorted(labels)}",
+                    Problem(cid, case.label, f"label values {extra[:10]} not among the declared labels {sorted(labels)}",
                             "relabel the mask or declare the labels in the manifest")
                 )
     if problems or any(v is None for v in volumes):

@@ -115,6 +115,7 @@ def train(
     from medseg.models import build_model
     from medseg.precision import resolve_precision
     from medseg.preprocess.cache import list_cases
+    from medseg.preprocess.case import check_cached_labels
     from medseg.preprocess.plan import Plan
     from medseg.tracking import flatten_params, open_tracker
     from medseg.training import checkpoint as ckpt
@@ -158,6 +159,7 @@ def train(
     cases = list_cases(workdir)
     if not cases:
         raise InputError(f"{workdir}/preprocessed holds no cases; run `medseg preprocess` first")
+    check_cached_labels(workdir, cases, plan)  # a label the plan lacks is named with its case here, not mid-epoch
     splits = load_or_create_splits(workdir, cases, seed=config.seed) if dist.is_main else None
     if dist.enabled:
         import torch.distributed as tdist
@@ -395,14 +397,15 @@ def validate(model, workdir, case_ids, plan, config, precision, device, labels: 
     from medseg.metrics import dice_per_class
     from medseg.preprocess.cache import load_case
 
-    fg = [k for k in sorted(labels) if k != 0]
+    names = [labels[v] for v in sorted(labels)]  # cached labels and predictions hold channel k = k-th label value
+    fg = list(range(1, len(names)))
     per_class: dict[int, list[float]] = {k: [] for k in fg}
     for case_id in case_ids:
         case = load_case(workdir, case_id)
         pred = predict_case(model, case.image, plan, config, precision, device)
         for k, d in dice_per_class(pred, np.asarray(case.label), fg).items():
             per_class[k].append(d)
-    out = {labels[k]: float(np.mean(v)) for k, v in per_class.items()}
+    out = {names[k]: float(np.mean(v)) for k, v in per_class.items()}
     out["mean"] = float(np.mean(list(out.values())))
     return out
 

@@ -86,3 +86,15 @@ def test_errors(tmp_path):
         load_manifest(tmp_path / "cols.csv")
     with pytest.raises(InputError, match="dataset.json"):
         load_manifest(tmp_path)
+
+
+def test_label_values_with_gaps_are_kept_as_declared(tmp_path):
+    root = tmp_path / "Dataset002_BraTS"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "imagesTr" / "b_001_0000.nii.gz").write_bytes(b"")
+    (root / "dataset.json").write_text(json.dumps(
+        {"channel_names": {"0": "T1"}, "labels": {"background": 0, "necrosis": 1, "edema": 2, "enhancing": 4}, "file_ending": ".nii.gz"}))
+    assert load_manifest(root).labels == {0: "background", 1: "necrosis", 2: "edema", 4: "enhancing"}
+    data = {"labels": {"0": "background", "1000": "vertebra"}, "cases": [{"case_id": "c1", "images": ["a.nii.gz"]}]}
+    (tmp_path / "m.json").write_text(json.dumps(data))
+    assert load_manifest(tmp_path / "m.json").labels == {0: "background", 1000: "vertebra"}

@@ -117,3 +117,34 @@ def test_normalisation_zscore_and_multichannel():
     assert case.image.shape[0] == 2
     for c in range(2):
         assert abs(case.image[c].mean()) < 1e-4 and abs(case.image[c].std() - 1) < 1e-4
+
+
+@pytest.mark.parametrize("values", [(0, 1, 2, 4), (0, 7, 1000, 65535)])
+def test_label_values_become_channels_in_the_cache_and_come_back_as_values(values):
+    image, label = synthetic_case((0.9, 1.1, 4.0))
+    dtype = np.uint8 if max(values) < 256 else np.uint16
+    raw = np.array(values, dtype=dtype)[label.array]  # ellipsoid 1 -> values[1], 2 -> values[2]
+    raw[raw.shape[0] // 2, 5:8, 3:5] = values[3]  # a small box of the last value
+    raw[-1, -1, -1] = 255 if dtype == np.uint8 else raw[-1, -1, -1]  # one unannotated voxel (uint8 maps)
+    label = Volume(raw, label.affine)
+    plan = make_plan((0.9, 1.1, 4.0))
+    plan = plan.model_copy(update={"labels": {v: f"l{v}" for v in values}})
+    case = preprocess_case([image], plan, label)
+    expected = {0, 1, 2, 3} | ({255} if dtype == np.uint8 else set())
+    assert case.label.dtype == np.uint8 and set(np.unique(case.label).tolist()) == expected  # channels, ignore kept
+    assert case.properties.label_values == list(values)
+    assert set(case.properties.classes_present) == set(np.unique(raw).tolist())
+    back = invert_to_original(case.label, case.properties)
+    assert back.array.dtype == dtype
+    np.testing.assert_array_equal(back.array, raw)  # exactly the original values on the original grid
+    np.testing.assert_array_equal(back.affine, label.affine)
+
+
+def test_a_value_the_plan_lacks_is_refused_by_name():
+    from medseg.errors import InputError
+
+    image, label = synthetic_case((1.0, 1.0, 1.0), shape=(20, 18, 16))
+    raw = label.array.copy()
+    raw[5, 5, 5] = 7
+    with pytest.raises(InputError, match=r"label values \[7\].*\[0, 1, 2\]"):
+        preprocess_case([image], make_plan((1.0, 1.0, 1.0)), Volume(raw, label.affine))

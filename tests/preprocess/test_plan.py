@@ -78,3 +78,62 @@ def test_overrides_and_round_trip(tmp_path):
         make_plan(fingerprint((1.0, 1.0, 1.0), (64, 64, 64)), overrides={"configurations": {"3d": {"patch_size": [30, 32, 32]}}})
     with pytest.raises(ConfigError, match="patchsize"):
         make_plan(fingerprint((1.0, 1.0, 1.0), (64, 64, 64)), overrides={"patchsize": [1]})
+
+
+def _plan_with_labels(labels: dict) -> Plan:
+    from medseg.preprocess.plan import ChannelNormalization, ConfigurationPlan
+
+    cfg = ConfigurationPlan(spatial_dims=3, patch_size=[8, 8, 8], batch_size=2, features_per_stage=[4],
+                            strides=[[1, 1, 1]], kernel_sizes=[[3, 3, 3]])
+    return Plan(dataset_name="t", channel_names=["c"], modalities=["MR"], labels=labels, target_spacing=[1.0, 1.0, 1.0],
+                normalization=[ChannelNormalization(scheme="zscore")], configurations={"3d": cfg})
+
+
+@pytest.mark.parametrize("labels, dtype", [({0: "bg", 1: "a", 2: "b", 4: "d"}, np.uint8),
+                                           ({0: "bg", 1000: "x", 7: "y", 65535: "z"}, np.uint16)])
+def test_label_values_map_to_sorted_channels_and_back(labels, dtype):
+    plan = _plan_with_labels(labels)
+    values = sorted(labels)
+    assert plan.label_values == values and plan.num_classes == len(values)
+    assert plan.class_names == [labels[v] for v in values] and plan.label_dtype is dtype
+    rng = np.random.default_rng(0)
+    mask = rng.choice(values + [255], size=(6, 5, 4)).astype(np.int32)
+    channels = plan.to_channels(mask)
+    assert channels.dtype == np.uint8
+    expected = np.where(mask == 255, 255, np.searchsorted(values, mask))
+    assert np.array_equal(channels, expected)
+    back = plan.to_values(channels)
+    assert back.dtype == dtype and np.array_equal(back, mask)  # 255 (unannotated) survives both ways
+    assert plan.value_lookup[: len(values)].tolist() == values
+
+
+def test_undeclared_or_bad_label_values_are_refused():
+    from medseg.errors import InputError
+
+    plan = _plan_with_labels({0: "bg", 1: "a", 2: "b", 4: "d"})
+    mask = np.array([[[0, 1], [3, 7]]], np.uint8)
+    with pytest.raises(InputError, match=r"label values \[3, 7\].*\[0, 1, 2, 4\]"):
+        plan.to_channels(mask)
+    with pytest.raises(InputError, match="non-integer"):
+        plan.to_channels(np.array([[[0.5]]]))
+    assert plan.undeclared_values([0, 4, 255, 9, -1]) == [-1, 9]
+    with pytest.raises(ConfigError, match="lack 0"):
+        Plan.from_dict({**plan.model_dump(), "labels": {1: "a", 2: "b"}})
+    with pytest.raises(ConfigError, match="outside 0..65535"):
+        Plan.from_dict({**plan.model_dump(), "labels": {0: "bg", 70000: "big"}})
+
+
+def test_old_consecutive_plans_keep_their_digest_and_new_maps_change_it(tmp_path):
+    consecutive = _plan_with_labels({0: "bg", 1: "a", 2: "b"})
+    data = consecutive.model_dump(include={"version", "channel_names", "labels", "target_spacing", "normalization", "resampling"})
+    import hashlib
+    import json
+
+    # the digest written before the value -> channel map existed: cached cases stay valid
+    assert consecutive.digest() == hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    consecutive.save(tmp_path / "plan.json")
+    assert Plan.load(tmp_path / "plan.json") == consecutive  # an old plan.json (same fields) loads as is
+    gap = _plan_with_labels({0: "bg", 1: "a", 2: "b", 4: "d"})
+    data = gap.model_dump(include={"version", "channel_names", "labels", "target_spacing", "normalization", "resampling"})
+    # caches of such plans held raw values before: their digest differs, so preprocess rewrites them
+    assert gap.digest() != hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()

@@ -59,3 +59,86 @@ def test_cli_prints_table_and_exits_1(broken_dataset, tmp_path, capsys):
     assert exit_.value.code == 1
     err = capsys.readouterr().err
     assert "how to fix" in err and "case_004" in err and "medseg: error: 5 problem(s)" in err
+
+
+def _csv_dataset(root, write_nifti, values_per_case):
+    """A CSV manifest (no labels declared) with one case per entry; case i's mask holds its values."""
+    root.mkdir(parents=True)
+    rows = ["case_id,image,label"]
+    rng = np.random.default_rng(0)
+    for i, values in enumerate(values_per_case):
+        label = np.zeros((12, 10, 8), np.uint8)
+        for j, v in enumerate(values):
+            label[2 + 2 * j : 4 + 2 * j, 2:8, 2:6] = v
+        write_nifti((rng.normal(50, 10, label.shape) + 5 * label).astype(np.float32), root / f"img{i}.nii.gz")
+        write_nifti(label, root / f"lab{i}.nii.gz")
+        rows.append(f"c{i},img{i}.nii.gz,lab{i}.nii.gz")
+    (root / "cases.csv").write_text("\n".join(rows) + "\n")
+    return root / "cases.csv"
+
+
+def test_undeclared_labels_become_the_values_found_and_the_cli_counts_their_cases(tmp_path, write_nifti, capsys):
+    from medseg.cli.main import main
+    from medseg.preprocess.cache import load_case
+
+    csv = _csv_dataset(tmp_path / "ds", write_nifti, [(1, 2), (1, 2, 255), (1, 7)])  # a stray 7 in one case
+    with pytest.raises(SystemExit) as exit_:
+        main(["preprocess", str(csv), "--out", str(tmp_path / "work")])
+    assert exit_.value.code in (0, None)
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert "not declared" in out
+    assert lines["7"].split()[1] == "label_7" and lines["7"].endswith("in 1 case(s)")
+    assert lines["1"].endswith("in 3 case(s)") and lines["0"].endswith("in 3 case(s)")
+    assert "ignored" in lines["255"] and lines["255"].endswith("in 1 case(s)")
+    plan = json.loads((tmp_path / "work" / "plan.json").read_text())
+    assert sorted(int(k) for k in plan["labels"]) == [0, 1, 2, 7]  # 255 is unannotated, not a class
+    cached = load_case(tmp_path / "work", "c2")
+    assert set(np.unique(cached.label).tolist()) == {0, 1, 3}  # value 7 is channel 3
+    assert set(np.unique(load_case(tmp_path / "work", "c1").label).tolist()) == {0, 1, 2, 255}
+    assert sorted(cached.locations) == [1, 3]
+
+
+def test_declared_labels_refuse_other_values_naming_case_and_values(tmp_path, write_nifti):
+    from medseg.preprocess.run import PreprocessConfig
+
+    csv = _csv_dataset(tmp_path / "ds", write_nifti, [(1, 2, 4), (1, 3, 4, 9)])
+    config = PreprocessConfig(labels={0: "background", 1: "necrosis", 2: "edema", 4: "enhancing"})
+    with pytest.raises(ValidationFailed) as err:
+        run_preprocess(csv, tmp_path / "work", config)
+    [problem] = err.value.problems
+    assert problem.case == "c1" and "[3, 9]" in problem.problem and "[0, 1, 2, 4]" in problem.problem
+    summary = run_preprocess(csv, tmp_path / "work2", config, skip_invalid=True)
+    assert summary.processed == ["c0"] and summary.plan.label_values == [0, 1, 2, 4]
+    assert summary.cases_per_label == {0: 1, 1: 1, 2: 1, 4: 1} and summary.labels_declared
+
+
+def test_msd_dataset_json_with_brats_values(msd_factory, write_nifti, tmp_path):
+    root = msd_factory(2)
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["labels"] = {"0": "background", "1": "box", "4": "ball"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(ValidationFailed) as err:  # the masks hold 1 and 2; 2 is undeclared
+        run_preprocess(root, tmp_path / "work")
+    assert {p.case for p in err.value.problems} == {"case_000", "case_001"}
+    assert all("[2]" in p.problem for p in err.value.problems)
+
+
+def test_training_refuses_a_cache_written_with_other_label_values(tmp_path, write_nifti):
+    from medseg.errors import InputError
+    from medseg.preprocess.case import check_cached_labels
+    from medseg.preprocess.plan import Plan
+
+    csv = _csv_dataset(tmp_path / "ds", write_nifti, [(1, 2), (1, 4)])
+    summary = run_preprocess(csv, tmp_path / "work")
+    check_cached_labels(tmp_path / "work", ["c0", "c1"], summary.plan)  # consistent: no error
+    other = Plan.from_dict({**summary.plan.model_dump(), "labels": {0: "bg", 1: "a", 2: "b", 3: "c", 4: "d"}})
+    with pytest.raises(InputError, match=r"case c0: cached with label values \[0, 1, 2, 4\]"):
+        check_cached_labels(tmp_path / "work", ["c0", "c1"], other)
+    # a cache from before the map (no label_values, raw values 0, 1, 4 in label.npy) is named too
+    props_path = tmp_path / "work" / "preprocessed" / "c1" / "properties.json"
+    props = json.loads(props_path.read_text())
+    del props["label_values"]
+    props_path.write_text(json.dumps(props))
+    with pytest.raises(InputError, match=r"case c1: .*values \[4\]"):
+        check_cached_labels(tmp_path / "work", ["c0", "c1"], summary.plan)
