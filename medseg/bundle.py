@@ -44,7 +44,7 @@ def write_bundle(
     postprocessing: list[dict] | None = None,
     precision: str | None = None,
     mlflow_run_id: str | None = None,
-    state_dict_best: dict,
+    state_dict_best: dict | None,
     state_dict_last: dict | None = None,
     training_state: dict | None = None,
 ) -> Path:
@@ -53,9 +53,9 @@ def write_bundle(
     plan: a `medseg.preprocess.Plan` (or its dict); labels: {0: "background", 1: ...};
     label_codes: per label {"category": [code, scheme, meaning], "type": [...]} (SNOMED CT);
     postprocessing: [{"name", "params"}] as in `medseg.postprocess`;
-    mlflow_run_id: the run that trained the weights, so evaluations can be logged beside it.
+    mlflow_run_id: the run that trained the weights, so evaluations can be logged beside it;
+    state_dict_best None: keep the folder's model_best.pt (the last weights when it has none).
     """
-    import torch
     import yaml
 
     from medseg import __version__
@@ -85,12 +85,24 @@ def write_bundle(
     for name, text in files.items():
         with atomic_output(root / name) as tmp:
             tmp.write_text(text)
-    tensors = {WEIGHTS["best"]: state_dict_best, WEIGHTS["last"]: state_dict_last if state_dict_last is not None else state_dict_best}
+    # Tensors durably (temp name, fsync, rename, folder fsync) and in this order: the training state
+    # first, as it carries the last weights and is the commit point of a checkpoint; the weight files
+    # after it are repaired from it by --resume if a kill comes between (medseg.training.checkpoint).
+    from medseg.training.checkpoint import remove_stale_tmp, save_atomic
+
+    remove_stale_tmp(root)  # what a killed earlier write left
+    if state_dict_best is None and not (root / WEIGHTS["best"]).is_file():
+        state_dict_best = state_dict_last  # None: keep the existing best; there is none yet
+    if state_dict_best is None and state_dict_last is None:
+        raise ValueError("write_bundle needs state_dict_best or state_dict_last")
+    tensors = {}
     if training_state is not None:
         tensors[TRAINING_STATE] = training_state
+    tensors[WEIGHTS["last"]] = state_dict_last if state_dict_last is not None else state_dict_best
+    if state_dict_best is not None:
+        tensors[WEIGHTS["best"]] = state_dict_best
     for name, obj in tensors.items():
-        with atomic_output(root / name) as tmp:
-            torch.save(obj, tmp)
+        save_atomic(root / name, obj)
     return root
 
 

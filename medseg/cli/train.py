@@ -76,9 +76,14 @@ def command(
     echo = (lambda s: typer.echo(s)) if rank == 0 else (lambda s: None)
     stopped_any = False
     for k in folds:
-        result = train(workdir, cfg, preset_name=config.stem, fold=k, resume=resume, epochs=epochs,
-                       precision=precision.value if precision else None, max_minutes=max_minutes,
-                       echo=echo, progress=_Progress())
+        try:
+            result = train(workdir, cfg, preset_name=config.stem, fold=k, resume=resume, epochs=epochs,
+                           precision=precision.value if precision else None, max_minutes=max_minutes,
+                           echo=echo, progress=_Progress())
+        except KeyboardInterrupt:  # Ctrl-C: the run is marked KILLED and the last epoch's checkpoint stays
+            if rank == 0:
+                typer.echo("medseg: interrupted; resume with --resume", err=True)
+            raise SystemExit(130) from None
         if world > 1:  # lets users (and the tests) check that every rank ended with the same weights
             typer.echo(f"rank {rank}/{world}: final weights sha256 {result.weights_sha256}", err=True)
         if rank == 0:

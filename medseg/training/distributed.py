@@ -1,7 +1,9 @@
 """torchrun support: DistributedDataParallel with gloo on CPU and NCCL on GPU.
 
 torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them training runs as one process.
-Only rank 0 logs, validates and writes; every rank draws its own patches (rank-dependent seeds).
+Rank r takes its share of every global batch (patches drawn per global sample index, so a batch is
+the same at any world size); validation cases are shared out and their Dice sums all-reduced; only
+rank 0 logs and writes, with every rank's RNG state in the checkpoint.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # this process group was created here (so `cleanup` destroys it)
 
     @property
     def enabled(self) -> bool:
@@ -32,10 +35,10 @@ def init_distributed(device_type: str) -> DistInfo:
         return DistInfo()
     import torch.distributed as dist
 
-    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:  # a caller that made its own group (several train() calls in one job) keeps it
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    return info
+    return DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")), owns)
 
 
 def barrier(info: DistInfo) -> None:
@@ -68,8 +71,34 @@ def mean_over_ranks(info: DistInfo, value: float) -> float:
     return float(t.item()) / info.world_size
 
 
+def sum_over_ranks(info: DistInfo, values) -> "np.ndarray":
+    """Element-wise sum of a float array over ranks (float64), the same on every rank."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.float64)
+    if not info.enabled:
+        return values
+    import torch
+    import torch.distributed as dist
+
+    t = torch.from_numpy(values.copy())
+    dist.all_reduce(t)
+    return t.numpy()
+
+
+def gather_objects(info: DistInfo, obj) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank (small picklable objects, e.g. RNG states)."""
+    if not info.enabled:
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def cleanup(info: DistInfo) -> None:
-    if info.enabled:
+    if info.enabled and info.owns_group:
         import torch.distributed as dist
 
         if dist.is_initialized():

@@ -1,8 +1,10 @@
 """The training loop: patches -> model -> loss -> SGD, validation by sliding window, bundle out.
 
-Exact resume: patches depend only on (seed, rank, epoch, index) (see `medseg.data.sampler`), and
-`training_state.pt` holds model, optimizer, scheduler, grad scaler, epoch and RNG states, so
-training resumed at an epoch boundary repeats an uninterrupted run step for step.
+Exact resume: patches depend only on (seed, epoch, global sample index) (see `medseg.data.sampler`;
+rank r of N takes its share of each global batch), and `training_state.pt` holds the weights,
+optimizer, scheduler, grad scaler, epoch and every rank's RNG states, so training resumed at an
+epoch boundary repeats an uninterrupted run step for step, whatever instant a kill came at
+(`medseg.training.checkpoint`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from typing import Callable
 
 import numpy as np
 
-from medseg.errors import ConfigError, InputError
+from pydantic import ValidationError
+
+from medseg.errors import ConfigError, InputError, first_validation_problem
 from medseg.precision import Precision
 from medseg.training.config import TrainConfig, dump_config
 
@@ -119,7 +123,7 @@ def train(
     from medseg.preprocess.plan import Plan
     from medseg.tracking import flatten_params, open_tracker
     from medseg.training import checkpoint as ckpt
-    from medseg.training.distributed import any_rank, cleanup, init_distributed, mean_over_ranks
+    from medseg.training.distributed import any_rank, cleanup, gather_objects, init_distributed, mean_over_ranks
     from medseg.training.schedule import build_optimizer_and_scheduler
 
     workdir = Path(workdir)
@@ -134,10 +138,12 @@ def train(
     if resume:
         if not state_path.is_file():
             raise InputError(f"{state_path}: nothing to resume; train without --resume first")
-        saved = ckpt.load_state(state_path)
+        saved = ckpt.load_state(state_path)  # weights_only: a planted file is refused, never run
         # the run's own config wins; --epochs and --precision below may still override it
-        old = TrainConfig.model_validate(saved["config"])
-        config = old
+        try:
+            config = TrainConfig.model_validate(saved["config"])
+        except ValidationError as exc:
+            raise ConfigError(f"{state_path}: its saved config is invalid ({first_validation_problem(exc)}); train without --resume") from None
     if epochs is not None:
         config = config.model_copy(update={"epochs": epochs})
     if precision is not None:
@@ -194,9 +200,10 @@ def train(
     scaler = torch.amp.GradScaler(device_type, enabled=precision.use_grad_scaler)
 
     start_epoch, history, run_id = 0, {"train_loss": [], "val_mean": [], "ema": []}, None
-    best_ema, ema = -math.inf, None
+    best_ema, ema, best_sha = -math.inf, None, None
     if saved is not None:
-        model.load_state_dict(torch.load(out_dir / "model_last.pt", map_location=device, weights_only=True))
+        model.load_state_dict(saved["model"])  # the state's own weights: model_last.pt may be a kill away from them
+        best_sha = saved.get("best_sha256")
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         schedule.total = config.epochs * iters  # --epochs on a finished run stretches the curve from here
@@ -208,32 +215,47 @@ def train(
         best_ema = saved["best_ema"] if saved["best_ema"] is not None else -math.inf
         ema = saved["ema"]
         run_id = saved.get("run_id")
-        rngs = saved["rng"].get(dist.rank) or saved["rng"].get(0)
-        ckpt.set_rng_states(rngs)
+        rngs = saved["rng"]  # one per rank
+        if len(rngs) == dist.world_size:
+            ckpt.set_rng_states(rngs[dist.rank])
+        else:
+            ckpt.seed_everything(config.seed + dist.rank + 7919 * start_epoch)
+            echo(f"the checkpoint was written by {len(rngs)} process(es), this run has {dist.world_size}: "
+                 "RNG states re-seeded, so dropout draws differ from an uninterrupted run")
+        if dist.is_main:
+            ckpt.repair_weights(out_dir, saved, "model_last.pt", "model_best.pt")
         if start_epoch >= config.epochs:
             echo(f"already trained {start_epoch} epochs; pass --epochs N (> {start_epoch}) to extend the run")
 
-    per_rank_batch = max(1, config.batch_size // dist.world_size)
+    if config.batch_size % dist.world_size:
+        raise ConfigError(f"batch_size {config.batch_size} does not split over {dist.world_size} processes; "
+                          f"set batch_size to a multiple of {dist.world_size} or change --nproc_per_node")
+    per_rank_batch = config.batch_size // dist.world_size
     spacing = plan_spacing_for_patch(plan.target_spacing, conf.slice_axis, spatial_dims)
     transform = build_train_transforms(config.augment, config.patch_size, spacing)
     dataset = PatchDataset(
         workdir,
         train_ids,
         config.patch_size,
-        iters * per_rank_batch,
+        iters * config.batch_size,  # global sample indices: the same patches at any world size
         foreground_prob=config.foreground_oversampling,
         slice_axis=conf.slice_axis,
         transform=transform,
         seed=config.seed,
-        rank=dist.rank,
+        rank=0,
     )
+    # rank r's share of global batch b: samples b*B + r*B/N ... b*B + (r+1)*B/N - 1
+    my_samples = [it * config.batch_size + dist.rank * per_rank_batch + j for it in range(iters) for j in range(per_rank_batch)]
     workers = config.num_workers if config.num_workers is not None else default_workers(device_type)
 
     train_model = model
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
-        train_model = DistributedDataParallel(model, device_ids=[dist.local_rank] if device_type == "cuda" else None)
+        # find_unused_parameters stays False: every parameter gets a gradient each step (side heads only with
+        # deep supervision), which tests/training/test_distributed.py checks for every model and preset
+        train_model = DistributedDataParallel(model, device_ids=[dist.local_rank] if device_type == "cuda" else None,
+                                              find_unused_parameters=False)
     if config.compile:
         # fuses norms, activations and casts around the convolutions; validation and the saved weights use
         # `model` itself, so compiling changes neither the bundle nor the checkpoints
@@ -257,17 +279,23 @@ def train(
         echo(f"precision: {precision.describe()}; {len(train_ids)} training / {len(val_ids)} validation cases; "
              f"batch {config.batch_size}, patch {config.patch_size}, {workers} loader worker(s)")
 
-    def write(epoch: int, best_state: dict | None) -> None:
+    def write(epoch: int, best_state: dict | None, rng_per_rank: list) -> None:
+        nonlocal best_sha
         last = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        best_path = out_dir / "model_best.pt"
-        if best_state is None and best_path.is_file():
-            best_state = torch.load(best_path, map_location="cpu", weights_only=True)
+        if best_state is None and not (out_dir / "model_best.pt").is_file():
+            best_state = last  # until the first validation
+        if best_state is not None:
+            best_sha = ckpt.tensors_sha256(best_state)
+        # tensors and plain containers only (loads with weights_only=True); the last weights inside
         training_state = {
+            "format": ckpt.STATE_FORMAT,
+            "model": last,
+            "best_sha256": best_sha,
             "epoch": epoch,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            "rng": {0: ckpt.rng_states()},
+            "rng": rng_per_rank,
             "loader": {"seed": config.seed, "epoch": epoch + 1, "world_size": dist.world_size},
             "history": history,
             "best_ema": None if best_ema == -math.inf else best_ema,
@@ -286,7 +314,7 @@ def train(
             labels=labels,
             precision=precision.resolved.value,
             mlflow_run_id=run_id,
-            state_dict_best=best_state if best_state is not None else last,
+            state_dict_best=best_state,  # None: model_best.pt stays as it is
             state_dict_last=last,
             training_state=training_state,
         )
@@ -300,7 +328,7 @@ def train(
             t0 = time.monotonic()
             dataset.set_epoch(epoch)
             loader = torch.utils.data.DataLoader(
-                dataset, batch_size=per_rank_batch, shuffle=False, num_workers=workers,
+                dataset, batch_size=per_rank_batch, sampler=my_samples, num_workers=workers,
                 worker_init_fn=seed_worker if workers else None, pin_memory=device_type == "cuda", drop_last=True,
             )
             train_model.train()
@@ -332,8 +360,9 @@ def train(
             last_epoch = epoch == config.epochs - 1
             over_time = max_minutes is not None and (time.monotonic() - t_start) / 60 >= max_minutes
             stop = any_rank(dist, over_time)  # stopping early still validates, so the checkpoint has a score
-            if dist.is_main and val_ids and ((epoch + 1) % config.validate_every == 0 or last_epoch or stop):
-                val_dice = validate(model, workdir, val_ids, run_plan, config, precision, device, labels)
+            if val_ids and ((epoch + 1) % config.validate_every == 0 or last_epoch or stop):
+                # every rank validates its share of the cases (no rank idles in a collective meanwhile)
+                val_dice = validate(model, workdir, val_ids, run_plan, config, precision, device, labels, dist)
                 mean = val_dice["mean"]
                 ema = mean if ema is None else config.ema_alpha * ema + (1 - config.ema_alpha) * mean
                 history["val_mean"].append([epoch, mean])
@@ -342,12 +371,14 @@ def train(
                 metrics["val_dice_ema"] = ema
                 if ema > best_ema:
                     best_ema = ema
-                    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                    if dist.is_main:
+                        best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             elif fold is None and dist.is_main:
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}  # no validation: last is best
+            rng_per_rank = gather_objects(dist, ckpt.rng_states())
             if dist.is_main:
                 tracker.log_metrics(metrics, step=epoch)
-                write(epoch, best_state)
+                write(epoch, best_state, rng_per_rank)
                 dice_text = f", val Dice {val_dice['mean']:.4f} (EMA {ema:.4f})" if "val_dice_mean" in metrics else ""
                 echo(f"epoch {epoch + 1}/{config.epochs}: loss {train_loss:.4f}, lr {metrics['lr']:.2e}, "
                      f"{epoch_time:.1f} s, {metrics['samples_per_s']:.1f} samples/s{dice_text}")
@@ -364,6 +395,10 @@ def train(
                 select_for_fold(tracker, workdir, out_dir, val_ids, run_plan, config, precision, device, echo)
             _log_artifacts(tracker, workdir, out_dir, history, model, val_ids, run_plan, config, precision, device)
             tracker.end()
+    except KeyboardInterrupt:
+        if tracker is not None:
+            tracker.end("KILLED")  # stopped by the user, not a failure; the last checkpoint resumes
+        raise
     except BaseException:
         if tracker is not None:
             tracker.end("FAILED")
@@ -392,19 +427,29 @@ def predict_case(model, image: np.ndarray, plan, config: TrainConfig, precision,
     return logits.argmax(0).to(torch.uint8).cpu().numpy()
 
 
-def validate(model, workdir, case_ids, plan, config, precision, device, labels: dict[int, str]) -> dict[str, float]:
-    """Mean over cases of the Dice per foreground class on whole validation cases, plus "mean"."""
+def validate(model, workdir, case_ids, plan, config, precision, device, labels: dict[int, str], dist=None) -> dict[str, float]:
+    """Mean over cases of the Dice per foreground class on whole validation cases, plus "mean".
+
+    dist: a `DistInfo`; rank r predicts cases r, r + N, ... and the per-class sums are all-reduced,
+    so every rank returns the same numbers as one process would.
+    """
     from medseg.metrics import dice_per_class
     from medseg.preprocess.cache import load_case
+    from medseg.training.distributed import DistInfo, sum_over_ranks
+
+    dist = dist or DistInfo()
 
     names = [labels[v] for v in sorted(labels)]  # cached labels and predictions hold channel k = k-th label value
     fg = list(range(1, len(names)))
     per_class: dict[int, list[float]] = {k: [] for k in fg}
-    for case_id in case_ids:
+    for case_id in case_ids[dist.rank :: dist.world_size]:
         case = load_case(workdir, case_id)
         pred = predict_case(model, case.image, plan, config, precision, device)
         for k, d in dice_per_class(pred, np.asarray(case.label), fg).items():
             per_class[k].append(d)
+    # (sum, count) per class over every rank's cases; the mean of the pooled cases, as one process has it
+    totals = sum_over_ranks(dist, [[float(np.sum(per_class[k])), len(per_class[k])] for k in fg]).reshape(len(fg), 2)
+    per_class = {k: [total / count] if count else [] for k, (total, count) in zip(fg, totals)}
     out = {names[k]: float(np.mean(v)) for k, v in per_class.items()}
     out["mean"] = float(np.mean(list(out.values())))
     return out
@@ -412,11 +457,15 @@ def validate(model, workdir, case_ids, plan, config, precision, device, labels: 
 
 def _log_artifacts(tracker, workdir, out_dir, history, model, val_ids, plan, config, precision, device) -> None:
     """Config, plan, splits, the bundle (artifact path "bundle"), learning curves and overlays."""
+    from medseg.training import checkpoint as ckpt
+
     for name in ("config.yaml", "plan.json"):
         tracker.log_artifact(out_dir / name)
     if (Path(workdir) / "splits.json").is_file():
         tracker.log_artifact(Path(workdir) / "splits.json")
-    tracker.log_artifacts(out_dir, artifact_path="bundle")
+    for path in sorted(out_dir.iterdir()):  # the bundle; never a temporary file of an interrupted write
+        if path.is_file() and not ckpt.is_temporary(path):
+            tracker.log_artifact(path, artifact_path="bundle")
     with tempfile.TemporaryDirectory() as tmp:
         plots = Path(tmp)
         _plot_curves(history, plots / "learning_curves.png")
