@@ -1,7 +1,7 @@
 """A trained model as one folder: weights + plan + resolved config + labels + medseg version.
 
 ```
-<bundle>/bundle.json     medseg_version, model, configuration ("2d"|"3d"), fold, model_options,
+<bundle>/bundle.json     bundle_version (1), medseg_version, model, configuration ("2d"|"3d"), fold, model_options,
                          labels {int: name}, label_codes, activation, postprocessing, precision
 <bundle>/plan.json       the Plan
 <bundle>/config.yaml     the resolved training config
@@ -28,6 +28,7 @@ CONFIG_YAML = "config.yaml"
 WEIGHTS = {"best": "model_best.pt", "last": "model_last.pt"}
 TRAINING_STATE = "training_state.pt"
 REQUIRED_KEYS = ("medseg_version", "model", "configuration", "labels")
+BUNDLE_VERSION = 1  # the bundle layout this code writes and the newest it reads; bundles without one are 1
 
 
 def write_bundle(
@@ -64,6 +65,7 @@ def write_bundle(
     root = Path(dir)
     root.mkdir(parents=True, exist_ok=True)
     meta = {
+        "bundle_version": BUNDLE_VERSION,
         "medseg_version": __version__,
         "model": model_name,
         "configuration": configuration,
@@ -203,6 +205,16 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     missing = [k for k in REQUIRED_KEYS if not isinstance(meta, dict) or k not in meta]
     if missing:
         raise BundleError(f"{meta_path}: missing keys {missing}; expected {list(REQUIRED_KEYS)}; re-export the bundle")
+    version = meta.get("bundle_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise BundleError(f"{meta_path}: bundle_version is {version!r}; expected a positive integer (this medseg writes {BUNDLE_VERSION}); re-export the bundle")
+    if version > BUNDLE_VERSION:
+        from medseg import __version__
+
+        raise BundleError(
+            f"{meta_path}: bundle_version {version}, written by medseg {meta.get('medseg_version', '?')}, is newer than this "
+            f"medseg {__version__} reads (bundle_version <= {BUNDLE_VERSION}); upgrade medseg: pip install -U medseg"
+        )
     for required in (PLAN_JSON, WEIGHTS["best"]):
         if not (root / required).is_file():
             raise BundleError(f"{root}: {required} is missing; the bundle is incomplete, copy the whole bundle folder")
@@ -211,7 +223,8 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     try:
         plan = Plan.load(root / PLAN_JSON)
     except Exception as exc:
-        raise BundleError(f"{root / PLAN_JSON}: not a valid plan ({type(exc).__name__}: {str(exc).splitlines()[0]}); re-export the bundle") from None
+        detail = str(exc).splitlines()[0].removeprefix(f"{root / PLAN_JSON}: ")  # ConfigErrors name the file already
+        raise BundleError(f"{root / PLAN_JSON}: not a valid plan ({detail}); re-export the bundle") from None
     config: dict = {}
     if (root / CONFIG_YAML).is_file():
         try:

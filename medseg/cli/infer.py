@@ -52,6 +52,8 @@ def command(
 
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"--device {device!r} is invalid; use auto, cpu or cuda")
+    if not 0 <= overlap < 1:
+        raise ConfigError(f"--overlap {overlap} is out of range; expected a value in [0, 1) (0.5 is the default), e.g. --overlap 0.5")
     if not input.exists():
         raise InputError(f"{input}: no such file or folder; check the path")
     cases, many = _cases(input)
@@ -64,6 +66,7 @@ def command(
             )
     if many and output is None:
         raise InputError(f"{input} holds {len(cases)} scans; give an output folder with -o OUT_DIR")
+    targets = _targets(input, cases, many, output, format, probabilities)  # checked before any model loads
 
     bundles = _select_folds([resolve_model_reference(m, workdir=workdir) for m in model], folds)
     extra = [{"name": "instances", "params": {}}] if instances else []
@@ -73,11 +76,12 @@ def command(
     typer.echo(f"precision: {predictor.precision.describe()}; {len(bundles)} model(s); device {predictor.device}")
 
     if many:
-        output.mkdir(parents=True, exist_ok=True)
+        from medseg.io.atomic import make_output_folder
+
+        make_output_folder(output, "-o")
     failures: list[tuple[str, str]] = []
     rows = []
-    for n, (case_id, paths) in enumerate(cases, start=1):
-        target = (output / f"{case_id}{SUFFIX[format]}") if many else (output or Path(f"{case_id}_seg{SUFFIX[format]}"))
+    for n, ((case_id, paths), target) in enumerate(zip(cases, targets), start=1):
         start = time.perf_counter()
         try:
             _infer_one(predictor, paths, target, format, series, probabilities)
@@ -112,6 +116,43 @@ def command(
               "batch_size": predictor.batch_size, "fp16_buffer": fp16_buffer})
     if failures:
         raise typer.Exit(1)
+
+
+def _targets(input: Path, cases, many: bool, output: Path | None, format: OutputFormat, probabilities: bool) -> list[Path]:
+    """The output path of each case, checked before any work: case ids are plain names (a manifest's
+    "../x" or "/abs" would write outside -o), no two cases share an output, no output is an input,
+    and the output folder (many scans) or the output file's folder (one scan) can be written."""
+    import os
+
+    from medseg.errors import InputError, OutputError
+    from medseg.io.atomic import check_output_dir, check_output_folder, check_plain_name, full_suffix
+
+    suffix = SUFFIX[format]
+    if many:
+        check_output_folder(output, "-o")
+        for case_id, _ in cases:
+            check_plain_name(case_id, "case_id", input)
+        targets = [output / f"{case_id}{suffix}" for case_id, _ in cases]
+    else:
+        targets = [output or Path(f"{cases[0][0]}_seg{suffix}")]
+        check_output_dir(targets[0])
+    seen: dict[str, str] = {}
+    for (case_id, _), target in zip(cases, targets):
+        key = os.path.realpath(target)
+        if key in seen:
+            raise InputError(f"{input}: cases '{seen[key]}' and '{case_id}' would both be written to {target}; give the scans distinct names")
+        seen[key] = case_id
+    inputs = {os.path.realpath(p) for _, paths in cases for p in paths}
+    for target in targets:
+        stem = target.name[: len(target.name) - len(full_suffix(target))]
+        written = [target] + ([target.with_name(f"{stem}_probabilities.nii.gz")] if probabilities else [])
+        for path in written:
+            if os.path.realpath(path) in inputs:
+                raise OutputError(
+                    f"{path}: this output is also an input scan and would be overwritten by its mask; "
+                    "choose another output path (-o) for the masks"
+                )
+    return targets
 
 
 def _is_image_file(path: Path) -> bool:
@@ -238,6 +279,7 @@ def _infer_one(predictor, paths: list[Path], target: Path, format: OutputFormat,
             loaded = load_dicom_series(path, series=series)
             images.append(loaded.volume)
             datasets = datasets if datasets is not None else loaded.datasets
+        _check_finite(images[-1], path)
     result = predictor.predict(images, probabilities=probabilities)
     labels = result.labels
     names = predictor.labels

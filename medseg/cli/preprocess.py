@@ -11,7 +11,8 @@ import typer
 
 
 class _Bar:
-    """A one-line progress bar on stderr (redrawn in place on a terminal, else one line per stage)."""
+    """A one-line progress bar on stderr when it is a terminal (redrawn in place), else one line per stage
+    on stdout, so that stderr holds only problems."""
 
     def __init__(self) -> None:
         self.tty = sys.stderr.isatty()
@@ -26,8 +27,9 @@ class _Bar:
             if done == total:
                 sys.stderr.write("\n")
             sys.stderr.flush()
-        elif done == total:
-            sys.stderr.write(f"{stage}: {total} case(s) in {time.monotonic() - self.start:.1f}s\n")
+        elif done == total:  # not a terminal: one summary line per stage, on stdout with the other results
+            sys.stdout.write(f"{stage}: {total} case(s) in {time.monotonic() - self.start:.1f}s\n")
+            sys.stdout.flush()
 
 
 def command(
@@ -44,7 +46,8 @@ def command(
     try:
         summary = run_preprocess(dataset, out, load_config(config), workers=workers, skip_invalid=skip_invalid, progress=_Bar())
     except ValidationFailed as exc:
-        typer.echo(format_table(exc.problems), err=True)
+        if len(exc.problems) > 1:  # one problem is said in the error line itself
+            typer.echo(format_table(exc.problems), err=True)
         raise
     if summary.invalid:
         typer.echo(format_table(summary.invalid), err=True)

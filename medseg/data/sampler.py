@@ -15,15 +15,16 @@ import numpy as np
 
 
 def read_cached_case(workdir: str | os.PathLike, case_id: str, mmap: bool = True):
-    """(image (C, X, Y, Z) float32, label (X, Y, Z) uint8 or None, locations {class: (N, 3)}) from the cache."""
-    folder = Path(workdir) / "preprocessed" / case_id
+    """(image (C, X, Y, Z) float32, label (X, Y, Z) uint8 or None, locations {class: (N, 3)}) from the cache.
+    A missing or truncated file is an `InputError` naming it (see `medseg.preprocess.cache.check_case_files`)."""
+    from medseg.preprocess.cache import cases_dir, check_case_files, load_locations
+
+    folder = cases_dir(workdir) / case_id
     mode = "r" if mmap else None
+    check_case_files(workdir, case_id)
     image = np.load(folder / "image.npy", mmap_mode=mode)
     label = np.load(folder / "label.npy", mmap_mode=mode) if (folder / "label.npy").is_file() else None
-    locations: dict[int, np.ndarray] = {}
-    if (folder / "locations.npz").is_file():
-        with np.load(folder / "locations.npz") as npz:
-            locations = {int(k): npz[k] for k in npz.files if len(npz[k])}
+    locations = {k: v for k, v in load_locations(folder, workdir).items() if len(v)}
     return image, label, locations
 
 
@@ -67,6 +68,10 @@ class PatchDataset:
     ):
         if len(patch_size) == 2 and slice_axis is None:
             raise ValueError("2D patches need the plan's slice_axis")
+        from medseg.preprocess.cache import check_case_files
+
+        for case_id in case_ids:  # header-only: a truncated case fails here, at the start, even if never sampled
+            check_case_files(workdir, case_id)
         self.workdir = Path(workdir)
         self.case_ids = list(case_ids)
         self.patch_size = [int(p) for p in patch_size]

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from medseg.bundle import Bundle, load_bundle
-from medseg.errors import BundleError, InputError
+from medseg.errors import BundleError, ConfigError, InputError
 from medseg.inference.invert import labels_on_original
 from medseg.inference.sliding_window import sliding_window_predict, sliding_window_predict_2d
 from medseg.inference.tta import mirrored
@@ -103,6 +103,8 @@ class Predictor:
     ):
         if not bundle_paths:
             raise BundleError("no model given; pass at least one bundle with --model")
+        if not 0 <= overlap < 1:
+            raise ConfigError(f"overlap {overlap} is out of range; expected a value in [0, 1), e.g. 0.5")
         self.bundles: list[Bundle] = [load_bundle(Path(p)) for p in bundle_paths]
         first = self.bundles[0]
         for other in self.bundles[1:]:
@@ -140,6 +142,12 @@ class Predictor:
                 f"the input has {channels} channel(s) but the model expects {expected} "
                 f"({', '.join(self.bundle.plan.channel_names)}); give one image per channel in that order"
             )
+        for i, v in enumerate(images):
+            if np.issubdtype(v.array.dtype, np.floating) and not np.isfinite(v.array).all():
+                raise InputError(
+                    f"input image {i} holds NaN or Inf voxels; expected finite intensities; "
+                    "repair the image (e.g. replace NaN with 0) before inference"
+                )
         if self.spatial_dims == 3:
             for v in images:
                 if min(v.spatial_shape) == 1:

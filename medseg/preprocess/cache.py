@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,21 +54,69 @@ def list_cases(workdir: str | os.PathLike) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "properties.json").is_file())
 
 
+def _rerun_hint(workdir) -> str:
+    return f"rerun `medseg preprocess` with --out {workdir} to rebuild it"
+
+
+def npy_problem(path: Path) -> str | None:
+    """What is wrong with the .npy file `path` (missing, unreadable header, shorter than its header
+    says), or None when it is complete. Reads only the header: cheap enough for every case at start."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            expected = f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            size = os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, ValueError, EOFError) as exc:
+        return f"not a readable .npy file ({type(exc).__name__})"
+    if size < expected:
+        return f"truncated: {size} bytes, expected {expected} for a {dtype} array of shape {tuple(shape)}"
+    return None
+
+
+def check_case_files(workdir: str | os.PathLike, case_id: str) -> None:
+    """Raise `InputError` naming the file when a cached case's image.npy or label.npy is missing or truncated."""
+    folder = cases_dir(workdir) / case_id
+    for name in ("image.npy", "label.npy"):
+        if name == "label.npy" and not (folder / name).exists():
+            continue  # unlabelled cases have no label.npy
+        problem = npy_problem(folder / name)
+        if problem is not None:
+            raise InputError(f"{folder / name}: cached file of case '{case_id}' is {problem}; {_rerun_hint(workdir)}")
+
+
+def load_locations(folder: Path, workdir) -> dict[int, np.ndarray]:
+    """locations.npz of a cached case folder ({} when absent); a damaged file is an `InputError`."""
+    path = folder / "locations.npz"
+    if not path.is_file():
+        return {}
+    try:
+        with np.load(path) as npz:
+            return {int(k): npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{path}: not a readable locations file ({type(exc).__name__}); {_rerun_hint(workdir)}") from None
+
+
 def load_case(workdir: str | os.PathLike, case_id: str, mmap: bool = True) -> CachedCase:
-    """One cached case; arrays are memory-mapped (read-only) unless `mmap` is False."""
+    """One cached case; arrays are memory-mapped (read-only) unless `mmap` is False.
+    A missing, damaged or truncated file is an `InputError` naming it."""
     folder = cases_dir(workdir) / case_id
     if not (folder / "properties.json").is_file():
         raise InputError(f"{folder}: no preprocessed case '{case_id}' here; run `medseg preprocess` with --out {workdir}")
     mode = "r" if mmap else None
-    raw = json.loads((folder / "properties.json").read_text())
-    raw.pop("cache", None)
-    props = CaseProperties.model_validate(raw)
+    try:
+        raw = json.loads((folder / "properties.json").read_text())
+        raw.pop("cache", None)
+        props = CaseProperties.model_validate(raw)
+    except (OSError, ValueError, AttributeError) as exc:  # JSON or pydantic validation
+        raise InputError(f"{folder / 'properties.json'}: not a readable case properties file ({type(exc).__name__}); {_rerun_hint(workdir)}") from None
+    check_case_files(workdir, case_id)
     image = np.load(folder / "image.npy", mmap_mode=mode)
     label = np.load(folder / "label.npy", mmap_mode=mode) if (folder / "label.npy").is_file() else None
-    locations: dict[int, np.ndarray] = {}
-    if (folder / "locations.npz").is_file():
-        with np.load(folder / "locations.npz") as npz:
-            locations = {int(k): npz[k] for k in npz.files}
+    locations = load_locations(folder, workdir)
     return CachedCase(case_id, image, label, props, locations)
 
 
@@ -87,16 +136,25 @@ def sample_locations(label: np.ndarray, case_id: str, max_per_class: int = MAX_L
 
 
 def cache_stamp(workdir: str | os.PathLike, case_id: str) -> dict | None:
-    """The {input_sha256, plan_digest} a cached case was made from, or None if absent."""
+    """The {input_sha256, plan_digest} a cached case was made from, or None if absent or damaged
+    (a truncated .npy, so that rerunning `medseg preprocess` rebuilds it)."""
     path = cases_dir(workdir) / case_id / "properties.json"
     try:
-        return json.loads(path.read_text()).get("cache")
-    except (OSError, json.JSONDecodeError):
+        stamp = json.loads(path.read_text()).get("cache")
+    except (OSError, json.JSONDecodeError, AttributeError):
         return None
+    try:
+        check_case_files(workdir, case_id)
+    except InputError:
+        return None
+    return stamp
 
 
 def write_case(workdir: str | os.PathLike, case_id: str, case: PreprocessedCase, stamp: dict) -> Path:
     """Write one case atomically (temporary folder, then rename); replaces an older version."""
+    from medseg.io.atomic import check_plain_name
+
+    check_plain_name(case_id, "case_id", "the manifest")  # preprocessed/<case_id> must stay inside WORKDIR
     root = cases_dir(workdir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / case_id

@@ -13,10 +13,10 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medseg.errors import ConfigError, InputError, first_validation_problem
 
@@ -90,15 +90,38 @@ class ResamplingPlan(_Strict):
 
 
 class ConfigurationPlan(_Strict):
-    """One network configuration ("2d" or "3d"); `strides[0]` is all ones."""
+_Positive = Annotated[int, Field(ge=1)]
+
+
+    """One network configuration ("2d" or "3d"); `strides[0]` is all ones.
+
+    Checked when loaded (plan.json, bundles, preprocess overrides): sizes, strides, kernels, features
+    and batch are >= 1, per-axis lists hold spatial_dims values, and there is one stride, kernel and
+    feature count per stage.
+    """
 
     spatial_dims: Literal[2, 3]
-    patch_size: list[int]
-    batch_size: int
-    features_per_stage: list[int]
-    strides: list[list[int]]
-    kernel_sizes: list[list[int]]
-    slice_axis: int | None = None  # 2D only: axis (0, 1, 2) of the preprocessed grid sliced along
+    patch_size: list[_Positive]
+    batch_size: _Positive
+    features_per_stage: list[_Positive] = Field(min_length=1)
+    strides: list[list[_Positive]]
+    kernel_sizes: list[list[_Positive]]
+    slice_axis: int | None = Field(default=None, ge=0, le=2)  # 2D only: axis (0, 1, 2) of the preprocessed grid sliced along
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ConfigurationPlan":
+        n = self.spatial_dims
+        if len(self.patch_size) != n:
+            raise ValueError(f"patch_size {self.patch_size} has {len(self.patch_size)} value(s); spatial_dims {n} needs {n}")
+        stages = len(self.features_per_stage)
+        for name in ("strides", "kernel_sizes"):
+            values = getattr(self, name)
+            if len(values) != stages:
+                raise ValueError(f"{name} has {len(values)} stage(s) but features_per_stage has {stages}; give one per stage")
+            for v in values:
+                if len(v) != n:
+                    raise ValueError(f"{name} entry {v} has {len(v)} value(s); spatial_dims {n} needs {n}")
+        return self
 
     @property
     def total_stride(self) -> list[int]:
@@ -113,7 +136,7 @@ class Plan(_Strict):
     channel_names: list[str]
     modalities: list[str]
     labels: dict[int, str]
-    target_spacing: list[float] = Field(min_length=3, max_length=3)  # mm, RAS axis order
+    target_spacing: list[Annotated[float, Field(gt=0)]] = Field(min_length=3, max_length=3)  # mm, RAS axis order
     normalization: list[ChannelNormalization]
     resampling: ResamplingPlan = ResamplingPlan()
     configurations: dict[str, ConfigurationPlan]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from medseg.errors import ConfigError, first_validation_problem
 from medseg.preprocess.plan import Plan, PlannerSettings, make_plan
@@ -30,13 +30,16 @@ class PreprocessConfig(BaseModel):
     overrides: dict = {}  # merged over the planned Plan fields
 
 
+    _source: str = PrivateAttr(default="the preprocess config")  # the YAML file, for error messages
 def load_config(path: str | os.PathLike | None) -> PreprocessConfig:
     if path is None:
         return PreprocessConfig()
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
-        return PreprocessConfig.model_validate(data)
+        config = PreprocessConfig.model_validate(data)
+        config._source = str(path)
+        return config
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read the config ({exc}); fix the YAML") from None
     except ValidationError as exc:
@@ -92,8 +95,8 @@ def _pool_map(func, items: list, workers: int, progress: Progress | None, stage:
 def _inspect(args):
     from medseg.preprocess.validate import inspect_case
 
-    case, labels = args
-    return inspect_case(case, labels)
+    case, labels, channels = args
+    return inspect_case(case, labels, channels)
 
 
 def _process(args):
@@ -142,10 +145,14 @@ def run_preprocess(
     if manifest.labels:
         manifest.labels.setdefault(0, "background")
         _check_labels(manifest.labels, f"labels declared for {dataset}")
-    workdir.mkdir(parents=True, exist_ok=True)
+    from medseg.io.atomic import check_output_folder, check_plain_name, make_output_folder
+
+    for c in manifest.cases:  # each becomes a folder preprocessed/<case_id>: it must stay inside --out
+        check_plain_name(c.case_id, "case_id", dataset)
+    check_output_folder(workdir, "--out")  # created once the plan is made: a refused run leaves nothing
     clean_partial(workdir)
 
-    reports = list(_pool_map(_inspect, [(c, manifest.labels) for c in manifest.cases], workers, progress, "validate"))
+    reports = list(_pool_map(_inspect, [(c, manifest.labels, len(manifest.channel_names) or None) for c in manifest.cases], workers, progress, "validate"))
     problems = [p for r in reports for p in r.problems]
     if problems and not skip_invalid:
         raise ValidationFailed(problems)
@@ -154,13 +161,11 @@ def run_preprocess(
     for c in cases:
         c.sha256 = valid[c.case_id].sha256
     resolved = manifest.model_copy(update={"cases": cases})
-    _write_json(workdir / "manifest.json", json.loads(resolved.model_dump_json()))
 
     fingerprint = compute_fingerprint(manifest.name, manifest.channel_names, manifest.modalities, manifest.labels, [valid[c.case_id] for c in cases])
     if not manifest.labels:
         _check_labels({int(k): v for k, v in fingerprint["labels"].items()}, f"label values found in the masks of {dataset}")
     _write_json(workdir / "fingerprint.json", fingerprint)
-    plan = make_plan(fingerprint, config.planner, config.overrides)
     plan.save(workdir / "plan.json")
 
     digest = plan.digest()
@@ -172,6 +177,14 @@ def run_preprocess(
             unchanged.append(c.case_id)
         else:
             todo.append((c, stamp, str(workdir), plan.model_dump_json()))
+    try:
+        plan = make_plan(fingerprint, config.planner, config.overrides)
+    except ConfigError as exc:
+        if not config.overrides:
+            raise
+        raise ConfigError(f"{config._source}: {exc}; fix `overrides:` there") from None  # name the file they came from
+    make_output_folder(workdir, "--out")
+    _write_json(workdir / "manifest.json", json.loads(resolved.model_dump_json()))
     done = list(_pool_map(_process, todo, workers, progress, "preprocess"))
     return RunSummary(workdir, plan, sorted(done), unchanged, problems,
                       {int(k): n for k, n in fingerprint["cases_per_label"].items()}, fingerprint["labels_declared"])

@@ -42,6 +42,10 @@ class ValidationFailed(InputError):
     def __init__(self, problems: list[Problem]):
         self.problems = problems
         cases = len({p.case for p in problems})
+        if len(problems) == 1:  # one problem is one line, no table
+            p = problems[0]
+            super().__init__(f"{p.file}: case {p.case}: {p.problem}; {p.fix} (or rerun with --skip-invalid to leave the case out)")
+            return
         super().__init__(
             f"{len(problems)} problem(s) in {cases} case(s) (table above); fix them or rerun with --skip-invalid to leave those cases out"
         )
@@ -72,8 +76,11 @@ def _read(path: str, case: str, problems: list[Problem]):
     return None
 
 
-def inspect_case(case: ManifestCase, labels: dict[int, str] | None) -> CaseReport:
-    """Validate one case and, if it is valid, compute its fingerprint entry (RAS axis order)."""
+def inspect_case(case: ManifestCase, labels: dict[int, str] | None, channels: int | None = None) -> CaseReport:
+    """Validate one case and, if it is valid, compute its fingerprint entry (RAS axis order).
+
+    channels: the channels per case the dataset declares; a 4D file that does not add up to them is refused.
+    """
     from medseg.preprocess.case import nonzero_box, stack_channels
 
     report = CaseReport(case.case_id)
@@ -81,6 +88,16 @@ def inspect_case(case: ManifestCase, labels: dict[int, str] | None) -> CaseRepor
     cid = case.case_id
     volumes = [_read(p, cid, problems) for p in case.images]
     label = _read(case.label, cid, problems) if case.label else None
+    found = sum(v.num_channels for v in volumes if v is not None)
+    if channels is not None and all(v is not None for v in volumes) and found != channels:
+        for path, vol in zip(case.images, volumes):
+            if vol.array.ndim == 4:
+                shape = (*vol.spatial_shape, vol.num_channels)
+                problems.append(Problem(
+                    cid, path, f"image is 4D, shape {shape}, but {channels} channel(s) per case are declared; expected a 3D image",
+                    "give each channel as its own 3D file (CASE_0000, CASE_0001, ...), or take one 3D volume out of the 4D series"))
+        if problems:
+            return report
     for path, vol in zip(case.images, volumes):
         if vol is None:
             continue

@@ -1,0 +1,407 @@
+"""The bad-input catalogue (issue 14, "Hostile or broken input"): every bad input a user can give is
+refused with medseg's one-line error.
+
+Each row builds its input in a fresh folder, runs `medseg ...` as a user types it (in this process,
+through `medseg.cli.main.main`, stderr captured at the file-descriptor level so loader workers and
+libraries count too) and checks: exit code 1; exactly one stderr line, starting with "medseg: error:"
+and naming what the row expects; no traceback; and not one file created, changed or removed in the
+folder (the current directory during the run), the inputs included.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from medseg.cli.main import main
+from medseg.io import write_volume
+from medseg.volume import Volume
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_inference = _load(REPO / "tests" / "inference" / "conftest.py", "_bad_inputs_inference_fixtures")
+_training = _load(REPO / "tests" / "training" / "conftest.py", "_bad_inputs_training_fixtures")
+
+
+# --- the tiny inputs ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def _bundle_template(tmp_path_factory):
+    """A tiny 3D bundle (2 training steps: what it predicts does not matter here)."""
+    return _inference.train_tiny_bundle(tmp_path_factory.mktemp("bad_bundle") / "bundle", steps=2)
+
+
+@pytest.fixture(scope="session")
+def _workdir_template(tmp_path_factory):
+    return _training._make_workdir(tmp_path_factory.mktemp("bad_work") / "work", n_cases=3)
+
+
+def scan(path: Path, value=None, shape=(20, 20, 12)) -> Path:
+    """A small float32 MR-like scan on a 3 mm grid; `value` is written into one voxel."""
+    array = np.random.default_rng(0).normal(0, 1, shape).astype(np.float32)
+    if value is not None:
+        array[3, 4, 5] = value
+    return write_volume(Volume(array, np.diag([3.0, 3.0, 3.0, 1.0])), path)
+
+
+def labelled_case(root: Path, name: str, image_shape=(16, 16, 12)) -> tuple[Path, Path]:
+    """An image and its mask (a box of label 1) for preprocess manifests; image 4D when shape has 4 axes."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(abs(hash(name)) % 2**32)
+    image = rng.normal(0, 1, image_shape).astype(np.float32)
+    label = np.zeros(image_shape[:3], np.uint8)
+    label[4:9, 4:9, 3:7] = 1
+    nib.save(nib.Nifti1Image(image, np.eye(4)), str(root / f"{name}.nii.gz"))
+    nib.save(nib.Nifti1Image(label, np.eye(4)), str(root / f"{name}_seg.nii.gz"))
+    return root / f"{name}.nii.gz", root / f"{name}_seg.nii.gz"
+
+
+def csv_manifest(root: Path, rows: list[tuple[str, Path, Path | None]], name="manifest.csv") -> Path:
+    lines = ["case_id,image,label"] + [f"{cid},{img},{lab or ''}" for cid, img, lab in rows]
+    (root / name).write_text("\n".join(lines) + "\n")
+    return root / name
+
+
+def unwritable_folder(path: Path) -> Path:
+    """A folder nobody may create files in: mode 0555, and immutable when run as root (root ignores modes)."""
+    path.mkdir()
+    path.chmod(0o555)
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(path)], check=False, capture_output=True)
+    try:
+        (path / ".probe").touch()
+    except OSError:
+        return path
+    (path / ".probe").unlink()
+    pytest.fail(f"cannot make {path} unwritable on this machine (not by mode, not by chattr +i)")
+
+
+def release(path: Path) -> None:
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(path)], check=False, capture_output=True)
+    path.chmod(0o755)
+
+
+# --- the rows: each returns (argv, text the error line must contain) ---------------------------
+
+
+def infer_nan(d, bundle, work):
+    return ["infer", scan(d / "scan.nii.gz", np.nan), "-m", bundle, "-o", d / "mask.nii.gz"], "NaN"
+
+
+def infer_inf(d, bundle, work):
+    return ["infer", scan(d / "scan.nii.gz", np.inf), "-m", bundle, "-o", d / "mask.nii.gz"], "Inf"
+
+
+def infer_case_id_climbing(d, bundle, work):
+    (d / "scans").mkdir()
+    manifest = csv_manifest(d / "scans", [("ok", scan(d / "scans" / "a.nii.gz"), None), ("../../x", scan(d / "scans" / "b.nii.gz"), None)])
+    return ["infer", manifest, "-m", bundle, "-o", d / "out"], "'../../x'"
+
+
+def infer_case_id_absolute(d, bundle, work):
+    (d / "scans").mkdir()
+    target = d / "elsewhere" / "x"
+    manifest = csv_manifest(d / "scans", [(str(target), scan(d / "scans" / "a.nii.gz"), None)])
+    return ["infer", manifest, "-m", bundle, "-o", d / "out"], "case_id"
+
+
+def infer_output_is_the_input(d, bundle, work):
+    source = scan(d / "scan.nii.gz")
+    return ["infer", source, "-m", bundle, "-o", source], "also an input"
+
+
+def infer_output_folder_is_the_input_folder(d, bundle, work):
+    (d / "scans").mkdir()
+    scan(d / "scans" / "a.nii.gz")
+    scan(d / "scans" / "b.nii.gz")
+    return ["infer", d / "scans", "-m", bundle, "-o", d / "scans"], "also an input"
+
+
+def infer_overlap_one(d, bundle, work):
+    return ["infer", scan(d / "scan.nii.gz"), "-m", bundle, "--overlap", "1.0", "-o", d / "mask.nii.gz"], "--overlap 1.0"
+
+
+def infer_overlap_negative(d, bundle, work):
+    return ["infer", scan(d / "scan.nii.gz"), "-m", bundle, "--overlap", "-0.25", "-o", d / "mask.nii.gz"], "[0, 1)"
+
+
+def infer_output_folder_is_a_file(d, bundle, work):
+    (d / "scans").mkdir()
+    scan(d / "scans" / "a.nii.gz")
+    scan(d / "scans" / "b.nii.gz")
+    (d / "out").write_text("not a folder")
+    return ["infer", d / "scans", "-m", bundle, "-o", d / "out"], "is a file"
+
+
+def infer_output_folder_unwritable(d, bundle, work):
+    (d / "scans").mkdir()
+    scan(d / "scans" / "a.nii.gz")
+    scan(d / "scans" / "b.nii.gz")
+    locked = unwritable_folder(d / "locked")
+    return ["infer", d / "scans", "-m", bundle, "-o", locked / "out"], "not writable"
+
+
+def _edit_bundle(bundle: Path, file: str, edit) -> None:
+    path = bundle / file
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def bundle_patch_size_zero(d, bundle, work):
+    _edit_bundle(bundle, "plan.json", lambda p: p["configurations"]["3d"].update(patch_size=[0, 32, 16]))
+    return ["infer", scan(d / "scan.nii.gz"), "-m", bundle, "-o", d / "mask.nii.gz"], "plan.json"
+
+
+def bundle_negative_batch(d, bundle, work):
+    _edit_bundle(bundle, "plan.json", lambda p: p["configurations"]["3d"].update(batch_size=-2))
+    return ["infer", scan(d / "scan.nii.gz"), "-m", bundle, "-o", d / "mask.nii.gz"], "batch_size"
+
+
+def bundle_zero_stride(d, bundle, work):
+    _edit_bundle(bundle, "plan.json", lambda p: p["configurations"]["3d"].update(strides=[[1, 1, 1], [2, 0, 2]]))
+    return ["infer", scan(d / "scan.nii.gz"), "-m", bundle, "-o", d / "mask.nii.gz"], "strides"
+
+
+def bundle_patch_of_two_axes_for_3d(d, bundle, work):
+    _edit_bundle(bundle, "plan.json", lambda p: p["configurations"]["3d"].update(patch_size=[32, 32]))
+    return ["infer", scan(d / "scan.nii.gz"), "-m", bundle, "-o", d / "mask.nii.gz"], "spatial_dims 3 needs 3"
+
+
+def bundle_zero_features(d, bundle, work):
+    _edit_bundle(bundle, "plan.json", lambda p: p["configurations"]["3d"].update(features_per_stage=[4, 0]))
+    return ["infer", scan(d / "scan.nii.gz"), "-m", bundle, "-o", d / "mask.nii.gz"], "features_per_stage"
+
+
+def bundle_from_the_future(d, bundle, work):
+    _edit_bundle(bundle, "bundle.json", lambda m: m.update(bundle_version=99))
+    return ["infer", scan(d / "scan.nii.gz"), "-m", bundle, "-o", d / "mask.nii.gz"], "pip install -U medseg"
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def train_truncated_image_cache(d, bundle, work):
+    _truncate(work / "preprocessed" / "case_01" / "image.npy")
+    config = d / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY_TRAIN))
+    return ["train", work, "--config", config, "--fold", "none"], "case_01/image.npy"
+
+
+def train_truncated_label_cache_never_sampled(d, bundle, work):
+    # one iteration of one patch samples one case; the truncated one must still be found at the start
+    _truncate(work / "preprocessed" / "case_02" / "label.npy")
+    config = d / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY_TRAIN, "iterations_per_epoch": 1, "batch_size": 1}))
+    return ["train", work, "--config", config, "--fold", "none"], "rerun `medseg preprocess`"
+
+
+def preprocess_4d_image(d, bundle, work):
+    image, label = labelled_case(d, "four_d", (16, 16, 12, 3))
+    return ["preprocess", csv_manifest(d, [("four_d", image, label)]), "--out", d / "work"], "shape (16, 16, 12, 3)"
+
+
+def preprocess_case_id_climbing(d, bundle, work):
+    (d / "data").mkdir()
+    image, label = labelled_case(d / "data", "a")
+    return ["preprocess", csv_manifest(d / "data", [("../../escaped", image, label)]), "--out", d / "work"], "'../../escaped'"
+
+
+def preprocess_case_id_absolute(d, bundle, work):
+    image, label = labelled_case(d, "a")
+    return ["preprocess", csv_manifest(d, [(str(d / "abs" / "case"), image, label)]), "--out", d / "work"], "case_id"
+
+
+def _preprocess_with_overrides(d, overrides):
+    rows = [(f"c{i}", *labelled_case(d, f"c{i}")) for i in range(2)]
+    config = d / "preprocess.yaml"
+    config.write_text(yaml.safe_dump({"overrides": {"configurations": {"3d": overrides}}}))
+    return ["preprocess", csv_manifest(d, rows), "--out", d / "work", "--config", config]
+
+
+def preprocess_zero_patch_size(d, bundle, work):
+    return _preprocess_with_overrides(d, {"patch_size": [0, 16, 16]}), "preprocess.yaml"
+
+
+def preprocess_negative_batch(d, bundle, work):
+    return _preprocess_with_overrides(d, {"batch_size": -1}), "batch_size"
+
+
+def preprocess_out_is_a_file(d, bundle, work):
+    rows = [("c0", *labelled_case(d, "c0"))]
+    (d / "work").write_text("a file")
+    return ["preprocess", csv_manifest(d, rows), "--out", d / "work"], "is a file"
+
+
+def preprocess_out_unwritable(d, bundle, work):
+    rows = [("c0", *labelled_case(d, "c0"))]
+    locked = unwritable_folder(d / "locked")
+    return ["preprocess", csv_manifest(d, rows), "--out", locked / "work"], "not writable"
+
+
+def run_step_unknown_option(d, bundle, work):
+    pipeline = d / "pipe.yaml"
+    pipeline.write_text(yaml.safe_dump({
+        "name": "typo",
+        "steps": [{"command": "infer", "args": [str(scan(d / "scan.nii.gz"))],
+                   "options": {"model": str(bundle), "output": str(d / "mask.nii.gz"), "overlapp": 0.5}}],
+    }))
+    return ["run", pipeline], "pipe.yaml: step 1 (infer): unknown option 'overlapp'"
+
+
+def run_unknown_set_variable(d, bundle, work):
+    return ["run", REPO / "pipelines" / "demo.yaml", "--set", "minuts=1"], "minutes"
+
+
+TINY_TRAIN = {
+    "version": 1,
+    "model": {"name": "unet3d", "configuration": "3d", "options": {"deep_supervision": False}},
+    "loss": {"name": "dice_ce"},
+    "optimizer": {"name": "adamw", "lr": 0.001},
+    "epochs": 1, "iterations_per_epoch": 2, "validate_every": 1, "num_workers": 1, "precision": "fp32",
+}
+
+ROWS = [
+    infer_nan, infer_inf, infer_case_id_climbing, infer_case_id_absolute, infer_output_is_the_input,
+    infer_output_folder_is_the_input_folder, infer_overlap_one, infer_overlap_negative,
+    infer_output_folder_is_a_file, infer_output_folder_unwritable,
+    bundle_patch_size_zero, bundle_negative_batch, bundle_zero_stride, bundle_patch_of_two_axes_for_3d,
+    bundle_zero_features, bundle_from_the_future,
+    train_truncated_image_cache, train_truncated_label_cache_never_sampled,
+    preprocess_4d_image, preprocess_case_id_climbing, preprocess_case_id_absolute,
+    preprocess_zero_patch_size, preprocess_negative_batch, preprocess_out_is_a_file, preprocess_out_unwritable,
+    run_step_unknown_option, run_unknown_set_variable,
+]
+
+
+# --- the checks ---------------------------------------------------------------------------------
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """relative path -> sha256 (files) or "dir" (folders), for everything under `root`."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        out[rel] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def run_cli(argv, capfd) -> tuple[int, str]:
+    """`medseg ARGV` in this process; (exit code, stderr)."""
+    capfd.readouterr()
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return code, capfd.readouterr().err
+
+
+def check_refused(code: int, stderr: str, expected: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert code == 1, f"exit code {code}; stderr: {stderr}"
+    assert "Traceback" not in stderr, stderr
+    assert len(lines) == 1, f"{len(lines)} stderr lines:\n{stderr}"
+    assert lines[0].startswith("medseg: error:"), lines[0]
+    assert expected in lines[0], f"{expected!r} not in: {lines[0]}"
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.__name__ for r in ROWS])
+def test_bad_input_is_refused_in_one_line_and_writes_nothing(row, tmp_path, capfd, monkeypatch, _bundle_template, _workdir_template):
+    root = tmp_path / "root"  # the whole world of the run: cwd, inputs and outputs
+    root.mkdir()
+    bundle = shutil.copytree(_bundle_template, root / "bundle")
+    work = shutil.copytree(_workdir_template, root / "cache")
+    case = root / "case"
+    case.mkdir()
+    argv, expected = row(case, bundle, work)
+    monkeypatch.chdir(root)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    locked = [p for p in case.rglob("locked")]
+    before = snapshot(root)
+    try:
+        code, stderr = run_cli(argv, capfd)
+    finally:
+        for p in locked:
+            release(p)
+    check_refused(code, stderr, expected)
+    after = snapshot(root)
+    added = sorted(set(after) - set(before))
+    removed = sorted(set(before) - set(after))
+    changed = sorted(k for k in before.keys() & after.keys() if before[k] != after[k])
+    assert (added, removed, changed) == ([], [], []), f"added {added}, removed {removed}, changed {changed}"
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "x").exists()  # a climbing case id
+
+
+def test_cli_output_matches_a_real_subprocess(tmp_path):
+    """The in-process runner above says what a user's shell sees: one row through `python -m medseg`."""
+    source = scan(tmp_path / "scan.nii.gz", np.nan)
+    before = snapshot(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "medseg", "infer", str(source), "-m", "nosuch", "--overlap", "1",
+                             "-o", str(tmp_path / "m.nii.gz")], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    check_refused(result.returncode, result.stderr, "--overlap 1.0")
+    assert snapshot(tmp_path) == before
+
+
+def test_a_worker_error_surfaces_as_its_own_one_line_message():
+    """torch re-raises a DataLoader worker's exception with the worker's whole traceback in its message;
+    the CLI prints the original message alone."""
+    import torch
+
+    from medseg.cli.main import one_line
+    from medseg.errors import InputError
+
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            raise InputError("/w/preprocessed/c/image.npy: truncated; rerun `medseg preprocess`")
+
+    with pytest.raises(InputError) as caught:
+        list(torch.utils.data.DataLoader(Broken(), num_workers=1))
+    assert "Traceback" in str(caught.value)  # what torch hands over
+    assert one_line(caught.value) == "/w/preprocessed/c/image.npy: truncated; rerun `medseg preprocess`"
+
+
+def test_a_truncated_case_is_rebuilt_by_rerunning_preprocess(_workdir_template, tmp_path):
+    """The error says to rerun `medseg preprocess`: a damaged case must then not count as unchanged."""
+    from medseg.preprocess.cache import cache_stamp
+
+    work = shutil.copytree(_workdir_template, tmp_path / "work")
+    assert cache_stamp(work, "case_00") == {}  # the fixture's stamp: complete
+    _truncate(work / "preprocessed" / "case_00" / "image.npy")
+    assert cache_stamp(work, "case_00") is None  # damaged: preprocess will write it again
+
+
+def test_bundles_carry_their_version(_bundle_template, tmp_path):
+    from medseg.bundle import BUNDLE_VERSION, load_bundle
+
+    meta = json.loads((_bundle_template / "bundle.json").read_text())
+    assert meta["bundle_version"] == BUNDLE_VERSION == 1
+    old = shutil.copytree(_bundle_template, tmp_path / "old")
+    _edit_bundle(old, "bundle.json", lambda m: m.pop("bundle_version"))  # written before versions: read as 1
+    assert load_bundle(old).meta["model"] == "unet3d"
