@@ -89,10 +89,10 @@ class ResamplingPlan(_Strict):
     anisotropy_threshold: float = 3.0  # max/min spacing above which the coarse axis uses order 0
 
 
-class ConfigurationPlan(_Strict):
 _Positive = Annotated[int, Field(ge=1)]
 
 
+class ConfigurationPlan(_Strict):
     """One network configuration ("2d" or "3d"); `strides[0]` is all ones.
 
     Checked when loaded (plan.json, bundles, preprocess overrides): sizes, strides, kernels, features

@@ -28,9 +28,9 @@ class PreprocessConfig(BaseModel):
     labels: dict[int, str] | None = None  # declare labels for manifests that do not
     planner: PlannerSettings = PlannerSettings()
     overrides: dict = {}  # merged over the planned Plan fields
-
-
     _source: str = PrivateAttr(default="the preprocess config")  # the YAML file, for error messages
+
+
 def load_config(path: str | os.PathLike | None) -> PreprocessConfig:
     if path is None:
         return PreprocessConfig()
@@ -165,6 +165,14 @@ def run_preprocess(
     fingerprint = compute_fingerprint(manifest.name, manifest.channel_names, manifest.modalities, manifest.labels, [valid[c.case_id] for c in cases])
     if not manifest.labels:
         _check_labels({int(k): v for k, v in fingerprint["labels"].items()}, f"label values found in the masks of {dataset}")
+    try:
+        plan = make_plan(fingerprint, config.planner, config.overrides)
+    except ConfigError as exc:
+        if not config.overrides:
+            raise
+        raise ConfigError(f"{config._source}: {exc}; fix `overrides:` there") from None  # name the file they came from
+    make_output_folder(workdir, "--out")
+    _write_json(workdir / "manifest.json", json.loads(resolved.model_dump_json()))
     _write_json(workdir / "fingerprint.json", fingerprint)
     plan.save(workdir / "plan.json")
 
@@ -177,14 +185,6 @@ def run_preprocess(
             unchanged.append(c.case_id)
         else:
             todo.append((c, stamp, str(workdir), plan.model_dump_json()))
-    try:
-        plan = make_plan(fingerprint, config.planner, config.overrides)
-    except ConfigError as exc:
-        if not config.overrides:
-            raise
-        raise ConfigError(f"{config._source}: {exc}; fix `overrides:` there") from None  # name the file they came from
-    make_output_folder(workdir, "--out")
-    _write_json(workdir / "manifest.json", json.loads(resolved.model_dump_json()))
     done = list(_pool_map(_process, todo, workers, progress, "preprocess"))
     return RunSummary(workdir, plan, sorted(done), unchanged, problems,
                       {int(k): n for k, n in fingerprint["cases_per_label"].items()}, fingerprint["labels_declared"])
