@@ -290,11 +290,11 @@ def _infer_one(predictor, paths: list[Path], target: Path, format: OutputFormat,
     elif format is OutputFormat.dicom_seg:
         from medseg.io.dicom_seg import write_dicom_seg
 
-        write_dicom_seg(labels.array, datasets, target, names, predictor.bundle.label_codes, model_name=predictor.bundle.model_name)
+        write_dicom_seg(labels, datasets, target, names, predictor.bundle.label_codes, model_name=predictor.bundle.model_name)
     else:
         from medseg.io.rtstruct import write_rtstruct
 
-        write_rtstruct(labels.array, datasets, target, names, model_name=predictor.bundle.model_name)
+        write_rtstruct(labels, datasets, target, names, predictor.bundle.label_codes, model_name=predictor.bundle.model_name)
     if probabilities and result.probabilities is not None:
         from medseg.io.atomic import full_suffix
 

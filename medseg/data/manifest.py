@@ -22,6 +22,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medseg.errors import InputError, first_validation_problem
+from medseg.label_codes import LabelCode, parse_label_codes
 
 MANIFEST_VERSION = 1
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -51,6 +52,7 @@ class Manifest(BaseModel):
     channel_names: list[str] = Field(default_factory=list)
     modalities: list[str] = Field(default_factory=list)
     labels: dict[int, str] = Field(default_factory=dict)  # empty: taken from the data
+    label_codes: dict[int, LabelCode] = Field(default_factory=dict)  # DICOM codes per label (medseg.label_codes)
     cases: list[ManifestCase]
 
 
@@ -101,10 +103,14 @@ def _read_json(path: Path) -> dict:
 
 
 def _validate(data: dict, path: Path) -> Manifest:
+    data = dict(data)
+    codes = data.pop("label_codes", None)  # keyed by label value or name: parsed once the labels are known
     try:
-        return Manifest.model_validate(data)
+        manifest = Manifest.model_validate(data)
     except ValidationError as exc:
         raise InputError(f"{path}: {first_validation_problem(exc)}; see data_manifest/README.md") from None
+    manifest.label_codes = parse_label_codes(codes, manifest.labels, str(path))
+    return manifest
 
 
 def _absolute(manifest: Manifest, root: Path) -> Manifest:
@@ -176,6 +182,7 @@ def _load_dataset_folder(root: Path, data: dict | None = None) -> Manifest:
         channel_names=[str(channels[k]) for k in order],
         modalities=modalities,
         labels=labels,
+        label_codes=parse_label_codes(data.get("label_codes"), labels, str(root / "dataset.json")),
         cases=cases,
     )
 

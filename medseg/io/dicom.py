@@ -182,11 +182,7 @@ def load_dicom_series(
     else:
         slice_spacing = _slice_spacing(d, frames[0].header)
 
-    affine_lps = np.eye(4)
-    affine_lps[:3, 0] = row * col_spacing
-    affine_lps[:3, 1] = col * row_spacing
-    affine_lps[:3, 2] = normal * slice_spacing
-    affine_lps[:3, 3] = positions[0]
+    affine_lps = _affine_lps(frames[0], positions[0], normal, slice_spacing)
     first = frames[0].header
     meta = VolumeMeta(
         modality=_str_or_none(first.get("Modality")),
@@ -197,6 +193,70 @@ def load_dicom_series(
     volume = Volume(pixels.transpose(2, 1, 0), LPS_TO_RAS @ affine_lps, meta)
     datasets = list({id(fr.header): fr.header for fr in frames}.values())
     return DicomSeries(volume=volume, datasets=datasets)
+
+
+@dataclass
+class SourceGrid:
+    """The voxel grid of a series, recomputed from its headers alone (see `source_grid`).
+
+    shape: (columns, rows, slices); affine: (4, 4) voxel index -> RAS mm, as `load_dicom_series`
+    gives; datasets: the headers in k order (single-frame series) or the one multi-frame header;
+    frames: for a multi-frame object, the 0-based frame index of each k, else None.
+    """
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    datasets: list[Any]
+    frames: list[int] | None
+
+    @property
+    def multiframe(self) -> bool:
+        return self.frames is not None
+
+    def as_volume(self) -> Volume:
+        """A `Volume` on this grid holding no data (a zero-stride view), for geometry comparisons."""
+        return Volume(np.broadcast_to(np.zeros((), np.uint8), self.shape), self.affine)
+
+
+def source_grid(datasets: list[Any], what: str = "the source series") -> SourceGrid:
+    """The grid of a loaded series' headers (pixel data not needed), by the same geometry rules as
+    `load_dicom_series`: slices sorted along the normal, never by file order or frame number.
+
+    Raises GeometryError when the slices do not form a regular grid (tilt, gaps, uneven spacing):
+    a mask resampled onto a regular grid cannot reference such a series slice by slice.
+    """
+    from medseg.errors import GeometryError
+
+    if not datasets:
+        raise GeometryError(f"{what}: no source DICOM headers given; load the series with load_dicom_series")
+    frames = []
+    for ds in datasets:
+        path = Path(str(getattr(ds, "filename", None) or "source series"))
+        frames += _frames(path, ds)
+    frames, positions, d, normal = _sorted_frames(_dedupe(frames), Path(what))
+    problems = _irregularities(positions, d, normal)
+    if problems:
+        raise GeometryError(
+            f"{what}: its slices do not form a regular grid ({' and '.join(problems)}); "
+            "a DICOM SEG/RTSTRUCT must lie on the source slices; write NIfTI instead"
+        )
+    affine = LPS_TO_RAS @ _affine_lps(frames[0], positions[0], normal, _slice_spacing(d, frames[0].header))
+    shape = (int(frames[0].header.Columns), int(frames[0].header.Rows), len(frames))
+    multiframe = frames[0].frame is not None
+    ordered = [frames[0].header] if multiframe else [fr.header for fr in frames]
+    return SourceGrid(shape, affine, ordered, [fr.frame for fr in frames] if multiframe else None)
+
+
+def _affine_lps(first: "_Frame", position: np.ndarray, normal: np.ndarray, slice_spacing: float) -> np.ndarray:
+    """Voxel (i, j, k) -> LPS mm: columns along the row cosine, rows along the column cosine."""
+    row, col = first.orientation[:3], first.orientation[3:]
+    row_spacing, col_spacing = first.pixel_spacing
+    affine = np.eye(4)
+    affine[:3, 0] = row * col_spacing
+    affine[:3, 1] = col * row_spacing
+    affine[:3, 2] = normal * slice_spacing
+    affine[:3, 3] = position
+    return affine
 
 
 # --- scanning and grouping -----------------------------------------------------------------------
@@ -499,7 +559,8 @@ def _read_pixels(frames: list[_Frame]) -> np.ndarray:
                     f"{fr.path}: cannot decode its pixel data ({name}): {reason}; the file may be cut short or corrupt"
                 ) from exc
         array = decoded[fr.path]
-        slices.append(array if fr.frame is None else array[fr.frame])
+        # a one-frame enhanced object decodes to (rows, cols), not (1, rows, cols)
+        slices.append(array if fr.frame is None or array.ndim == 2 else array[fr.frame])
     pixels = np.stack(slices)
     slopes = np.array([fr.slope for fr in frames])
     intercepts = np.array([fr.intercept for fr in frames])

@@ -1,8 +1,10 @@
 """DICOM SEG written with highdicom, referencing the source series it was predicted on.
 
-Geometry: a label array (X, Y, Z) on the source grid has X = columns, Y = rows, Z = the order of
-`DicomSeries.datasets`; highdicom wants one frame per source slice, (slices, rows, cols), i.e.
-array[i, j, k] -> mask[k, j, i].
+Geometry: the mask is a `Volume` (X, Y, Z) = (columns, rows, slices along the normal) whose affine
+must equal the source series' grid as recomputed from the headers (`io.dicom.source_grid`). It is
+handed to highdicom as a `highdicom.Volume` (array (slices, rows, columns), LPS affine), so every
+frame is placed, and matched to its source slice or multi-frame frame, by position, never by the
+order of files or frames.
 """
 
 from __future__ import annotations
@@ -10,20 +12,18 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medseg.errors import InputError, OutputError
+from medseg.errors import GeometryError, InputError, OutputError
 from medseg.io.atomic import atomic_output
+from medseg.io.dicom import SourceGrid
+from medseg.volume import LPS_TO_RAS, Volume
 
 log = logging.getLogger(__name__)
-
-# SNOMED CT: generic codes used when the bundle gives none for a label
-DEFAULT_CATEGORY = ("91723000", "SCT", "Anatomical Structure")
-DEFAULT_TYPE = ("85756007", "SCT", "Tissue")
-
 
 TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                 "ReferringPhysicianName", "StudyID", "AccessionNumber")
@@ -56,49 +56,70 @@ def source_datasets(datasets: list[Any]) -> list[Any]:
     return fixed
 
 
-def check_on_source_grid(labels: np.ndarray, datasets: list[Any], what: str) -> None:
-    if labels.ndim != 3 or not datasets:
-        raise InputError(f"{what} needs an (X, Y, Z) label map and its source DICOM series; got shape {labels.shape}")
-    rows, cols = int(datasets[0].Rows), int(datasets[0].Columns)
-    expected = (cols, rows, len(datasets))
-    if len(datasets) == 1 and int(datasets[0].get("NumberOfFrames", 1) or 1) > 1:
-        expected = (cols, rows, int(datasets[0].NumberOfFrames))
-    if tuple(labels.shape) != expected:
-        raise InputError(
-            f"{what}: the mask has shape {labels.shape} but the source series is {expected} (columns, rows, slices); "
-            "write the mask on the grid of the series it was predicted from"
+def check_on_source_grid(mask: Volume, datasets: list[Any], what: str) -> SourceGrid:
+    """The source series' grid, once `mask` is known to lie on it: same shape, spacing, origin and
+    direction (so a mask flipped or permuted along any axis is refused even with the same shape).
+
+    mask: (X, Y, Z) integer labels with their affine. Raises GeometryError (one line) otherwise.
+    """
+    from medseg.io.dicom import source_grid
+
+    if not isinstance(mask, Volume):
+        raise GeometryError(
+            f"{what}: the mask must be a medseg Volume (labels with their affine), got {type(mask).__name__}; "
+            "wrap it as Volume(labels, affine) so that its geometry can be checked"
         )
+    if mask.array.ndim != 3:
+        raise GeometryError(f"{what}: needs an (X, Y, Z) label map, got an array of shape {mask.array.shape}")
+    grid = source_grid(datasets, f"{what} source series")
+    problems = mask.geometry_differences(grid.as_volume(), atol_mm=1e-3, atol_dir=1e-4)
+    if problems:
+        raise GeometryError(
+            f"{what}: the mask is not on the source series' voxel grid ({'; '.join(problems)}); "
+            "write the mask on the grid of the series it was predicted from (same shape, voxel order and affine)"
+        )
+    return grid
 
 
-def _code(value) -> Any:
-    from pydicom.sr.coding import Code
+def _highdicom_volume(labels: np.ndarray, grid: SourceGrid, frame_of_reference_uid: str):
+    """(X, Y, Z) labels -> highdicom Volume: array (k, rows, columns), affine (k, row, column) -> LPS mm."""
+    import highdicom as hd
 
-    if isinstance(value, dict):
-        return Code(value["value"], value["scheme"], value["meaning"])
-    return Code(*[str(v) for v in value])
+    swap = np.eye(4)[[2, 1, 0, 3]]  # (k, j, i) -> (i, j, k)
+    affine = LPS_TO_RAS @ grid.affine @ swap
+    return hd.Volume(np.ascontiguousarray(labels.transpose(2, 1, 0)), affine, coordinate_system="PATIENT",
+                     frame_of_reference_uid=frame_of_reference_uid)
 
 
 def write_dicom_seg(
-    labels: np.ndarray,
+    mask: Volume,
     datasets: list[Any],
     path: str | os.PathLike,
     label_names: dict[int, str],
-    label_codes: dict[int, dict] | None = None,
+    label_codes: dict[int, Any] | None = None,
     model_name: str = "medseg",
     series_description: str = "medseg segmentation",
 ) -> Path:
-    """Write an (X, Y, Z) integer label map on the source grid as a binary DICOM SEG, atomically.
+    """Write an (X, Y, Z) label map on the source grid as a binary DICOM SEG, atomically.
 
-    datasets: the source headers in the volume's k order (`DicomSeries.datasets`).
-    label_codes: per label {"category": [code, scheme, meaning], "type": [...]}.
-    One segment per non-empty label; empty labels are omitted with a warning.
+    mask: labels (label values, e.g. {0, 1, 2, 4}) as a Volume on the source series' grid; its
+        affine is checked against the series' headers (`check_on_source_grid`).
+    datasets: the source headers (`DicomSeries.datasets`): single-frame slices in any order, or one
+        enhanced multi-frame object. Frames are placed by geometry: highdicom matches each mask
+        slice to the source slice or frame at the same position.
+    label_codes: per label value a `medseg.label_codes.LabelCode` or its JSON dict; labels without
+        one use the built-in table by name, else a generic code (with a warning).
+    One segment per non-empty label (numbered 1.. in label order, TrackingID "label <value>");
+    empty labels are omitted with a warning.
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
     from medseg import __version__
+    from medseg.label_codes import codes_for_writing
 
-    check_on_source_grid(labels, datasets, "DICOM SEG")
+    grid = check_on_source_grid(mask, datasets, "DICOM SEG")
+    labels = np.asarray(mask.array)
     present = set(int(v) for v in np.unique(labels)) - {0}
     wanted = [int(k) for k in sorted(label_names) if int(k) != 0]
     for k in wanted:
@@ -114,29 +135,30 @@ def write_dicom_seg(
     algorithm = hd.AlgorithmIdentificationSequence(
         name=model_name, family=codes.cid7162.ArtificialIntelligence, version=f"medseg {__version__}"
     )
-    label_codes = label_codes or {}
+    coded = codes_for_writing({k: label_names[k] for k in kept}, label_codes, "DICOM SEG")
     descriptions = []
     remap = np.zeros(max(present) + 1, dtype=np.uint16)
     for number, k in enumerate(kept, start=1):
         remap[k] = number
-        code = label_codes.get(k, {})
-        descriptions.append(
-            hd.seg.SegmentDescription(
-                segment_number=number,
-                segment_label=str(label_names[k])[:64],
-                segmented_property_category=_code(code.get("category", DEFAULT_CATEGORY)),
-                segmented_property_type=_code(code.get("type", DEFAULT_TYPE)),
-                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-                algorithm_identification=algorithm,
-                tracking_id=f"label {k}",
-                tracking_uid=hd.UID(),
-            )
+        code = coded[k]
+        description = hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=str(label_names[k])[:64],
+            segmented_property_category=_code(code.category),
+            segmented_property_type=_code(code.type),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_id=f"label {k}",
+            tracking_uid=hd.UID(),
         )
-    mask = np.ascontiguousarray(remap[labels].transpose(2, 1, 0))  # (slices, rows, cols)
-    sources = source_datasets(datasets)
+        if code.modifier:  # nested in the type item (PS3.3 Segment Description Macro); highdicom has no argument for it
+            description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [_code(code.modifier)]
+        descriptions.append(description)
+    sources = source_datasets(grid.datasets)
+    volume = _highdicom_volume(remap[labels], grid, str(sources[0].FrameOfReferenceUID))
     seg = hd.seg.Segmentation(
         source_images=sources,
-        pixel_array=mask,
+        pixel_array=volume,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=hd.UID(),
@@ -149,18 +171,67 @@ def write_dicom_seg(
         device_serial_number="0",
         series_description=series_description[:64],
     )
+    _check_references(seg, grid)
     path = Path(path)
     with atomic_output(path) as tmp:
         seg.save_as(tmp)
     return path
 
 
-def read_dicom_seg(path: str | os.PathLike, datasets: list[Any]) -> tuple[np.ndarray, dict[int, str]]:
-    """A SEG back onto its source grid: (X, Y, Z) uint16 of segment numbers, and {number: label}."""
+def _code(code) -> Any:
     import highdicom as hd
 
+    return hd.sr.CodedConcept(*[str(v) for v in code])
+
+
+def _check_references(seg, grid: SourceGrid) -> None:
+    """Every SEG frame must reference the source slice/frame at its own position: a frame that
+    highdicom could not match would be a segmentation floating off its source."""
+    for index, frame in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
+        derivation = frame.get("DerivationImageSequence")
+        if not derivation or not derivation[0].get("SourceImageSequence"):
+            raise OutputError(
+                f"DICOM SEG: frame {index} could not be matched to a source slice by position; "
+                "the source headers' geometry is inconsistent (report this with the series' geometry, not its data)"
+            )
+
+
+def _label_value(description: Any) -> int:
+    """The label value a segment was written from (TrackingID "label <value>"), else its number."""
+    match = re.fullmatch(r"label (\d+)", str(description.get("TrackingID", "") or ""))
+    return int(match.group(1)) if match else int(description.SegmentNumber)
+
+
+def read_dicom_seg(path: str | os.PathLike, datasets: list[Any]) -> tuple[np.ndarray, dict[int, str]]:
+    """A SEG back onto its source grid, each frame placed by its ImagePositionPatient.
+
+    Returns (X, Y, Z) uint16 label values (from each segment's TrackingID "label <value>", else
+    its segment number) and {value: segment label}. Raises InputError for a SEG whose frames are
+    not on the source grid.
+    """
+    import highdicom as hd
+
+    from medseg.io.dicom import source_grid
+
+    grid = source_grid(datasets)
     seg = hd.seg.segread(str(path))
-    uids = [str(ds.SOPInstanceUID) for ds in source_datasets(datasets)]
-    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True, dtype=np.uint16)
-    names = {int(d.SegmentNumber): str(d.SegmentLabel) for d in seg.SegmentSequence}
-    return np.ascontiguousarray(pixels.transpose(2, 1, 0)), names
+    values = {int(d.SegmentNumber): _label_value(d) for d in seg.SegmentSequence}
+    names = {values[int(d.SegmentNumber)]: str(d.SegmentLabel) for d in seg.SegmentSequence}
+    to_voxel = np.linalg.inv(LPS_TO_RAS @ grid.affine)  # LPS mm -> (i, j, k)
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    orientation = np.array(shared.PlaneOrientationSequence[0].ImageOrientationPatient, float)
+    lps = LPS_TO_RAS @ grid.affine
+    expected = np.r_[lps[:3, 0] / np.linalg.norm(lps[:3, 0]), lps[:3, 1] / np.linalg.norm(lps[:3, 1])]
+    if not np.allclose(orientation, expected, atol=1e-4):
+        raise InputError(f"{path}: the SEG's plane orientation differs from the source series'; expected a SEG made on this series")
+    pixels = seg.pixel_array.reshape(-1, int(seg.Rows), int(seg.Columns))
+    out = np.zeros(grid.shape, np.uint16)
+    for index, frame in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        position = np.array(frame.PlanePositionSequence[0].ImagePositionPatient, float)
+        ijk = (to_voxel @ [*position, 1.0])[:3]
+        k = int(round(ijk[2]))
+        if not np.allclose(ijk, [0, 0, k], atol=1e-2) or not 0 <= k < grid.shape[2]:
+            raise InputError(f"{path}: SEG frame {index + 1} lies off the source series' slices (voxel {np.round(ijk, 2).tolist()})")
+        number = int(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        out[:, :, k][pixels[index].T > 0] = values[number]
+    return out, names

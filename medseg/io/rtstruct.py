@@ -1,8 +1,10 @@
 """RTSTRUCT: one ROI per label, planar contours per slice in patient coordinates (rt-utils).
 
-The writer hands rt-utils the source headers in the volume's k order (`DicomSeries.datasets`),
-so its (rows, cols, slices) mask is simply array[i, j, k] -> mask[j, i, k]. The reader does not
-use rt-utils: it rasterises the contours itself through the volume's affine, an independent check.
+The mask is a `Volume` whose affine must equal the source series' grid recomputed from the
+headers (`io.dicom_seg.check_on_source_grid`); the writer hands rt-utils the headers sorted into
+that grid's k order, so its (rows, cols, slices) mask is array[i, j, k] -> mask[j, i, k]. The
+reader does not use rt-utils: it rasterises the contours itself through the volume's affine, an
+independent check.
 """
 
 from __future__ import annotations
@@ -25,23 +27,32 @@ COLOURS = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255], 
 
 
 def write_rtstruct(
-    labels: np.ndarray,
+    mask: Volume,
     datasets: list[Any],
     path: str | os.PathLike,
     label_names: dict[int, str],
+    label_codes: dict[int, Any] | None = None,
     model_name: str = "medseg",
 ) -> Path:
-    """Write an (X, Y, Z) integer label map on the source grid as an RTSTRUCT, atomically.
+    """Write an (X, Y, Z) label map on the source grid as an RTSTRUCT, atomically.
 
-    datasets: the source headers in the volume's k order. Empty labels are omitted with a warning.
+    mask: labels as a Volume on the source series' grid (its affine is checked against the
+        headers, `check_on_source_grid`). datasets: the single-frame source headers, any order;
+        enhanced multi-frame sources are refused (contours reference single-frame images).
+    label_codes: per label value a `LabelCode` (or its JSON dict): the ROI's identification code and
+        RT ROI Interpreted Type (as declared, else ORGAN for anatomical structures, else empty).
+    ROI names are the label names. Empty labels are omitted with a warning.
     """
     from rt_utils import RTStruct
     from rt_utils.ds_helper import create_rtstruct_dataset
 
     from medseg import __version__
+    from medseg.label_codes import codes_for_writing
 
-    check_on_source_grid(labels, datasets, "RTSTRUCT")
-    sources = source_datasets(datasets)
+    _refuse_multiframe(datasets)
+    grid = check_on_source_grid(mask, datasets, "RTSTRUCT")
+    labels = np.asarray(mask.array)
+    sources = source_datasets(grid.datasets)  # in k order: rt-utils pairs mask[:, :, k] with sources[k]
     ds = create_rtstruct_dataset(sources)
     ds.SeriesDescription = f"medseg {model_name}"[:64]
     ds.Manufacturer = "medseg"
@@ -53,23 +64,23 @@ def write_rtstruct(
     if not str(ds.get("FrameOfReferenceUID", "") or ""):
         ds.FrameOfReferenceUID = sources[0].FrameOfReferenceUID
     rtstruct = RTStruct(sources, ds)
-    written = 0
+    present = [int(k) for k in sorted(label_names) if int(k) != 0 and (labels == int(k)).any()]
+    coded = codes_for_writing({k: label_names[k] for k in present}, label_codes, "RTSTRUCT")
     for k in sorted(label_names):
-        if int(k) == 0:
-            continue
-        mask = labels == int(k)
-        if not mask.any():
+        if int(k) != 0 and int(k) not in present:
             log.warning("label %d (%s) is empty and is left out of the RTSTRUCT", k, label_names[k])
-            continue
+    for number, k in enumerate(present):
         rtstruct.add_roi(
-            mask=np.ascontiguousarray(mask.transpose(1, 0, 2)),
-            color=COLOURS[(written) % len(COLOURS)],
+            mask=np.ascontiguousarray((labels == k).transpose(1, 0, 2)),
+            color=COLOURS[number % len(COLOURS)],
             name=str(label_names[k])[:64],
             description=f"medseg {__version__}, model {model_name}",
             roi_generation_algorithm="AUTOMATIC",
         )
-        written += 1
-    if not written:
+        observation = rtstruct.ds.RTROIObservationsSequence[-1]
+        observation.RTROIInterpretedType = coded[k].interpreted_type()
+        observation.RTROIIdentificationCodeSequence = [_coded(coded[k])]
+    if not present:
         raise OutputError("RTSTRUCT: the mask is empty (no label present); write NIfTI instead")
     for roi in rtstruct.ds.ROIContourSequence:  # DS values hold at most 16 characters
         for contour in roi.ContourSequence:
@@ -78,6 +89,27 @@ def write_rtstruct(
     with atomic_output(path) as tmp:
         rtstruct.ds.save_as(tmp, enforce_file_format=True)
     return path
+
+
+def _refuse_multiframe(datasets: list[Any]) -> None:
+    for ds in datasets:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        if frames > 1 or "PerFrameFunctionalGroupsSequence" in ds:
+            kind = getattr(getattr(ds, "SOPClassUID", None), "name", None) or "multi-frame"
+            raise InputError(
+                f"RTSTRUCT: the source is an enhanced multi-frame object ({kind}, {frames} frame(s)); RTSTRUCT contours "
+                "reference single-frame images; write a DICOM SEG (--format dicom-seg) or NIfTI instead"
+            )
+
+
+def _coded(code) -> Any:
+    """RT ROI Identification Code Sequence item: the label's segmented property type code (the
+    modifier, e.g. laterality, is kept in the ROI name and the SEG; this item has no place for it)."""
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code.type
+    return item
 
 
 def read_rtstruct(path: str | os.PathLike, volume: Volume) -> dict[str, np.ndarray]:

@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medseg.errors import ConfigError, InputError, first_validation_problem
+from medseg.label_codes import LabelCode
 
 PLAN_VERSION = 1
 IGNORE_LABEL = 255  # unannotated voxels, in masks and in the cached label.npy (the losses' default ignore_index)
@@ -140,6 +141,8 @@ class Plan(_Strict):
     normalization: list[ChannelNormalization]
     resampling: ResamplingPlan = ResamplingPlan()
     configurations: dict[str, ConfigurationPlan]
+    label_codes: dict[int, LabelCode] = {}  # label value -> DICOM SEG/RTSTRUCT codes (medseg.label_codes)
+
     # --- labels: values as in the masks; the network's channel k is the k-th value in sorted order ---
 
     @field_validator("labels")

@@ -26,6 +26,8 @@ class PreprocessConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     labels: dict[int, str] | None = None  # declare labels for manifests that do not
+    label_codes: dict | None = None  # DICOM codes per label value or name, over the dataset's (medseg.label_codes)
+    label_code_table: str | None = None  # YAML/JSON {label name: codes} extending the built-in table
     planner: PlannerSettings = PlannerSettings()
     overrides: dict = {}  # merged over the planned Plan fields
     _source: str = PrivateAttr(default="the preprocess config")  # the YAML file, for error messages
@@ -39,6 +41,8 @@ def load_config(path: str | os.PathLike | None) -> PreprocessConfig:
         data = yaml.safe_load(path.read_text()) or {}
         config = PreprocessConfig.model_validate(data)
         config._source = str(path)
+        if config.label_code_table:  # relative to the config file
+            config.label_code_table = str(path.parent / Path(config.label_code_table).expanduser())
         return config
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read the config ({exc}); fix the YAML") from None
@@ -64,6 +68,15 @@ def _check_labels(labels: dict[int, str], source: str) -> None:
         check_label_set(labels)
     except ValueError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+
+
+def _label_codes(manifest, config: PreprocessConfig, labels: dict[int, str]) -> dict:
+    """DICOM codes for the plan's labels: config, then dataset, then user table, then built-in table."""
+    from medseg.label_codes import load_code_table, parse_label_codes, resolve_label_codes
+
+    declared = {**manifest.label_codes, **parse_label_codes(config.label_codes, labels, "label_codes in the preprocess config", ConfigError)}
+    table = load_code_table(config.label_code_table) if config.label_code_table else None
+    return resolve_label_codes(labels, declared, table, context=manifest.name)
 
 
 def _write_json(path: Path, data) -> None:
@@ -171,6 +184,7 @@ def run_preprocess(
         if not config.overrides:
             raise
         raise ConfigError(f"{config._source}: {exc}; fix `overrides:` there") from None  # name the file they came from
+    plan.label_codes = {**_label_codes(manifest, config, plan.labels), **plan.label_codes}  # overrides win
     make_output_folder(workdir, "--out")
     _write_json(workdir / "manifest.json", json.loads(resolved.model_dump_json()))
     _write_json(workdir / "fingerprint.json", fingerprint)

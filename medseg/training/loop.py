@@ -312,6 +312,7 @@ def train(
             plan=run_plan,
             config=config.model_dump(mode="json"),
             labels=labels,
+            label_codes={k: c.as_json() for k, c in run_plan.label_codes.items()},
             precision=precision.resolved.value,
             mlflow_run_id=run_id,
             state_dict_best=best_state,  # None: model_best.pt stays as it is

@@ -1,4 +1,6 @@
-"""DICOM SEG: frames map to the source slices; read back equals the mask; dciodvfy finds no errors."""
+"""DICOM SEG: frames placed by geometry on the source slices; read back equals the mask; label codes
+read back with highdicom; masks off the source grid (even with the same shape) refused; dciodvfy
+finds no errors."""
 
 from __future__ import annotations
 
@@ -8,9 +10,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from medseg.errors import InputError, OutputError
+from medseg.errors import GeometryError, OutputError
 from medseg.io.dicom import load_dicom_series
 from medseg.io.dicom_seg import read_dicom_seg, source_datasets, write_dicom_seg
+from medseg.volume import Volume
 
 
 def dciodvfy_errors(path) -> list[str]:
@@ -34,7 +37,8 @@ def asymmetric_mask(shape) -> np.ndarray:
 def test_round_trip_and_validation(shared_data, tmp_path, series):
     src = load_dicom_series(shared_data / "dicom" / series)
     labels = asymmetric_mask(src.volume.spatial_shape)
-    out = write_dicom_seg(labels, src.datasets, tmp_path / "seg.dcm", {0: "bg", 1: "first", 2: "second", 3: "absent"},
+    # headers in any order: frames are placed by position
+    out = write_dicom_seg(src.volume.with_array(labels), src.datasets[::-1], tmp_path / "seg.dcm", {0: "bg", 1: "first", 2: "second", 3: "absent"},
                           label_codes={2: {"category": ["49755003", "SCT", "Morphologically Altered Structure"], "type": ["108369006", "SCT", "Neoplasm"]}},
                           model_name="tiny")
     back, names = read_dicom_seg(out, src.datasets)
@@ -60,8 +64,10 @@ def test_round_trip_and_validation(shared_data, tmp_path, series):
 
 def test_mask_off_the_source_grid_and_empty_mask_are_refused(shared_data, tmp_path):
     src = load_dicom_series(shared_data / "dicom" / "tcia_mr_oblique" / "11_HCropVolume")
-    with pytest.raises(InputError, match="source series is"):
-        write_dicom_seg(np.zeros((3, 3, 3), np.uint8), src.datasets, tmp_path / "s.dcm", {1: "a"})
-    with pytest.raises(OutputError, match="empty"):
+    with pytest.raises(GeometryError, match="not on the source series' voxel grid"):
+        write_dicom_seg(Volume(np.zeros((3, 3, 3), np.uint8), src.volume.affine), src.datasets, tmp_path / "s.dcm", {1: "a"})
+    with pytest.raises(GeometryError, match="must be a medseg Volume"):
         write_dicom_seg(np.zeros(src.volume.spatial_shape, np.uint8), src.datasets, tmp_path / "s.dcm", {0: "bg", 1: "a"})
+    with pytest.raises(OutputError, match="empty"):
+        write_dicom_seg(src.volume.with_array(np.zeros(src.volume.spatial_shape, np.uint8)), src.datasets, tmp_path / "s.dcm", {0: "bg", 1: "a"})
     assert not list(tmp_path.iterdir())

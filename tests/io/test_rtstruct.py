@@ -25,7 +25,7 @@ def test_round_trip_dice_and_validation(shared_data, tmp_path, series):
     labels[np.linalg.norm(grid - [0.3, 0.4, 0.5], axis=-1) < 0.2] = 1
     ring = np.linalg.norm(grid[..., :2] - [0.7, 0.6], axis=-1)
     labels[(ring < 0.2) & (ring > 0.08) & (grid[..., 2] > 0.3)] = 2  # a ROI with a hole
-    out = write_rtstruct(labels, src.datasets, tmp_path / "rt.dcm", {0: "bg", 1: "ball", 2: "ring", 3: "absent"})
+    out = write_rtstruct(src.volume.with_array(labels), src.datasets[::-1], tmp_path / "rt.dcm", {0: "bg", 1: "ball", 2: "ring", 3: "absent"})
     masks = read_rtstruct(out, src.volume)
     assert set(masks) == {"ball", "ring"}
     assert dice(masks["ball"], labels == 1) >= 0.95
