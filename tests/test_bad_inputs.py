@@ -272,6 +272,16 @@ def run_step_unknown_option(d, bundle, work):
     return ["run", pipeline], "pipe.yaml: step 1 (infer): unknown option 'overlapp'"
 
 
+def run_step_bad_value(d, bundle, work):
+    pipeline = d / "pipe.yaml"
+    pipeline.write_text(yaml.safe_dump({
+        "name": "typo",
+        "steps": [{"command": "infer", "args": [str(scan(d / "scan.nii.gz"))],
+                   "options": {"model": str(bundle), "output": str(d / "mask.nii.gz"), "overlap": "half"}}],
+    }))
+    return ["run", pipeline], "pipe.yaml: step 1 (infer): Invalid value for '--overlap'"
+
+
 def run_unknown_set_variable(d, bundle, work):
     return ["run", REPO / "pipelines" / "demo.yaml", "--set", "minuts=1"], "minutes"
 
@@ -293,7 +303,7 @@ ROWS = [
     train_truncated_image_cache, train_truncated_label_cache_never_sampled,
     preprocess_4d_image, preprocess_case_id_climbing, preprocess_case_id_absolute,
     preprocess_zero_patch_size, preprocess_negative_batch, preprocess_out_is_a_file, preprocess_out_unwritable,
-    run_step_unknown_option, run_unknown_set_variable,
+    run_step_unknown_option, run_step_bad_value, run_unknown_set_variable,
 ]
 
 
