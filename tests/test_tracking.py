@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import time
@@ -104,3 +105,144 @@ def test_unreachable_server_warns_once_and_continues(monkeypatch, caplog, tmp_pa
     assert not (tmp_path / "mlruns.db").exists()
     with pytest.raises(BundleError, match="unreachable"):
         download_bundle("0" * 32, tmp_path / "x")
+
+
+# --- bounded cost of a dead or hanging server (issue 14): MLflow's HTTP retries and timeout
+
+
+def test_http_limits_are_set_unless_the_user_set_them(monkeypatch):
+    for name in tracking.HTTP_DEFAULTS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "33")
+    tracking.configure_http()
+    from mlflow.environment_variables import (
+        MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR,
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+        MLFLOW_HTTP_REQUEST_TIMEOUT,
+    )
+
+    assert MLFLOW_HTTP_REQUEST_TIMEOUT.get() == 33  # the user's value wins
+    assert MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == 1 and MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get() == 1
+
+
+def test_no_workdir_and_no_tracking_uri_tracks_nothing_and_creates_no_store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with open_tracker(None, "medseg-test") as tracker:
+        assert isinstance(tracker, NullTracker)
+    with pytest.raises(BundleError, match="MLFLOW_TRACKING_URI"):
+        download_bundle("some-model", tmp_path / "dst")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _training_helpers():
+    """tests/training/conftest.py's tiny workdir and config, loaded under another module name."""
+    import importlib.util
+
+    path = Path(__file__).parent / "training" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("training_conftest_for_tracking", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _timed_tracker_calls(monkeypatch) -> list[float]:
+    """Patch every Tracker call to record its duration (seconds) in the returned list."""
+    spent: list[float] = []
+    for name in ("log_params", "log_metrics", "log_artifact", "log_artifacts", "set_tags", "end"):
+        original = getattr(tracking.Tracker, name)
+
+        def timed(self, *args, _original=original, **kwargs):
+            t0 = time.monotonic()
+            try:
+                return _original(self, *args, **kwargs)
+            finally:
+                spent.append(time.monotonic() - t0)
+
+        monkeypatch.setattr(tracking.Tracker, name, timed)
+    return spent
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failure", ["killed", "hanging"])
+def test_tracking_server_lost_mid_training_costs_bounded_time(failure, tmp_path, monkeypatch, caplog):
+    """A real `mlflow server` on loopback, killed (or frozen with SIGSTOP: it accepts connections and
+    never answers) after the first epoch: training finishes, the tracker calls after that take < 15 s."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from medseg.training.config import load_config
+    from medseg.training.loop import train
+
+    sys.path.insert(0, str(Path(__file__).parent / "cli"))
+    from mlflow_test_helpers import free_port, stop_group, wait_for_http
+
+    helpers = _training_helpers()
+    workdir = helpers._make_workdir(tmp_path / "work", n_cases=5)
+    port = free_port()
+    server = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "art"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/health", server)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+        for name in tracking.HTTP_DEFAULTS:
+            monkeypatch.delenv(name, raising=False)  # medseg's defaults, not a value from the environment
+        spent = _timed_tracker_calls(monkeypatch)
+        lost_at: list[int] = []
+
+        def echo(line: str) -> None:
+            if line.startswith("epoch 1/"):
+                os.killpg(server.pid, signal.SIGKILL if failure == "killed" else signal.SIGSTOP)
+                lost_at.append(len(spent))
+
+        config = load_config("configs/unet3d.yaml", {**helpers.TINY_OVERRIDES, "epochs": 3, "iterations_per_epoch": 2})
+        t0 = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="medseg.tracking"):
+            result = train(workdir, config, preset_name="unet3d", fold=0, echo=echo)
+        total = time.monotonic() - t0
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGCONT)
+        stop_group(server)
+    assert lost_at and result.epochs_done == 3 and (result.bundle_dir / "model_best.pt").is_file()
+    assert result.run_id  # the run started on the live server
+    after = sum(spent[lost_at[0]:])
+    print(f"server {failure}: {after:.1f} s in tracker calls after it, training {total:.1f} s in all")
+    assert after < 15, f"tracker calls took {after:.1f} s after the server was {failure} (training {total:.1f} s)"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name == "medseg.tracking"]
+    assert len(warnings) == 1 and "continuing without tracking" in warnings[0]
+    # the local record is complete: the bundle (with its chosen post-processing) and the checkpoints
+    assert json.loads((result.bundle_dir / "bundle.json").read_text())["mlflow_run_id"] == result.run_id
+
+
+@pytest.mark.slow
+def test_server_that_accepts_and_never_answers_costs_bounded_time(tmp_path, caplog):
+    """A listening socket that never replies: open_tracker and download_bundle each give up within
+    about 10 s, and a second open_tracker in the same process does not wait again."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        uri = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        import os
+
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        try:
+            t0 = time.monotonic()
+            with caplog.at_level(logging.WARNING, logger="medseg.tracking"):
+                first = open_tracker(tmp_path, "medseg-test")
+            t1 = time.monotonic()
+            second = open_tracker(tmp_path, "medseg-test")
+            t2 = time.monotonic()
+            with pytest.raises(BundleError, match="unreachable"):
+                download_bundle("0" * 32, tmp_path / "x")
+            t3 = time.monotonic()
+        finally:
+            del os.environ["MLFLOW_TRACKING_URI"]
+    assert isinstance(first, NullTracker) and isinstance(second, NullTracker)
+    assert t1 - t0 < 10 and t2 - t1 < 1 and t3 - t2 < 10
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+    assert not (tmp_path / "mlruns.db").exists()

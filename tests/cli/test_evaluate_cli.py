@@ -88,3 +88,15 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys):
         assert info.value.code == 1
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
+
+
+def test_without_workdir_or_tracking_uri_nothing_is_logged_and_no_store_appears(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    write_cases(tmp_path / "pred", tmp_path / "ref", n=1)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["evaluate", "--pred", "pred", "--ref", "ref", "-o", "m.csv"])
+    assert info.value.code in (0, None)
+    assert "not logged to MLflow" in capsys.readouterr().err
+    assert (tmp_path / "m.csv").is_file()
+    assert not (tmp_path / "mlruns.db").exists() and not (tmp_path / "mlartifacts").exists()

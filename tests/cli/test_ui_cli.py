@@ -49,3 +49,14 @@ def test_ui_serves_the_workdir_runs(tmp_path, monkeypatch, capsys):
             urllib.request.urlopen(url + "/health", timeout=2)
     finally:
         stop_group(ui)
+
+
+def test_ui_refuses_a_folder_that_is_not_a_workdir(tmp_path, monkeypatch, capsys):
+    from medseg.cli.main import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(SystemExit) as info:
+        main(["ui", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and "not a medseg workdir" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []  # no mlruns.db made by a server started there
