@@ -138,6 +138,16 @@ def infer_output_folder_is_the_input_folder(d, bundle, work):
     return ["infer", d / "scans", "-m", bundle, "-o", d / "scans"], "also an input"
 
 
+def infer_output_in_unwritable_folder(d, bundle, work):
+    locked = unwritable_folder(d / "locked")
+    return ["infer", scan(d / "scan.nii.gz"), "-m", bundle, "-o", locked / "mask.nii.gz"], "not writable"
+
+
+def infer_output_below_a_file(d, bundle, work):
+    (d / "notafolder").write_text("x")
+    return ["infer", scan(d / "scan.nii.gz"), "-m", bundle, "-o", d / "notafolder" / "mask.nii.gz"], "is a file"
+
+
 def infer_overlap_one(d, bundle, work):
     return ["infer", scan(d / "scan.nii.gz"), "-m", bundle, "--overlap", "1.0", "-o", d / "mask.nii.gz"], "--overlap 1.0"
 
@@ -250,6 +260,20 @@ def preprocess_negative_batch(d, bundle, work):
     return _preprocess_with_overrides(d, {"batch_size": -1}), "batch_size"
 
 
+def preprocess_zero_base_features(d, bundle, work):
+    rows = [(f"c{i}", *labelled_case(d, f"c{i}")) for i in range(2)]
+    config = d / "preprocess.yaml"
+    config.write_text(yaml.safe_dump({"planner": {"base_features": 0}}))
+    return ["preprocess", csv_manifest(d, rows), "--out", d / "work", "--config", config], "planner.base_features"
+
+
+def preprocess_manifest_is_an_output(d, bundle, work):
+    image, label = labelled_case(d, "a")
+    manifest = d / "manifest.json"
+    manifest.write_text(json.dumps({"cases": [{"case_id": "a", "images": [str(image)], "label": str(label)}]}))
+    return ["preprocess", manifest, "--out", d], "manifest.json"
+
+
 def preprocess_out_is_a_file(d, bundle, work):
     rows = [("c0", *labelled_case(d, "c0"))]
     (d / "work").write_text("a file")
@@ -297,12 +321,13 @@ TINY_TRAIN = {
 ROWS = [
     infer_nan, infer_inf, infer_case_id_climbing, infer_case_id_absolute, infer_output_is_the_input,
     infer_output_folder_is_the_input_folder, infer_overlap_one, infer_overlap_negative,
-    infer_output_folder_is_a_file, infer_output_folder_unwritable,
+    infer_output_folder_is_a_file, infer_output_folder_unwritable, infer_output_in_unwritable_folder, infer_output_below_a_file,
     bundle_patch_size_zero, bundle_negative_batch, bundle_zero_stride, bundle_patch_of_two_axes_for_3d,
     bundle_zero_features, bundle_from_the_future,
     train_truncated_image_cache, train_truncated_label_cache_never_sampled,
     preprocess_4d_image, preprocess_case_id_climbing, preprocess_case_id_absolute,
-    preprocess_zero_patch_size, preprocess_negative_batch, preprocess_out_is_a_file, preprocess_out_unwritable,
+    preprocess_zero_patch_size, preprocess_negative_batch, preprocess_zero_base_features, preprocess_manifest_is_an_output,
+    preprocess_out_is_a_file, preprocess_out_unwritable,
     run_step_unknown_option, run_step_bad_value, run_unknown_set_variable,
 ]
 

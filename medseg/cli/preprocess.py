@@ -43,6 +43,7 @@ def command(
     from medseg.preprocess.run import load_config, run_preprocess
     from medseg.preprocess.validate import ValidationFailed, format_table
 
+    _check_inputs_survive(dataset, out)
     try:
         summary = run_preprocess(dataset, out, load_config(config), workers=workers, skip_invalid=skip_invalid, progress=_Bar())
     except ValidationFailed as exc:
@@ -64,3 +65,19 @@ def command(
         f"target spacing {summary.plan.target_spacing} mm, 3d patch {cfg.patch_size} x batch {cfg.batch_size}; "
         f"plan in {summary.workdir / 'plan.json'}"
     )
+
+
+def _check_inputs_survive(dataset: Path, out: Path) -> None:
+    """Refuse an --out whose manifest.json, fingerprint.json or plan.json is the dataset's own manifest file."""
+    import os
+
+    from medseg.errors import OutputError
+
+    if not dataset.is_file():
+        return
+    for name in ("manifest.json", "fingerprint.json", "plan.json"):
+        if os.path.realpath(out / name) == os.path.realpath(dataset):
+            raise OutputError(
+                f"{out / name}: --out {out} would replace the dataset manifest {dataset} with medseg's {name}; "
+                "choose another --out folder"
+            )

@@ -256,17 +256,17 @@ class Plan(_Strict):
 class PlannerSettings(_Strict):
     """Knobs of `make_plan` (the `planner:` section of configs/preprocess.yaml)."""
 
-    anisotropy_threshold: float = 3.0
-    memory_budget_gb: float = 8.0  # activation memory one training step may use
-    max_features_3d: int = 320
-    max_features_2d: int = 512
-    base_features: int = 32
-    min_bottom_size: int = 4  # an axis is pooled only while its size stays >= this after pooling
-    max_pools: int = 5
-    max_patch_voxels_3d: int = 128**3
-    max_patch_voxels_2d: int = 1024**2
-    max_batch_fraction: float = 0.05  # a batch covers at most this fraction of the dataset's voxels
-    min_batch_size: int = 2
+    anisotropy_threshold: float = Field(3.0, ge=1)
+    memory_budget_gb: float = Field(8.0, gt=0)  # activation memory one training step may use
+    max_features_3d: int = Field(320, ge=1)
+    max_features_2d: int = Field(512, ge=1)
+    base_features: int = Field(32, ge=1)
+    min_bottom_size: int = Field(4, ge=1)  # an axis is pooled only while its size stays >= this after pooling
+    max_pools: int = Field(5, ge=0)
+    max_patch_voxels_3d: int = Field(128**3, ge=1)
+    max_patch_voxels_2d: int = Field(1024**2, ge=1)
+    max_batch_fraction: float = Field(0.05, gt=0, le=1)  # a batch covers at most this fraction of the dataset's voxels
+    min_batch_size: int = Field(2, ge=1)
     image_order: Literal[1, 3] = 3
     label_mode: Literal["onehot_linear", "nearest"] = "onehot_linear"
 
