@@ -35,6 +35,8 @@ def command(
         if workdir is None:
             workdir = _workdir_of(Path(run))
         run = _training_run_of(Path(run))
+    if run and not tracking.has_store(workdir):
+        raise ConfigError(f"--run {run}: no tracking store to find the run in; pass --workdir WORKDIR (its mlruns.db) or set MLFLOW_TRACKING_URI")
     label_list = _parse_labels(labels)
     label_names = _label_names(bundle_dir, workdir)
     report = evaluation.evaluate(pred, ref, labels=label_list, tolerance_mm=tolerance_mm, label_names=label_names)
