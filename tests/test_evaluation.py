@@ -21,6 +21,7 @@ from medseg.evaluation import (
 )
 from medseg.io import read_volume, write_volume
 from medseg.metrics import dice_per_class
+from medseg.metrics.case import array_metrics
 from medseg.volume import Volume, affine_from_geometry
 
 AFFINE = affine_from_geometry((1.0, 1.0, 2.0), (0, 0, 0), np.eye(3))
@@ -124,3 +125,30 @@ def test_real_hippocampus_labels(shared_data, tmp_path):
         got = {r["label"]: r["dice"] for r in report.rows if r["case_id"] == path.name[:-7]}
         assert got == pytest.approx(expected)
         assert 0.5 < got[1] < 1.0
+
+
+@pytest.mark.parametrize("values", [(1, 2), (4, 1000), (300, 65535)])
+def test_raw_label_values_are_scored_as_they_are(tmp_path, values):
+    """Values with gaps or beyond 255 score exactly like 1 and 2: only the values present are counted."""
+    lut = np.array([0, *values], dtype=np.uint16)
+    ref = write_volume(Volume(lut[labels_with_shift(0)], AFFINE), tmp_path / "ref.nii.gz")
+    pred = write_volume(Volume(lut[labels_with_shift(1)], AFFINE), tmp_path / "pred.nii.gz")
+    report = evaluate(pred, ref)
+    rows = {r["label"]: r for r in report.rows}
+    assert sorted(rows) == sorted(values)
+    assert rows[values[0]]["dice"] == pytest.approx(5 / 6)  # as label 1 in test_folders_are_matched_and_reported
+    plain = {r["label"]: r for r in array_metrics(labels_with_shift(1), labels_with_shift(0), (1.0, 1.0, 2.0))}
+    for k, v in enumerate(values, start=1):
+        for metric in ("dice", "iou", "hd95", "nsd", "volume_diff_ml"):
+            assert rows[v][metric] == pytest.approx(plain[k][metric], nan_ok=True)
+
+
+def test_labels_and_names_default_from_the_plan(tmp_path):
+    """A label of the plan absent from every case is still scored (Dice 1, both empty), under its name."""
+    lut = np.array([0, 1, 4], dtype=np.uint8)
+    ref = write_volume(Volume(lut[labels_with_shift(0)], AFFINE), tmp_path / "ref.nii.gz")
+    report = evaluate(ref, ref, label_names={0: "background", 1: "necrosis", 2: "edema", 4: "enhancing"})
+    assert sorted(r["label"] for r in report.rows) == [1, 2, 4]
+    assert {r["label"]: r["dice"] for r in report.rows} == {1: 1.0, 2: 1.0, 4: 1.0}
+    summary = json.loads(write_json(report, tmp_path / "s.json").read_text())
+    assert summary["labels"] == {"1": "necrosis", "2": "edema", "4": "enhancing"}

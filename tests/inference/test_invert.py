@@ -38,3 +38,22 @@ def test_streamed_labels_match_argmax_of_inverted_probabilities():
     assert np.array_equal(got.affine, affine)
     assert np.array_equal(got.array, expected)
     assert set(np.unique(got.array)) == {0, 1, 2}
+
+
+def test_streamed_labels_are_written_as_the_plans_label_values():
+    rng = np.random.default_rng(1)
+    shape = (21, 17, 9)
+    image = rng.normal(size=shape).astype(np.float32) + 3
+    affine = np.diag([1.2, -0.9, 2.5, 1.0])
+    case = preprocess_case([Volume(image, affine)], tiny_plan(target_spacing=(2.0, 2.0, 2.0)))
+    for values, dtype in (([0, 1, 2, 4], np.uint8), ([0, 7, 1000, 65535], np.uint16)):
+        logits = rng.normal(size=(4, *case.image.shape[1:])).astype(np.float32)
+        probs = np.exp(logits) / np.exp(logits).sum(0)
+        channels = np.argmax(invert_to_original(probs, case.properties).array, axis=0)
+        got = labels_on_original(probs, case.properties, slab=3, label_values=values)
+        assert got.array.dtype == dtype and np.array_equal(got.affine, affine)
+        assert np.array_equal(got.array, np.array(values)[channels])  # channel k -> k-th value, voxel for voxel
+        assert set(np.unique(got.array).tolist()) == set(values)
+    # without an explicit map the properties' own label values are used (here the plan's 0, 1, 2)
+    probs = np.exp(logits[:3]) / np.exp(logits[:3]).sum(0)
+    assert set(np.unique(labels_on_original(probs, case.properties).array).tolist()) == {0, 1, 2}

@@ -100,3 +100,43 @@ def test_in_place_softmax_and_float16_buffer_agree_with_the_defaults(tiny_bundle
     fp16 = Predictor([tiny_bundle], device="cpu", precision="fp32", accumulate_dtype=torch.float16).predict([image], probabilities=True)
     np.testing.assert_allclose(fp16.probabilities.array, fp32.probabilities.array, atol=5e-3)
     assert dice(fp16.labels.array == 1, fp32.labels.array == 1) > 0.99
+
+
+def _relabelled_bundle(bundle, dest, labels: dict[int, str]):
+    """A copy of `bundle` whose plan and bundle.json give its channels other label values."""
+    import json
+    import shutil
+
+    shutil.copytree(bundle, dest)
+    for name in ("bundle.json", "plan.json"):
+        data = json.loads((dest / name).read_text())
+        data["labels"] = {str(k): v for k, v in labels.items()}
+        if name == "bundle.json":
+            data["label_codes"] = {}
+        else:
+            data.pop("label_codes", None)
+        (dest / name).write_text(json.dumps(data))
+    return dest
+
+
+def test_label_values_are_written_not_channel_indices(tiny_bundle, tmp_path):
+    import nibabel as nib
+    from cli_helpers import run
+
+    from medseg.io import write_volume
+
+    image, _ = oblique_case(seed=6)
+    plain = Predictor([tiny_bundle], device="cpu", precision="fp32").predict([image]).labels.array
+    assert set(np.unique(plain).tolist()) == {0, 1}
+    relabelled = _relabelled_bundle(tiny_bundle, tmp_path / "b1000", {0: "background", 1000: "blob"})
+    for probabilities in (False, True):  # streamed and full-probability inversions
+        out = Predictor([relabelled], device="cpu", precision="fp32").predict([image], probabilities=probabilities).labels
+        assert out.array.dtype == np.uint16 and np.array_equal(out.affine, image.affine)
+        assert np.array_equal(out.array == 1000, plain == 1) and set(np.unique(out.array).tolist()) == {0, 1000}
+    # through the CLI: a uint16 NIfTI of values 0 and 1000 on the input's grid
+    write_volume(image, tmp_path / "scan.nii.gz")
+    assert run("infer", tmp_path / "scan.nii.gz", "--model", relabelled, "-o", tmp_path / "mask.nii.gz", "--device", "cpu",
+               "--precision", "fp32", "--no-postprocess") == 0
+    written = nib.load(str(tmp_path / "mask.nii.gz"))
+    assert written.get_data_dtype() == np.uint16 and np.allclose(written.affine, image.affine, atol=1e-5)
+    assert np.array_equal(np.asarray(written.dataobj), np.where(plain == 1, 1000, 0))
