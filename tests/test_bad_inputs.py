@@ -148,6 +148,14 @@ def infer_output_below_a_file(d, bundle, work):
     return ["infer", scan(d / "scan.nii.gz"), "-m", bundle, "-o", d / "notafolder" / "mask.nii.gz"], "is a file"
 
 
+def infer_4d_image(d, bundle, work):
+    import nibabel as nib
+
+    array = np.random.default_rng(0).normal(0, 1, (20, 20, 12, 3)).astype(np.float32)
+    nib.save(nib.Nifti1Image(array, np.diag([3.0, 3.0, 3.0, 1.0])), str(d / "series.nii.gz"))
+    return ["infer", d / "series.nii.gz", "-m", bundle, "-o", d / "mask.nii.gz"], "series.nii.gz: a 4D image of shape (20, 20, 12, 3)"
+
+
 def infer_overlap_one(d, bundle, work):
     return ["infer", scan(d / "scan.nii.gz"), "-m", bundle, "--overlap", "1.0", "-o", d / "mask.nii.gz"], "--overlap 1.0"
 
@@ -320,7 +328,7 @@ TINY_TRAIN = {
 
 ROWS = [
     infer_nan, infer_inf, infer_case_id_climbing, infer_case_id_absolute, infer_output_is_the_input,
-    infer_output_folder_is_the_input_folder, infer_overlap_one, infer_overlap_negative,
+    infer_output_folder_is_the_input_folder, infer_4d_image, infer_overlap_one, infer_overlap_negative,
     infer_output_folder_is_a_file, infer_output_folder_unwritable, infer_output_in_unwritable_folder, infer_output_below_a_file,
     bundle_patch_size_zero, bundle_negative_batch, bundle_zero_stride, bundle_patch_of_two_axes_for_3d,
     bundle_zero_features, bundle_from_the_future,

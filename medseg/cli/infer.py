@@ -262,6 +262,22 @@ def _check_finite(volume, path: Path) -> None:
         )
 
 
+def _check_channels(images, paths: list[Path], channel_names: list[str]) -> None:
+    """Name the 4D file when the channels do not add up to the model's (the predictor's check cannot)."""
+    from medseg.errors import InputError
+
+    found = sum(v.num_channels for v in images)
+    if found == len(channel_names):
+        return
+    for path, v in zip(paths, images):
+        if v.array.ndim == 4:
+            raise InputError(
+                f"{path}: a 4D image of shape {(*v.spatial_shape, v.num_channels)} gives {found} channel(s), but the model "
+                f"expects {len(channel_names)} ({', '.join(channel_names)}); expected a 3D image per channel; "
+                "give one 3D file per channel (CASE_0000, CASE_0001, ...)"
+            )
+
+
 def _infer_one(predictor, paths: list[Path], target: Path, format: OutputFormat, series: str | None, probabilities: bool) -> None:
     """Predict one case (one path per channel) and write its mask; DICOM outputs reference the first channel's series."""
     from medseg.io import read_volume, write_volume
@@ -280,6 +296,7 @@ def _infer_one(predictor, paths: list[Path], target: Path, format: OutputFormat,
             images.append(loaded.volume)
             datasets = datasets if datasets is not None else loaded.datasets
         _check_finite(images[-1], path)
+    _check_channels(images, paths, predictor.bundle.plan.channel_names)
     result = predictor.predict(images, probabilities=probabilities)
     labels = result.labels
     names = predictor.labels
