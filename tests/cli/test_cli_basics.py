@@ -78,3 +78,26 @@ def test_bad_input_is_one_line_with_exit_code_1_and_no_output(tmp_path):
 def test_debug_shows_the_traceback(tmp_path):
     result = medseg("convert", tmp_path / "absent.nii.gz", tmp_path / "x.nii.gz", "--debug")
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_pipeline_mistakes_are_one_line_naming_the_file_before_any_step_runs(tmp_path):
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    typo = medseg("run", repo / "pipelines" / "demo.yaml", "--set", "minuts=1", "--set", f"workdir={tmp_path / 'w'}")
+    assert typo.returncode == 1 and "Traceback" not in typo.stderr
+    lines = typo.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("medseg: error:") and "demo.yaml" in lines[0] and "minutes" in lines[0], typo.stderr
+    pipeline = tmp_path / "two.yaml"
+    pipeline.write_text(
+        "name: two\n"
+        "steps:\n"
+        f"  - {{command: convert, args: [{tmp_path / 'absent.nii.gz'}, {tmp_path / 'out.nii.gz'}]}}\n"
+        "  - {command: info, args: [x], options: {jsn: true}}\n"
+    )
+    result = medseg("run", pipeline)
+    assert result.returncode == 1 and "Usage" not in result.stderr and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "two.yaml: step 2 (info): unknown option 'jsn'" in lines[0], result.stderr
+    assert "=== two 1/2" not in result.stdout  # refused before step 1 ran
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["two.yaml"]
