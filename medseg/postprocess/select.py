@@ -9,9 +9,11 @@ The choice is a list of `medseg.postprocess` steps, stored in the bundle's `post
 applied by `medseg infer`. At the end of a fold's training, `select_for_fold` predicts its
 validation cases with the best weights (saved as WORKDIR/models/<preset>/validation/fold_<k>/
 <case>.npz) and chooses on them; after `--fold all`, `select_pooled` chooses once on the pooled
-validation of every fold and writes that choice to each fold's bundle. Dice is computed on the
-preprocessed grid (the cache), where the references are; label maps there hold channel indices,
-which the stored steps translate to label values.
+validation of every fold and writes that choice to each fold's bundle (and a later fold_none
+takes it too: `inherit_pooled`). Dice is computed on the preprocessed grid (the cache), where
+the references are; label maps there hold channel indices, which the stored steps translate to
+label values. Only the first bundle's steps run in an ensemble (`medseg.inference.Predictor`), so
+folds trained one by one (without `--fold all`) each keep their own choice.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 VALIDATION_DIR = "validation"
 REPORT_JSON = "postprocessing.json"
+POOLED_JSON = "postprocessing_pooled.json"
 _TOLERANCE = 1e-9  # "does not lower": equal up to float rounding counts as not lower
 
 Cases = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
@@ -194,15 +197,33 @@ def _log(tracker, report_path: Path, report: dict, names: dict[int, str], bundle
         tracker.log_artifact(Path(bundle_dir) / "bundle.json", "bundle")
 
 
+def inherit_pooled(tracker, bundle_dir: Path, echo=lambda s: None) -> list[dict]:
+    """A model without validation cases (fold_none) takes the steps chosen on the pooled validation of
+    its preset's cross-validation folds, when `--fold all` chose them; else none. Returns the steps."""
+    report_path = Path(bundle_dir).parent / VALIDATION_DIR / POOLED_JSON
+    if not report_path.is_file():
+        return []
+    steps = json.loads(report_path.read_text())["steps"]
+    set_bundle_postprocessing(bundle_dir, steps)
+    if tracker is not None:
+        tracker.log_artifact(report_path, "postprocessing")
+        tracker.set_tags({"pp_pooled.postprocessing": json.dumps(steps)[:5000]})
+    echo(f"post-processing: {steps or 'none'}, as chosen on the cross-validation folds ({report_path})")
+    return steps
+
+
 def select_for_fold(tracker, workdir, bundle_dir, val_ids, plan, config, precision, device, echo=lambda s: None) -> list[dict]:
     """Predict the fold's validation cases with the bundle's best weights, choose the steps, store
-    them in bundle.json and the report beside the predictions; log both to `tracker`. Returns the steps."""
+    them in bundle.json and the report beside the predictions; log both to `tracker`. Returns the steps.
+    Without validation cases (fold_none): `inherit_pooled`."""
     from medseg.bundle import load_bundle
     from medseg.io.atomic import atomic_output
     from medseg.preprocess.cache import load_case
     from medseg.training.loop import predict_case
 
     workdir, bundle_dir = Path(workdir), Path(bundle_dir)
+    if not val_ids:
+        return inherit_pooled(tracker, bundle_dir, echo)
     folder = validation_dir(bundle_dir)
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.npz"):  # a previous run's cases (another split) must not be pooled
@@ -247,8 +268,8 @@ def select_pooled(workdir, preset_name: str, folds: list[int], echo=lambda s: No
         return None
     plan = Plan.load(workdir / "plan.json")
     echo(f"choosing post-processing on the pooled validation of folds {', '.join(map(str, folds))}")
-    steps = _choose_and_store(workdir, folders, bundle_dirs, plan, root / VALIDATION_DIR / "postprocessing_pooled.json", None, echo)
-    report_path = root / VALIDATION_DIR / "postprocessing_pooled.json"
+    steps = _choose_and_store(workdir, folders, bundle_dirs, plan, root / VALIDATION_DIR / POOLED_JSON, None, echo)
+    report_path = root / VALIDATION_DIR / POOLED_JSON
     report = json.loads(report_path.read_text())
     names = {int(k): v for k, v in plan.labels.items()}
     for b in bundle_dirs:

@@ -390,7 +390,7 @@ def train(
                 break
         checksum = state_checksum(model)
         if dist.is_main:
-            if val_ids and not stopped:  # keep-largest-component steps chosen on this fold's validation (issue 14)
+            if not stopped:  # keep-largest-component steps chosen on validation (issue 14; fold_none: the CV folds')
                 from medseg.postprocess.select import select_for_fold
 
                 select_for_fold(tracker, workdir, out_dir, val_ids, run_plan, config, precision, device, echo)

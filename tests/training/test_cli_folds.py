@@ -115,3 +115,6 @@ def test_fold_all_chooses_postprocessing_on_the_pooled_validation(tiny_workdir, 
         assert logged == {"postprocessing/postprocessing.json", "postprocessing/postprocessing_pooled.json"}
         shipped = client.download_artifacts(bundle.mlflow_run_id, "bundle/bundle.json", str(tmp_path / f"dl{k}"))
         assert json.loads(open(shipped).read())["postprocessing"] == pooled["steps"]
+    # the final model on every case (no validation of its own) takes the cross-validation choice
+    run_argv(["train", str(tiny_workdir), "--config", str(config), "--fold", "none"])
+    assert load_bundle(root / "fold_none").postprocessing == pooled["steps"]
