@@ -297,6 +297,10 @@ def _infer_one(predictor, paths: list[Path], target: Path, format: OutputFormat,
             datasets = datasets if datasets is not None else loaded.datasets
         _check_finite(images[-1], path)
     _check_channels(images, paths, predictor.bundle.plan.channel_names)
+    if format is OutputFormat.rtstruct and datasets is not None:  # refuse before a long prediction
+        from medseg.io.rtstruct import refuse_multiframe
+
+        refuse_multiframe(datasets)
     result = predictor.predict(images, probabilities=probabilities)
     labels = result.labels
     names = predictor.labels

@@ -232,6 +232,6 @@ def read_dicom_seg(path: str | os.PathLike, datasets: list[Any]) -> tuple[np.nda
         k = int(round(ijk[2]))
         if not np.allclose(ijk, [0, 0, k], atol=1e-2) or not 0 <= k < grid.shape[2]:
             raise InputError(f"{path}: SEG frame {index + 1} lies off the source series' slices (voxel {np.round(ijk, 2).tolist()})")
-        number = int(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-        out[:, :, k][pixels[index].T > 0] = values[number]
+        identification = frame.get("SegmentIdentificationSequence") or shared.SegmentIdentificationSequence  # shared for one segment
+        out[:, :, k][pixels[index].T > 0] = values[int(identification[0].ReferencedSegmentNumber)]
     return out, names

@@ -49,7 +49,7 @@ def write_rtstruct(
     from medseg import __version__
     from medseg.label_codes import codes_for_writing
 
-    _refuse_multiframe(datasets)
+    refuse_multiframe(datasets)
     grid = check_on_source_grid(mask, datasets, "RTSTRUCT")
     labels = np.asarray(mask.array)
     sources = source_datasets(grid.datasets)  # in k order: rt-utils pairs mask[:, :, k] with sources[k]
@@ -91,7 +91,8 @@ def write_rtstruct(
     return path
 
 
-def _refuse_multiframe(datasets: list[Any]) -> None:
+def refuse_multiframe(datasets: list[Any]) -> None:
+    """InputError (one line) when the source is an enhanced multi-frame object, which RTSTRUCT cannot reference."""
     for ds in datasets:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         if frames > 1 or "PerFrameFunctionalGroupsSequence" in ds:

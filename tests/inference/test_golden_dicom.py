@@ -6,6 +6,7 @@ import shutil
 import subprocess
 
 import numpy as np
+import pydicom
 import pytest
 
 from cli_helpers import run
@@ -50,6 +51,9 @@ def test_infer_writes_masks_on_the_source_grid(shared_data, tiny_bundle, tmp_pat
     import highdicom as hd
 
     seg = hd.seg.segread(str(tmp_path / "seg.dcm"))
+    neoplasm = ("108369006", "SCT", "Neoplasm")  # the bundle's label code for "blob"
+    assert tuple(str(v) for v in (seg.SegmentSequence[0].segmented_property_type.value, seg.SegmentSequence[0].segmented_property_type.scheme_designator,
+                                  seg.SegmentSequence[0].segmented_property_type.meaning)) == neoplasm
     uids = [ds.SOPInstanceUID for ds in source_datasets(src.datasets)]
     for frame in seg.PerFrameFunctionalGroupsSequence:
         k = uids.index(frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
@@ -59,8 +63,41 @@ def test_infer_writes_masks_on_the_source_grid(shared_data, tiny_bundle, tmp_pat
 
     assert run("infer", folder, "-o", tmp_path / "rt.dcm", "--format", "rtstruct", *common) == 0
     roi = read_rtstruct(tmp_path / "rt.dcm", src.volume)["blob"]
+    observation = pydicom.dcmread(tmp_path / "rt.dcm").RTROIObservationsSequence[0]
+    assert observation.RTROIIdentificationCodeSequence[0].CodeValue == neoplasm[0]
+    assert observation.RTROIInterpretedType == ""  # not anatomy, and no type declared: no claim that it is a GTV
     assert 2 * (roi & (labels == 1)).sum() / (roi.sum() + (labels == 1).sum()) >= 0.95
     assert dciodvfy_errors(tmp_path / "rt.dcm") == []
+
+
+@pytest.mark.slow
+def test_infer_on_enhanced_multiframe_source(shared_data, tiny_bundle, tmp_path, capsys):
+    """A real Enhanced CT whose stored frame order runs against the slice normal: the SEG's frames sit
+    on the NIfTI mask's voxels by position; RTSTRUCT is refused in one line."""
+    import highdicom as hd
+
+    source = shared_data / "dicom" / "multiframe" / "eCT_Supplemental.dcm"
+    common = ["--model", tiny_bundle, "--device", "cpu", "--precision", "fp32"]
+    assert run("infer", source, "-o", tmp_path / "mask.nii.gz", *common) == 0
+    assert run("infer", source, "-o", tmp_path / "seg.dcm", "--format", "dicom-seg", *common) == 0
+    mask = read_volume(tmp_path / "mask.nii.gz")
+    assert mask.array.any()
+    seg = hd.seg.segread(str(tmp_path / "seg.dcm"))
+    to_voxel = np.linalg.inv(mask.affine) @ np.diag([-1.0, -1.0, 1.0, 1.0])  # LPS mm -> NIfTI voxel
+    frames = seg.pixel_array.reshape(-1, int(seg.Rows), int(seg.Columns))
+    back = np.zeros(mask.spatial_shape, np.uint8)
+    for f, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        ijk = to_voxel @ [*map(float, item.PlanePositionSequence[0].ImagePositionPatient), 1.0]
+        k = int(round(ijk[2]))
+        assert np.allclose(ijk[:3], [0, 0, k], atol=1e-3)
+        back[:, :, k] = frames[f].T
+    np.testing.assert_array_equal(back, mask.array)
+    assert dciodvfy_errors(tmp_path / "seg.dcm") == []
+    capsys.readouterr()
+    assert run("infer", source, "-o", tmp_path / "rt.dcm", "--format", "rtstruct", *common) == 1
+    err = capsys.readouterr().err.strip()
+    assert "multi-frame" in err and "dicom-seg" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "rt.dcm").exists()
 
 
 def test_seg_from_nifti_and_bad_model_give_one_line(shared_data, tiny_bundle, tmp_path, capsys):

@@ -98,7 +98,8 @@ def seg_on_nifti_grid(seg_path, nifti) -> np.ndarray:
         ijk = to_voxel @ [*map(float, item.PlanePositionSequence[0].ImagePositionPatient), 1.0]
         k = int(round(ijk[2]))
         assert np.allclose(ijk[:3], [0, 0, k], atol=1e-3), f"frame {f + 1} is not on a slice of the mask's grid"
-        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        identification = item.get("SegmentIdentificationSequence") or seg.SharedFunctionalGroupsSequence[0].SegmentIdentificationSequence
+        number = int(identification[0].ReferencedSegmentNumber)
         assert not out[:, :, k][frames[f].T > 0].any()
         out[:, :, k][frames[f].T > 0] = value[number]
     return out
@@ -165,3 +166,16 @@ def test_rtstruct_on_multiframe_source_is_refused_in_one_line(shared_data, tmp_p
         write_rtstruct(mask, src.datasets, tmp_path / "rt.dcm", {0: "bg", 1: "a", 4: "b"})
     assert "\n" not in str(exc.value)
     assert not (tmp_path / "rt.dcm").exists()
+
+
+def test_single_segment_seg_on_multiframe_source_reads_back(shared_data, tmp_path):
+    """One segment: highdicom moves the segment identification into the shared functional groups."""
+    src = load_dicom_series(shared_data / "dicom" / "multiframe" / "eCT_Supplemental.dcm")
+    labels = np.zeros(src.volume.spatial_shape, np.uint8)
+    labels[100:300, 50:120, 1] = 3  # only on sorted slice 1, which is stored frame 1 (frames run against the normal)
+    mask = src.volume.with_array(labels)
+    out = write_dicom_seg(mask, src.datasets, tmp_path / "seg.dcm", {0: "bg", 3: "spleen"})
+    back, names = read_dicom_seg(out, src.datasets)
+    assert names == {3: "spleen"} and np.array_equal(back, labels)
+    write_volume(mask, tmp_path / "mask.nii.gz")
+    np.testing.assert_array_equal(seg_on_nifti_grid(out, read_volume(tmp_path / "mask.nii.gz")), labels)

@@ -80,13 +80,13 @@ def test_unknown_labels_are_left_out_with_one_warning_naming_them(caplog):
     assert len(lines) == 1 and "2 (gizmo)" in lines[0] and "3 (widget)" in lines[0]
 
 
-def _msd(root, label_codes=None, nnunet_v2=False):
-    """Two 24x20x16 cases with labels 1 (kidney), 2 (ball), 3 (spleen), 5 (gizmo)."""
+def _msd(root, label_codes=None, nnunet_v2=False, n_cases=2):
+    """`n_cases` 24x20x16 cases with labels 1 (kidney), 2 (ball), 3 (spleen), 5 (gizmo)."""
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
     rng = np.random.default_rng(0)
     training = []
-    for i in range(2):
+    for i in range(n_cases):
         label = np.zeros((24, 20, 16), np.uint8)
         label[3:9, 4:10, 3:8], label[12:18, 4:10, 3:8], label[3:9, 12:18, 8:13], label[14:20, 12:18, 8:13] = 1, 2, 3, 5
         image = (rng.normal(50, 10, label.shape) + 20 * label).astype(np.float32)
@@ -96,7 +96,7 @@ def _msd(root, label_codes=None, nnunet_v2=False):
         training.append({"image": f"./imagesTr/case_{i}.nii.gz", "label": f"./labelsTr/case_{i}.nii.gz"})
     names = {0: "background", 1: "kidney", 2: "ball", 3: "spleen", 5: "gizmo"}
     if nnunet_v2:
-        meta = {"name": "Synthetic", "channel_names": {"0": "MR"}, "labels": {v: k for k, v in names.items()}, "file_ending": ".nii.gz", "numTraining": 2}
+        meta = {"name": "Synthetic", "channel_names": {"0": "MR"}, "labels": {v: k for k, v in names.items()}, "file_ending": ".nii.gz", "numTraining": n_cases}
     else:
         meta = {"name": "Synthetic", "modality": {"0": "MRI"}, "labels": {str(k): v for k, v in names.items()}, "training": training}
     if label_codes is not None:
@@ -183,3 +183,24 @@ def test_seg_segments_and_rtstruct_rois_carry_the_codes(shared_data, tmp_path, c
     from test_dicom_seg import dciodvfy_errors
 
     assert dciodvfy_errors(seg_path) == [] and dciodvfy_errors(rt_path) == []
+
+
+@pytest.mark.slow
+def test_trained_bundle_carries_the_plan_codes(tmp_path, monkeypatch):
+    """dataset.json -> plan.json -> training -> bundle.json: the codes a SEG written with the bundle uses."""
+    from medseg.bundle import load_bundle
+    from medseg.preprocess.plan import Plan
+    from medseg.preprocess.run import run_preprocess
+    from medseg.training.config import load_config
+    from medseg.training.loop import train
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    run_preprocess(_msd(tmp_path / "msd", {"1": DECLARED["1"]}, n_cases=5), tmp_path / "work")
+    config = load_config("configs/unet3d.yaml", {"epochs": 1, "iterations_per_epoch": 1, "num_workers": 0, "precision": "fp32",
+                                                 "batch_size": 1, "patch_size": [16, 16, 16]})
+    result = train(tmp_path / "work", config, preset_name="unet3d", fold=None)
+    plan = Plan.load(tmp_path / "work" / "plan.json")
+    bundle = load_bundle(result.bundle_dir)
+    assert json.loads((result.bundle_dir / "bundle.json").read_text())["label_codes"]["1"]["modifier"] == ["24028007", "SCT", "Right"]
+    assert {k: v for k, v in bundle.label_codes.items()} == {k: c.as_json() for k, c in plan.label_codes.items()}
+    assert set(bundle.label_codes) == {1, 3}  # kidney declared, spleen built in; "ball" and "gizmo" have none
