@@ -126,6 +126,19 @@ class Volume:
         return Volume(np.array(moved, order="K"), affine, self.meta)
 
 
+def grid_problem(affine: np.ndarray) -> str | None:
+    """What makes `affine` unusable as a voxel grid (NaN/Inf entries, a zero or degenerate voxel axis), or None."""
+    affine = np.asarray(affine, dtype=np.float64)
+    if not np.isfinite(affine).all():
+        return "its affine holds NaN or Inf values"
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    if (spacing <= 1e-8).any():
+        return f"its voxel spacing ({', '.join(f'{s:.4g}' for s in spacing)}) mm has a zero axis"
+    if abs(np.linalg.det(affine[:3, :3] / spacing)) < 1e-6:
+        return "its voxel axes are parallel (the affine is singular)"
+    return None
+
+
 def orientation_code(affine: np.ndarray) -> str:
     """'RAS', 'LPS', ... for the closest axis-aligned orientation of `affine` (RAS+ world)."""
     import nibabel.orientations as nio

@@ -156,6 +156,29 @@ def infer_4d_image(d, bundle, work):
     return ["infer", d / "series.nii.gz", "-m", bundle, "-o", d / "mask.nii.gz"], "series.nii.gz: a 4D image of shape (20, 20, 12, 3)"
 
 
+def _scan_with_sform(path: Path, sform: np.ndarray) -> Path:
+    import nibabel as nib
+
+    array = np.random.default_rng(0).normal(0, 1, (20, 20, 12)).astype(np.float32)
+    header = nib.Nifti1Image(array, np.diag([3.0, 3.0, 3.0, 1.0])).header
+    header.set_sform(sform, code=1)
+    header.set_qform(None, code=0)
+    nib.save(nib.Nifti1Image(array, None, header=header), str(path))
+    return path
+
+
+def infer_zero_voxel_spacing(d, bundle, work):
+    source = _scan_with_sform(d / "flat.nii.gz", np.diag([0.0, 3.0, 3.0, 1.0]))
+    return ["infer", source, "-m", bundle, "-o", d / "mask.nii.gz"], "flat.nii.gz: its voxel spacing (0, 3, 3) mm has a zero axis"
+
+
+def infer_nan_in_the_affine(d, bundle, work):
+    sform = np.diag([3.0, 3.0, 3.0, 1.0])
+    sform[0, 3] = np.nan
+    source = _scan_with_sform(d / "lost.nii.gz", sform)
+    return ["infer", source, "-m", bundle, "-o", d / "mask.nii.gz"], "lost.nii.gz: its affine holds NaN"
+
+
 def infer_overlap_one(d, bundle, work):
     return ["infer", scan(d / "scan.nii.gz"), "-m", bundle, "--overlap", "1.0", "-o", d / "mask.nii.gz"], "--overlap 1.0"
 
@@ -328,7 +351,7 @@ TINY_TRAIN = {
 
 ROWS = [
     infer_nan, infer_inf, infer_case_id_climbing, infer_case_id_absolute, infer_output_is_the_input,
-    infer_output_folder_is_the_input_folder, infer_4d_image, infer_overlap_one, infer_overlap_negative,
+    infer_output_folder_is_the_input_folder, infer_4d_image, infer_zero_voxel_spacing, infer_nan_in_the_affine, infer_overlap_one, infer_overlap_negative,
     infer_output_folder_is_a_file, infer_output_folder_unwritable, infer_output_in_unwritable_folder, infer_output_below_a_file,
     bundle_patch_size_zero, bundle_negative_batch, bundle_zero_stride, bundle_patch_of_two_axes_for_3d,
     bundle_zero_features, bundle_from_the_future,

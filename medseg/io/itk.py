@@ -11,7 +11,7 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_output
-from medseg.volume import LPS_TO_RAS, Volume
+from medseg.volume import LPS_TO_RAS, Volume, grid_problem
 
 
 def read_itk(path: Path) -> Volume:
@@ -46,6 +46,9 @@ def volume_from_sitk(image, path: Path | str = "image") -> Volume:
     affine_lps = np.eye(4)
     affine_lps[:3, :3] = direction * spacing
     affine_lps[:3, 3] = origin
+    problem = grid_problem(affine_lps)
+    if problem is not None:
+        raise InputError(f"{path}: {problem}; expected positive voxel sizes and a valid orientation; fix the header (spacing, direction)")
     return Volume(np.ascontiguousarray(array), LPS_TO_RAS @ affine_lps)
 
 

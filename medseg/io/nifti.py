@@ -9,7 +9,7 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_output
-from medseg.volume import Volume
+from medseg.volume import Volume, grid_problem
 
 
 def read_nifti(path: Path) -> Volume:
@@ -29,6 +29,9 @@ def read_nifti(path: Path) -> Volume:
             "check that the file is complete and not truncated"
         ) from None
     array = _to_medseg_layout(array, path)
+    problem = grid_problem(image.affine)
+    if problem is not None:
+        raise InputError(f"{path}: {problem}; expected positive voxel sizes and a valid orientation; fix the header (pixdim, qform/sform)")
     return Volume(array, image.affine)
 
 
