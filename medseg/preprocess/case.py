@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from medseg.errors import GeometryError, InputError
 from medseg.preprocess.normalize import normalize
-from medseg.preprocess.plan import PLAN_VERSION, Plan, channels_to_values
+from medseg.preprocess.plan import PLAN_VERSION, Plan, channels_to_values, present_values
 from medseg.preprocess.resample import coarse_axis_of, resample_image, resample_label, resampled_affine, resize3d
 from medseg.volume import Volume, orientation_code
 
@@ -115,8 +115,9 @@ def preprocess_case(images: list[Volume], plan: Plan, label: Volume | None = Non
     classes: list[int] = []
     if ras_label is not None:
         lab = ras_label.array[sl]
-        classes = [int(c) for c in np.unique(lab)]
-        lab = plan.to_channels(lab)  # raises naming values the plan does not declare
+        values = present_values(lab)
+        classes = [int(c) for c in values]
+        lab = plan.to_channels(lab, values)  # raises naming values the plan does not declare
         out_label = resample_label(lab, new_shape, plan.resampling.label_mode, coarse)
 
     cropped_affine = ras.affine.copy()

@@ -57,7 +57,20 @@ def channels_to_values(channels: np.ndarray, label_values: list[int] | None) -> 
         return channels
     if list(label_values) == list(range(len(label_values))) and channels.dtype == np.uint8:
         return channels  # consecutive labels: the map is the identity
-    return value_lookup(label_values)[channels]
+    lut = value_lookup(label_values)
+    out = np.zeros(channels.shape, dtype=lut.dtype, order="F" if np.isfortran(channels) else "C")
+    # one pass per channel: no int64 copy of a large volume, as fancy indexing would make
+    for k in present_values(channels).tolist():
+        if k:
+            out[channels == k] = lut[k] if k < len(lut) else 0
+    return out
+
+
+def present_values(labels: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of an integer array; one bincount pass for uint8/uint16/bool."""
+    if labels.dtype in (np.uint8, np.uint16, bool):
+        return np.flatnonzero(np.bincount(labels.reshape(-1, order="A"), minlength=1))
+    return np.unique(labels)
 
 
 class _Strict(BaseModel):
@@ -188,9 +201,11 @@ class Plan(_Strict):
         """The values among `values` (any integers) that are neither a label nor IGNORE_LABEL, sorted."""
         return sorted({int(v) for v in values} - set(self.labels) - {IGNORE_LABEL})
 
-    def to_channels(self, labels: np.ndarray) -> np.ndarray:
+    def to_channels(self, labels: np.ndarray, values: np.ndarray | None = None) -> np.ndarray:
         """A mask in label values (X, Y, Z), any integer-valued dtype -> uint8 channel indices;
-        IGNORE_LABEL stays IGNORE_LABEL. Raises InputError naming undeclared or non-integer values."""
+        IGNORE_LABEL stays IGNORE_LABEL. Raises InputError naming undeclared or non-integer values.
+
+        values: the distinct values of `labels` when the caller has them already."""
         if labels.size == 0:
             return labels.astype(np.uint8)
         if not np.issubdtype(labels.dtype, np.integer):
@@ -198,7 +213,7 @@ class Plan(_Strict):
                 labels = labels.astype(np.uint8)
             elif not np.all(np.mod(labels, 1) == 0):
                 raise InputError("the mask holds non-integer values; give an integer label map")
-        values = np.unique(labels)
+        values = present_values(labels) if values is None else np.asarray(values)
         extra = self.undeclared_values(values)
         if extra:
             raise InputError(
@@ -207,7 +222,12 @@ class Plan(_Strict):
             )
         if values.tolist() == list(range(len(values))) and self.label_values[: len(values)] == values.tolist() and labels.dtype == np.uint8:
             return labels  # consecutive values: channels are the values
-        return self.channel_lookup[labels.astype(np.int64, copy=False)].astype(np.uint8)
+        lut = self.channel_lookup
+        out = np.zeros(labels.shape, dtype=np.uint8, order="F" if np.isfortran(labels) else "C")
+        for v in values.tolist():  # one pass per value: no int64 copy of a large mask
+            if lut[int(v)]:
+                out[labels == v] = lut[int(v)]
+        return out
 
     def to_values(self, channels: np.ndarray) -> np.ndarray:
         """Channel indices (integer array) -> label values (`label_dtype`; IGNORE_LABEL kept)."""
