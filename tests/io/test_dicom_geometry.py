@@ -82,6 +82,12 @@ def test_enhanced_frames_placed_by_position_and_one_frame_object_reads_its_frame
         assert loaded.spatial_shape == (64, 64, 1)
         np.testing.assert_array_equal(loaded.array[:, :, 0], frame[0].T)  # the whole frame, not its first row
         np.testing.assert_allclose(loaded.affine @ [0, 0, 0, 1], volume.affine @ [0, 0, SHUFFLED[keep], 1], atol=1e-4)
+    labels = np.zeros(loaded.spatial_shape, np.uint8)
+    labels[10:30, 5:20, 0] = 2
+    out = write_dicom_seg(loaded.with_array(labels), load_dicom_series(one).datasets, tmp_path / "seg.dcm", {0: "bg", 2: "liver"})
+    back, names = read_dicom_seg(out, load_dicom_series(one).datasets)
+    assert names == {2: "liver"} and np.array_equal(back, labels)
+    assert dciodvfy_errors(out) == []
 
 
 def seg_on_nifti_grid(seg_path, nifti) -> np.ndarray:
