@@ -14,7 +14,7 @@ import numpy as np
 
 from medseg.data.manifest import ManifestCase, sha256_of
 from medseg.errors import InputError, MedsegError
-from medseg.preprocess.plan import IGNORE_LABEL, MAX_LABEL_VALUE
+from medseg.preprocess.plan import IGNORE_LABEL, MAX_LABEL_VALUE, present_values
 
 FOREGROUND_SAMPLES = 10000  # intensity samples kept per case and channel
 
@@ -119,7 +119,7 @@ def inspect_case(case: ManifestCase, labels: dict[int, str] | None, channels: in
             diff = volumes[0].reoriented("RAS").geometry_differences(label.reoriented("RAS"))
             if diff:
                 problems.append(Problem(cid, case.label, "label grid differs from image: " + "; ".join(diff), "resample the label onto its image's grid"))
-        values = np.unique(label.array).tolist()
+        values = present_values(label.array).tolist()
         odd = [v for v in values if int(v) != v or not 0 <= v <= MAX_LABEL_VALUE]
         if odd:
             problems.append(
