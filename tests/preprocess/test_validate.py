@@ -99,11 +99,19 @@ def test_undeclared_labels_become_the_values_found_and_the_cli_counts_their_case
     assert sorted(cached.locations) == [1, 3]
 
 
-def test_declared_labels_refuse_other_values_naming_case_and_values(tmp_path, write_nifti):
+@pytest.mark.parametrize("declared_in", ["config", "json manifest"])
+def test_declared_labels_refuse_other_values_naming_case_and_values(tmp_path, write_nifti, declared_in):
     from medseg.preprocess.run import PreprocessConfig
 
     csv = _csv_dataset(tmp_path / "ds", write_nifti, [(1, 2, 4), (1, 3, 4, 9)])
-    config = PreprocessConfig(labels={0: "background", 1: "necrosis", 2: "edema", 4: "enhancing"})
+    labels = {0: "background", 1: "necrosis", 2: "edema", 4: "enhancing"}
+    if declared_in == "config":
+        config = PreprocessConfig(labels=labels)
+    else:  # the same cases as a JSON manifest that declares the labels itself
+        config = None
+        cases = [{"case_id": f"c{i}", "images": [f"img{i}.nii.gz"], "label": f"lab{i}.nii.gz"} for i in range(2)]
+        csv = tmp_path / "ds" / "cases.json"
+        csv.write_text(json.dumps({"labels": {str(k): v for k, v in labels.items()}, "cases": cases}))
     with pytest.raises(ValidationFailed) as err:
         run_preprocess(csv, tmp_path / "work", config)
     [problem] = err.value.problems
