@@ -181,3 +181,47 @@ def test_labels_0_1_2_4_go_through_preprocess_train_infer_and_evaluate(tmp_path,
     assert sorted(masks) == ["edema", "enhancing", "necrosis"]
     for v, roi in ((1, "necrosis"), (2, "edema"), (4, "enhancing")):
         assert dice(masks[roi], on_dicom == v) > 0.7, roi
+
+
+@pytest.mark.slow
+def test_a_stray_undeclared_value_becomes_a_label_and_a_stale_cache_is_named(tmp_path, no_tracking_server, capsys):
+    """The issue's case: a CSV without labels whose one mask holds a stray 7. Preprocess shows 7 in
+    one case, training runs with it as a fifth class; a cache that no longer fits the plan is refused
+    before training, naming the case."""
+    root = tmp_path / "csv"
+    root.mkdir()
+    rows = ["case_id,image,label"]
+    for i in range(5):
+        image, label = brats_like_case(i)
+        if i == 3:
+            label[label == 1] = 7
+        nib.save(nib.Nifti1Image(image, source_affine()), str(root / f"img{i}.nii.gz"))
+        nib.save(nib.Nifti1Image(label, source_affine()), str(root / f"lab{i}.nii.gz"))
+        rows.append(f"c{i},img{i}.nii.gz,lab{i}.nii.gz")
+    (root / "cases.csv").write_text("\n".join(rows) + "\n")
+    work = tmp_path / "work"
+    pre_cfg = tmp_path / "preprocess.yaml"
+    pre_cfg.write_text(yaml.safe_dump({"overrides": {"configurations": {"3d": {
+        "patch_size": [16, 16, 16], "batch_size": 2, "features_per_stage": [4, 8],
+        "strides": [[1, 1, 1], [2, 2, 2]], "kernel_sizes": [[3, 3, 3], [3, 3, 3]]}}}}))
+    assert run("preprocess", root / "cases.csv", "--out", work, "--config", pre_cfg) == 0
+    out = capsys.readouterr().out
+    assert "not declared" in out
+    counts = {line.split()[0]: line.split()[-2] for line in out.splitlines() if line.startswith("  ")}
+    assert counts == {"0": "5", "1": "4", "2": "5", "4": "5", "7": "1"}  # the stray value shows: 1 case
+
+    train_cfg = yaml.safe_load(Path("configs/unet3d_cpu.yaml").read_text())
+    train_cfg.update(epochs=1, iterations_per_epoch=2, num_workers=0, precision="fp32")
+    train_cfg["model"]["options"] = {"deep_supervision": False}
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(train_cfg))
+    assert run("train", work, "--config", tmp_path / "train.yaml", "--fold", "none") == 0
+    bundle = json.loads((work / "models" / "train" / "fold_none" / "bundle.json").read_text())
+    assert sorted(int(k) for k in bundle["labels"]) == [0, 1, 2, 4, 7]
+    capsys.readouterr()
+
+    plan = json.loads((work / "plan.json").read_text())
+    plan["labels"] = {"0": "background", "1": "label_1", "2": "label_2", "4": "label_4"}  # 7 dropped by hand
+    (work / "plan.json").write_text(json.dumps(plan))
+    assert run("train", work, "--config", tmp_path / "train.yaml", "--fold", "none") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "case c0" in err[0] and "rerun `medseg preprocess`" in err[0] and "Traceback" not in err[0]
