@@ -188,6 +188,20 @@ class Bundle:
         return network.to(device).eval()
 
 
+def _meta_type_problem(meta: dict) -> str | None:
+    """What in bundle.json has the wrong type (labels {int: name}, model_options {...}, ...), or None."""
+    labels = meta["labels"]
+    if not isinstance(labels, dict) or not labels or not all(isinstance(v, str) for v in labels.values()):
+        return f"\"labels\" is {type(labels).__name__} {str(labels)[:60]}; expected {{\"0\": \"background\", \"1\": name, ...}}"
+    if not all(str(k).strip().isdigit() for k in labels):
+        return f"\"labels\" has keys {sorted(map(str, labels))[:5]}; expected non-negative integer label values"
+    for key, kind in (("model", str), ("configuration", str), ("model_options", dict), ("postprocessing", list), ("label_codes", dict)):
+        value = meta.get(key)
+        if value is not None and not isinstance(value, kind):
+            return f"\"{key}\" is {type(value).__name__}; expected a {kind.__name__}"
+    return None
+
+
 def load_bundle(path: str | os.PathLike) -> Bundle:
     """Read and check a bundle folder; raise `BundleError` saying what is missing or corrupt."""
     import yaml
@@ -205,6 +219,9 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     missing = [k for k in REQUIRED_KEYS if not isinstance(meta, dict) or k not in meta]
     if missing:
         raise BundleError(f"{meta_path}: missing keys {missing}; expected {list(REQUIRED_KEYS)}; re-export the bundle")
+    problem = _meta_type_problem(meta)
+    if problem is not None:
+        raise BundleError(f"{meta_path}: {problem}; the bundle is corrupt, re-export it from its training run")
     version = meta.get("bundle_version", 1)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise BundleError(f"{meta_path}: bundle_version is {version!r}; expected a positive integer (this medseg writes {BUNDLE_VERSION}); re-export the bundle")

@@ -235,6 +235,16 @@ def bundle_zero_features(d, bundle, work):
     return ["infer", scan(d / "scan.nii.gz"), "-m", bundle, "-o", d / "mask.nii.gz"], "features_per_stage"
 
 
+def bundle_labels_not_a_mapping(d, bundle, work):
+    _edit_bundle(bundle, "bundle.json", lambda m: m.update(labels=["background", "blob"]))
+    return ["infer", scan(d / "scan.nii.gz"), "-m", bundle, "-o", d / "mask.nii.gz"], 'bundle.json: "labels" is list'
+
+
+def bundle_model_options_not_a_mapping(d, bundle, work):
+    _edit_bundle(bundle, "bundle.json", lambda m: m.update(model_options="deep"))
+    return ["infer", scan(d / "scan.nii.gz"), "-m", bundle, "-o", d / "mask.nii.gz"], '"model_options" is str'
+
+
 def bundle_from_the_future(d, bundle, work):
     _edit_bundle(bundle, "bundle.json", lambda m: m.update(bundle_version=99))
     return ["infer", scan(d / "scan.nii.gz"), "-m", bundle, "-o", d / "mask.nii.gz"], "pip install -U medseg"
@@ -354,7 +364,7 @@ ROWS = [
     infer_output_folder_is_the_input_folder, infer_4d_image, infer_zero_voxel_spacing, infer_nan_in_the_affine, infer_overlap_one, infer_overlap_negative,
     infer_output_folder_is_a_file, infer_output_folder_unwritable, infer_output_in_unwritable_folder, infer_output_below_a_file,
     bundle_patch_size_zero, bundle_negative_batch, bundle_zero_stride, bundle_patch_of_two_axes_for_3d,
-    bundle_zero_features, bundle_from_the_future,
+    bundle_zero_features, bundle_labels_not_a_mapping, bundle_model_options_not_a_mapping, bundle_from_the_future,
     train_truncated_image_cache, train_truncated_label_cache_never_sampled,
     preprocess_4d_image, preprocess_case_id_climbing, preprocess_case_id_absolute,
     preprocess_zero_patch_size, preprocess_negative_batch, preprocess_zero_base_features, preprocess_manifest_is_an_output,
