@@ -148,6 +148,12 @@ def infer_output_below_a_file(d, bundle, work):
     return ["infer", scan(d / "scan.nii.gz"), "-m", bundle, "-o", d / "notafolder" / "mask.nii.gz"], "is a file"
 
 
+def infer_output_inside_the_dicom_folder(d, bundle, work):
+    (d / "series").mkdir()
+    (d / "series" / "IM0001.dcm").write_bytes(b"\0" * 132)  # refused before anything is read
+    return ["infer", d / "series", "-m", bundle, "-o", d / "series" / "mask.nii.gz"], "inside the input DICOM folder"
+
+
 def infer_4d_image(d, bundle, work):
     import nibabel as nib
 
@@ -361,7 +367,7 @@ TINY_TRAIN = {
 
 ROWS = [
     infer_nan, infer_inf, infer_case_id_climbing, infer_case_id_absolute, infer_output_is_the_input,
-    infer_output_folder_is_the_input_folder, infer_4d_image, infer_zero_voxel_spacing, infer_nan_in_the_affine, infer_overlap_one, infer_overlap_negative,
+    infer_output_folder_is_the_input_folder, infer_output_inside_the_dicom_folder, infer_4d_image, infer_zero_voxel_spacing, infer_nan_in_the_affine, infer_overlap_one, infer_overlap_negative,
     infer_output_folder_is_a_file, infer_output_folder_unwritable, infer_output_in_unwritable_folder, infer_output_below_a_file,
     bundle_patch_size_zero, bundle_negative_batch, bundle_zero_stride, bundle_patch_of_two_axes_for_3d,
     bundle_zero_features, bundle_labels_not_a_mapping, bundle_model_options_not_a_mapping, bundle_from_the_future,

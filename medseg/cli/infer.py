@@ -143,6 +143,7 @@ def _targets(input: Path, cases, many: bool, output: Path | None, format: Output
             raise InputError(f"{input}: cases '{seen[key]}' and '{case_id}' would both be written to {target}; give the scans distinct names")
         seen[key] = case_id
     inputs = {os.path.realpath(p) for _, paths in cases for p in paths}
+    series_folders = [os.path.realpath(p) for _, paths in cases for p in paths if Path(p).is_dir()]
     for target in targets:
         stem = target.name[: len(target.name) - len(full_suffix(target))]
         written = [target] + ([target.with_name(f"{stem}_probabilities.nii.gz")] if probabilities else [])
@@ -151,6 +152,12 @@ def _targets(input: Path, cases, many: bool, output: Path | None, format: Output
                 raise OutputError(
                     f"{path}: this output is also an input scan and would be overwritten by its mask; "
                     "choose another output path (-o) for the masks"
+                )
+            inside = [f for f in series_folders if os.path.realpath(path).startswith(f + os.sep)]
+            if inside:
+                raise OutputError(
+                    f"{path}: this output lies inside the input DICOM folder {inside[0]}, which would then hold a second "
+                    "series; choose an output path (-o) outside it"
                 )
     return targets
 
