@@ -460,6 +460,8 @@ def _log_artifacts(tracker, workdir, out_dir, history, model, val_ids, plan, con
     """Config, plan, splits, the bundle (artifact path "bundle"), learning curves and overlays."""
     from medseg.training import checkpoint as ckpt
 
+    if not getattr(tracker, "active", True):  # nothing records them (no or unreachable store): no plotting either
+        return
     for name in ("config.yaml", "plan.json"):
         tracker.log_artifact(out_dir / name)
     if (Path(workdir) / "splits.json").is_file():

@@ -83,3 +83,19 @@ def tiny_config():
         return load_config(f"configs/{name}.yaml", {**TINY_OVERRIDES, **extra})
 
     return make
+
+
+@pytest.fixture(scope="session")
+def _hippocampus_template(tmp_path_factory):
+    """The shipped Hippocampus sample (12 real MR crops) preprocessed: the real plan, 4 stages, 32-256 features."""
+    from medseg.cli.main import run_argv
+
+    out = tmp_path_factory.mktemp("hippocampus") / "work"
+    run_argv(["preprocess", "data/sample/hippocampus", "--out", str(out)])
+    return out
+
+
+@pytest.fixture
+def hippocampus_workdir(_hippocampus_template, tmp_path):
+    """A fresh copy of the preprocessed Hippocampus sample per test."""
+    return shutil.copytree(_hippocampus_template, tmp_path / "hippocampus")

@@ -104,3 +104,42 @@ def test_compiled_training_step_matches_eager(tiny_config, tiny_workdir, tmp_pat
     compiled = train(other, tiny_config(**cfg, compile=True), preset_name="unet3d", fold=1)
     assert compiled.train_losses == pytest.approx(eager.train_losses, rel=1e-3)
     assert eager.train_losses[0] != eager.train_losses[1]
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_how_to_resume_and_marks_the_run_killed(tiny_workdir, tmp_path, monkeypatch):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from medseg.tracking import tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the workdir's own store
+    cfg = yaml.safe_load(Path("configs/unet3d.yaml").read_text())
+    cfg.update(epochs=200, iterations_per_epoch=2, validate_every=1000, num_workers=0, precision="fp32")
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump(cfg))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "medseg", "train", str(tiny_workdir), "--config", str(tmp_path / "long.yaml"),
+                             "--fold", "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    for line in proc.stdout:  # wait for the first finished epoch (its checkpoint is on disk)
+        if line.startswith("epoch 2/"):
+            break
+        assert time.monotonic() < deadline
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == "medseg: interrupted; resume with --resume", err[-2000:]
+    assert err.count("interrupted") == 1 and "Traceback" not in err
+    bundle = tiny_workdir / "models" / "long" / "fold_0"
+    run_id = json.loads((bundle / "bundle.json").read_text())["mlflow_run_id"]
+    assert MlflowClient(tracking_uri(tiny_workdir)).get_run(run_id).info.status == "KILLED"
+    state = torch.load(bundle / "training_state.pt", weights_only=True)
+    assert state["epoch"] >= 1  # the last finished epoch resumes
