@@ -120,7 +120,7 @@ def inspect_case(case: ManifestCase, labels: dict[int, str] | None, channels: in
             if diff:
                 problems.append(Problem(cid, case.label, "label grid differs from image: " + "; ".join(diff), "resample the label onto its image's grid"))
         values = present_values(label.array).tolist()
-        odd = [v for v in values if int(v) != v or not 0 <= v <= MAX_LABEL_VALUE]
+        odd = [v for v in values if not np.isfinite(v) or int(v) != v or not 0 <= v <= MAX_LABEL_VALUE]
         if odd:
             problems.append(
                 Problem(cid, case.label, f"label values {odd[:5]} are not integers in 0..{MAX_LABEL_VALUE}",

@@ -150,3 +150,17 @@ def test_training_refuses_a_cache_written_with_other_label_values(tmp_path, writ
     props_path.write_text(json.dumps(props))
     with pytest.raises(InputError, match=r"case c1: .*values \[4\]"):
         check_cached_labels(tmp_path / "work", ["c0", "c1"], summary.plan)
+
+
+def test_non_integer_negative_or_nan_label_values_are_named(tmp_path, write_nifti):
+    csv = _csv_dataset(tmp_path / "ds", write_nifti, [(1, 2), (1, 2), (1, 2)])
+    for i, bad in enumerate((1.5, -3.0, np.nan)):
+        label = np.zeros((12, 10, 8), np.float32)
+        label[2:5, 2:5, 2:5] = bad
+        write_nifti(label, tmp_path / "ds" / f"lab{i}.nii.gz")
+    with pytest.raises(ValidationFailed) as err:
+        run_preprocess(csv, tmp_path / "work")
+    problems = {p.case: p.problem for p in err.value.problems}
+    assert sorted(problems) == ["c0", "c1", "c2"]
+    assert "1.5" in problems["c0"] and "-3.0" in problems["c1"] and "nan" in problems["c2"]
+    assert all("not integers in 0..65535" in p for p in problems.values())
