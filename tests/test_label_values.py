@@ -156,7 +156,7 @@ def test_labels_0_1_2_4_go_through_preprocess_train_infer_and_evaluate(tmp_path,
     import highdicom as hd
 
     from medseg.io.dicom import load_dicom_series
-    from medseg.io.rtstruct import read_rtstruct
+    from medseg.io.dicom import read_rtstruct
 
     write_dicom_series(tmp_path / "dicom", image)
     series = load_dicom_series(tmp_path / "dicom")

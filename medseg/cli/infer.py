@@ -305,7 +305,7 @@ def _infer_one(predictor, paths: list[Path], target: Path, format: OutputFormat,
         _check_finite(images[-1], path)
     _check_channels(images, paths, predictor.bundle.plan.channel_names)
     if format is OutputFormat.rtstruct and datasets is not None:  # refuse before a long prediction
-        from medseg.io.rtstruct import refuse_multiframe
+        from medseg.io.dicom import refuse_multiframe
 
         refuse_multiframe(datasets)
     result = predictor.predict(images, probabilities=probabilities)
@@ -316,11 +316,11 @@ def _infer_one(predictor, paths: list[Path], target: Path, format: OutputFormat,
     if format is OutputFormat.nifti:
         write_volume(labels, target)
     elif format is OutputFormat.dicom_seg:
-        from medseg.io.dicom_seg import write_dicom_seg
+        from medseg.io.dicom import write_dicom_seg
 
         write_dicom_seg(labels, datasets, target, names, predictor.bundle.label_codes, model_name=predictor.bundle.model_name)
     else:
-        from medseg.io.rtstruct import write_rtstruct
+        from medseg.io.dicom import write_rtstruct
 
         write_rtstruct(labels, datasets, target, names, predictor.bundle.label_codes, model_name=predictor.bundle.model_name)
     if probabilities and result.probabilities is not None:

@@ -12,8 +12,8 @@ import pytest
 from cli_helpers import run
 from medseg.io import read_volume
 from medseg.io.dicom import load_dicom_series
-from medseg.io.dicom_seg import read_dicom_seg, source_datasets
-from medseg.io.rtstruct import read_rtstruct
+from medseg.io.dicom import read_dicom_seg, source_datasets
+from medseg.io.dicom import read_rtstruct
 
 SERIES = [
     "tcia_mr_oblique/11-T1post-18670",

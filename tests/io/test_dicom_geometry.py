@@ -11,8 +11,8 @@ from pydicom.dataset import Dataset
 from medseg.errors import GeometryError, InputError
 from medseg.io import read_volume, write_volume
 from medseg.io.dicom import load_dicom_series
-from medseg.io.dicom_seg import read_dicom_seg, write_dicom_seg
-from medseg.io.rtstruct import write_rtstruct
+from medseg.io.dicom import read_dicom_seg, write_dicom_seg
+from medseg.io.dicom import write_rtstruct
 from medseg.volume import LPS_TO_RAS, Volume
 
 from test_dicom_seg import dciodvfy_errors

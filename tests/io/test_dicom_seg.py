@@ -12,7 +12,7 @@ import pytest
 
 from medseg.errors import GeometryError, OutputError
 from medseg.io.dicom import load_dicom_series
-from medseg.io.dicom_seg import read_dicom_seg, source_datasets, write_dicom_seg
+from medseg.io.dicom import read_dicom_seg, source_datasets, write_dicom_seg
 from medseg.volume import Volume
 
 

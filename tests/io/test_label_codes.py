@@ -147,8 +147,8 @@ def test_seg_segments_and_rtstruct_rois_carry_the_codes(shared_data, tmp_path, c
     import highdicom as hd
 
     from medseg.io.dicom import load_dicom_series
-    from medseg.io.dicom_seg import write_dicom_seg
-    from medseg.io.rtstruct import write_rtstruct
+    from medseg.io.dicom import write_dicom_seg
+    from medseg.io.dicom import write_rtstruct
 
     src = load_dicom_series(shared_data / "dicom" / "tcia_mr_oblique" / "11_HCropVolume")
     labels = np.zeros(src.volume.spatial_shape, np.uint8)

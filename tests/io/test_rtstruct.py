@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from medseg.io.dicom import load_dicom_series
-from medseg.io.rtstruct import read_rtstruct, write_rtstruct
+from medseg.io.dicom import read_rtstruct, write_rtstruct
 
 from test_dicom_seg import dciodvfy_errors
 

@@ -1,10 +1,13 @@
 """RTSTRUCT: one ROI per label, planar contours per slice in patient coordinates (rt-utils).
 
 The mask is a `Volume` whose affine must equal the source series' grid recomputed from the
-headers (`io.dicom_seg.check_on_source_grid`); the writer hands rt-utils the headers sorted into
+headers (`geometry.check_on_source_grid`); the builder hands rt-utils the headers sorted into
 that grid's k order, so its (rows, cols, slices) mask is array[i, j, k] -> mask[j, i, k]. The
 reader does not use rt-utils: it rasterises the contours itself through the volume's affine, an
 independent check.
+
+`build_rtstruct` returns the RTSTRUCT as an in-memory Dataset; `write_rtstruct` saves it
+atomically. `read_rtstruct` takes a path or a Dataset.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import numpy as np
 
 from medseg.errors import InputError, OutputError
 from medseg.io.atomic import atomic_output
-from medseg.io.dicom_seg import check_on_source_grid, source_datasets
+from medseg.io.dicom.geometry import check_on_source_grid
+from medseg.io.dicom.series import source_datasets
 from medseg.volume import LPS_TO_RAS, Volume
 
 log = logging.getLogger(__name__)
@@ -26,19 +30,19 @@ log = logging.getLogger(__name__)
 COLOURS = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255], [255, 0, 255], [255, 128, 0], [128, 0, 255]]
 
 
-def write_rtstruct(
+def build_rtstruct(
     mask: Volume,
     datasets: list[Any],
-    path: str | os.PathLike,
     label_names: dict[int, str],
     label_codes: dict[int, Any] | None = None,
     model_name: str = "medseg",
-) -> Path:
-    """Write an (X, Y, Z) label map on the source grid as an RTSTRUCT, atomically.
+):
+    """An (X, Y, Z) label map on the source grid as an RTSTRUCT, in memory (a pydicom Dataset).
 
     mask: labels as a Volume on the source series' grid (its affine is checked against the
         headers, `check_on_source_grid`). datasets: the single-frame source headers, any order;
-        enhanced multi-frame sources are refused (contours reference single-frame images).
+        left unchanged; enhanced multi-frame sources are refused (contours reference
+        single-frame images).
     label_codes: per label value a `LabelCode` (or its JSON dict): the ROI's identification code and
         RT ROI Interpreted Type (as declared, else ORGAN for anatomical structures, else empty).
     ROI names are the label names. Empty labels are omitted with a warning.
@@ -85,9 +89,22 @@ def write_rtstruct(
     for roi in rtstruct.ds.ROIContourSequence:  # DS values hold at most 16 characters
         for contour in roi.ContourSequence:
             contour.ContourData = [f"{v:.4f}"[:16] for v in contour.ContourData]
+    return rtstruct.ds
+
+
+def write_rtstruct(
+    mask: Volume,
+    datasets: list[Any],
+    path: str | os.PathLike,
+    label_names: dict[int, str],
+    label_codes: dict[int, Any] | None = None,
+    model_name: str = "medseg",
+) -> Path:
+    """`build_rtstruct`, saved atomically to `path` (temporary name, then rename)."""
+    ds = build_rtstruct(mask, datasets, label_names, label_codes, model_name=model_name)
     path = Path(path)
     with atomic_output(path) as tmp:
-        rtstruct.ds.save_as(tmp, enforce_file_format=True)
+        ds.save_as(tmp, enforce_file_format=True)
     return path
 
 
@@ -113,18 +130,23 @@ def _coded(code) -> Any:
     return item
 
 
-def read_rtstruct(path: str | os.PathLike, volume: Volume) -> dict[str, np.ndarray]:
-    """Rasterise every ROI of an RTSTRUCT on `volume`'s grid: {ROI name: (X, Y, Z) bool}.
+def read_rtstruct(rtstruct: str | os.PathLike | Any, volume: Volume) -> dict[str, np.ndarray]:
+    """Rasterise every ROI of an RTSTRUCT (a path or an in-memory Dataset) on `volume`'s grid:
+    {ROI name: (X, Y, Z) bool}.
 
     Contours are mapped from patient LPS mm to voxel indices through the volume's affine and
     filled with the even-odd rule (holes are contours inside contours).
     """
     import pydicom
+    from pydicom.dataset import Dataset
     from skimage.draw import line, polygon
 
-    ds = pydicom.dcmread(str(path))
+    if isinstance(rtstruct, Dataset):
+        name, ds = "the RTSTRUCT Dataset", rtstruct
+    else:
+        name, ds = str(rtstruct), pydicom.dcmread(str(rtstruct))
     if ds.get("Modality") != "RTSTRUCT":
-        raise InputError(f"{path}: modality {ds.get('Modality')!r}, expected RTSTRUCT")
+        raise InputError(f"{name}: modality {ds.get('Modality')!r}, expected RTSTRUCT")
     names = {int(r.ROINumber): str(r.ROIName) for r in ds.StructureSetROISequence}
     to_voxel = np.linalg.inv(LPS_TO_RAS @ volume.affine)  # LPS mm -> (i, j, k)
     shape = volume.spatial_shape

@@ -1,15 +1,17 @@
-"""DICOM SEG written with highdicom, referencing the source series it was predicted on.
+"""DICOM SEG built with highdicom, referencing the source series it was predicted on.
 
 Geometry: the mask is a `Volume` (X, Y, Z) = (columns, rows, slices along the normal) whose affine
-must equal the source series' grid as recomputed from the headers (`io.dicom.source_grid`). It is
+must equal the source series' grid as recomputed from the headers (`geometry.source_grid`). It is
 handed to highdicom as a `highdicom.Volume` (array (slices, rows, columns), LPS affine), so every
 frame is placed, and matched to its source slice or multi-frame frame, by position, never by the
 order of files or frames.
+
+`build_dicom_seg` returns the SEG as an in-memory Dataset (nothing touches the disk);
+`write_dicom_seg` saves it atomically. `read_dicom_seg` takes a path or a Dataset.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import re
@@ -18,67 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from medseg.errors import GeometryError, InputError, OutputError
+from medseg.errors import InputError, OutputError
 from medseg.io.atomic import atomic_output
-from medseg.io.dicom import SourceGrid
+from medseg.io.dicom.geometry import SourceGrid, check_on_source_grid, source_grid
+from medseg.io.dicom.series import source_datasets
 from medseg.volume import LPS_TO_RAS, Volume
 
 log = logging.getLogger(__name__)
-
-TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                "ReferringPhysicianName", "StudyID", "AccessionNumber")
-
-
-def source_datasets(datasets: list[Any]) -> list[Any]:
-    """Copies of the source headers with empty identifying UIDs filled in, so they can be referenced.
-
-    Some anonymised series keep SOPClassUID / SOPInstanceUID only in the file meta and have empty
-    Study/Series UIDs: the former are taken from the file meta, the latter derived
-    deterministically from the series' content (the same for every write from the same series).
-    """
-    from pydicom.uid import generate_uid
-
-    fixed = [copy.copy(ds) for ds in datasets]  # shallow: only top-level elements are replaced
-    seed = [str(fixed[0].get("FrameOfReferenceUID", "")), *(str(ds.file_meta.get("MediaStorageSOPInstanceUID", "")) for ds in fixed if hasattr(ds, "file_meta"))]
-    for key in ("StudyInstanceUID", "SeriesInstanceUID"):
-        if not str(fixed[0].get(key, "") or ""):
-            log.warning("the source series has no %s; a UID derived from its instances is used", key)
-            uid = generate_uid(entropy_srcs=[key, *seed])
-            for ds in fixed:
-                setattr(ds, key, uid)
-    for ds in fixed:
-        for key in TYPE2_COPIED:  # required (possibly empty) in any derived object
-            if key not in ds:
-                setattr(ds, key, "")
-        for key, meta_key in (("SOPClassUID", "MediaStorageSOPClassUID"), ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
-            if not str(ds.get(key, "") or "") and hasattr(ds, "file_meta"):
-                setattr(ds, key, ds.file_meta.get(meta_key))
-    return fixed
-
-
-def check_on_source_grid(mask: Volume, datasets: list[Any], what: str) -> SourceGrid:
-    """The source series' grid, once `mask` is known to lie on it: same shape, spacing, origin and
-    direction (so a mask flipped or permuted along any axis is refused even with the same shape).
-
-    mask: (X, Y, Z) integer labels with their affine. Raises GeometryError (one line) otherwise.
-    """
-    from medseg.io.dicom import source_grid
-
-    if not isinstance(mask, Volume):
-        raise GeometryError(
-            f"{what}: the mask must be a medseg Volume (labels with their affine), got {type(mask).__name__}; "
-            "wrap it as Volume(labels, affine) so that its geometry can be checked"
-        )
-    if mask.array.ndim != 3:
-        raise GeometryError(f"{what}: needs an (X, Y, Z) label map, got an array of shape {mask.array.shape}")
-    grid = source_grid(datasets, f"{what} source series")
-    problems = mask.geometry_differences(grid.as_volume(), atol_mm=1e-3, atol_dir=1e-4)
-    if problems:
-        raise GeometryError(
-            f"{what}: the mask is not on the source series' voxel grid ({'; '.join(problems)}); "
-            "write the mask on the grid of the series it was predicted from (same shape, voxel order and affine)"
-        )
-    return grid
 
 
 def _highdicom_volume(labels: np.ndarray, grid: SourceGrid, frame_of_reference_uid: str):
@@ -91,26 +39,27 @@ def _highdicom_volume(labels: np.ndarray, grid: SourceGrid, frame_of_reference_u
                      frame_of_reference_uid=frame_of_reference_uid)
 
 
-def write_dicom_seg(
+def build_dicom_seg(
     mask: Volume,
     datasets: list[Any],
-    path: str | os.PathLike,
     label_names: dict[int, str],
     label_codes: dict[int, Any] | None = None,
     model_name: str = "medseg",
     series_description: str = "medseg segmentation",
-) -> Path:
-    """Write an (X, Y, Z) label map on the source grid as a binary DICOM SEG, atomically.
+):
+    """An (X, Y, Z) label map on the source grid as a binary DICOM SEG, in memory.
 
     mask: labels (label values, e.g. {0, 1, 2, 4}) as a Volume on the source series' grid; its
         affine is checked against the series' headers (`check_on_source_grid`).
-    datasets: the source headers (`DicomSeries.datasets`): single-frame slices in any order, or one
-        enhanced multi-frame object. Frames are placed by geometry: highdicom matches each mask
-        slice to the source slice or frame at the same position.
+    datasets: the source headers (`DicomSeries.datasets`, or the Datasets it was read from):
+        single-frame slices in any order, or one enhanced multi-frame object; left unchanged.
+        Frames are placed by geometry: highdicom matches each mask slice to the source slice or
+        frame at the same position.
     label_codes: per label value a `medseg.label_codes.LabelCode` or its JSON dict; labels without
         one use the built-in table by name, else a generic code (with a warning).
     One segment per non-empty label (numbered 1.. in label order, TrackingID "label <value>");
-    empty labels are omitted with a warning.
+    empty labels are omitted with a warning. Returns a `highdicom.seg.Segmentation` (a pydicom
+    Dataset; `.save_as(path)` or `write_dicom_seg` to store it).
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -172,6 +121,21 @@ def write_dicom_seg(
         series_description=series_description[:64],
     )
     _check_references(seg, grid)
+    return seg
+
+
+def write_dicom_seg(
+    mask: Volume,
+    datasets: list[Any],
+    path: str | os.PathLike,
+    label_names: dict[int, str],
+    label_codes: dict[int, Any] | None = None,
+    model_name: str = "medseg",
+    series_description: str = "medseg segmentation",
+) -> Path:
+    """`build_dicom_seg`, saved atomically to `path` (temporary name, then rename)."""
+    seg = build_dicom_seg(mask, datasets, label_names, label_codes, model_name=model_name,
+                          series_description=series_description)
     path = Path(path)
     with atomic_output(path) as tmp:
         seg.save_as(tmp)
@@ -202,19 +166,30 @@ def _label_value(description: Any) -> int:
     return int(match.group(1)) if match else int(description.SegmentNumber)
 
 
-def read_dicom_seg(path: str | os.PathLike, datasets: list[Any]) -> tuple[np.ndarray, dict[int, str]]:
-    """A SEG back onto its source grid, each frame placed by its ImagePositionPatient.
+def _as_segmentation(seg: Any):
+    """(a name for messages, a highdicom Segmentation) from a path or an in-memory Dataset (not modified)."""
+    import highdicom as hd
+    from pydicom.dataset import Dataset
+
+    if isinstance(seg, hd.seg.Segmentation):
+        return "the SEG Dataset", seg
+    if isinstance(seg, Dataset):
+        if str(seg.get("Modality", "")) != "SEG":
+            raise InputError(f"the SEG Dataset: modality {seg.get('Modality')!r}, expected SEG")
+        return "the SEG Dataset", hd.seg.Segmentation.from_dataset(seg, copy=True)
+    return str(seg), hd.seg.segread(str(seg))
+
+
+def read_dicom_seg(seg: str | os.PathLike | Any, datasets: list[Any]) -> tuple[np.ndarray, dict[int, str]]:
+    """A SEG (a path or an in-memory Dataset) back onto its source grid, each frame placed by its
+    ImagePositionPatient.
 
     Returns (X, Y, Z) uint16 label values (from each segment's TrackingID "label <value>", else
     its segment number) and {value: segment label}. Raises InputError for a SEG whose frames are
     not on the source grid.
     """
-    import highdicom as hd
-
-    from medseg.io.dicom import source_grid
-
     grid = source_grid(datasets)
-    seg = hd.seg.segread(str(path))
+    name, seg = _as_segmentation(seg)
     values = {int(d.SegmentNumber): _label_value(d) for d in seg.SegmentSequence}
     names = {values[int(d.SegmentNumber)]: str(d.SegmentLabel) for d in seg.SegmentSequence}
     to_voxel = np.linalg.inv(LPS_TO_RAS @ grid.affine)  # LPS mm -> (i, j, k)
@@ -223,7 +198,7 @@ def read_dicom_seg(path: str | os.PathLike, datasets: list[Any]) -> tuple[np.nda
     lps = LPS_TO_RAS @ grid.affine
     expected = np.r_[lps[:3, 0] / np.linalg.norm(lps[:3, 0]), lps[:3, 1] / np.linalg.norm(lps[:3, 1])]
     if not np.allclose(orientation, expected, atol=1e-4):
-        raise InputError(f"{path}: the SEG's plane orientation differs from the source series'; expected a SEG made on this series")
+        raise InputError(f"{name}: the SEG's plane orientation differs from the source series'; expected a SEG made on this series")
     pixels = seg.pixel_array.reshape(-1, int(seg.Rows), int(seg.Columns))
     out = np.zeros(grid.shape, np.uint16)
     for index, frame in enumerate(seg.PerFrameFunctionalGroupsSequence):
@@ -231,7 +206,7 @@ def read_dicom_seg(path: str | os.PathLike, datasets: list[Any]) -> tuple[np.nda
         ijk = (to_voxel @ [*position, 1.0])[:3]
         k = int(round(ijk[2]))
         if not np.allclose(ijk, [0, 0, k], atol=1e-2) or not 0 <= k < grid.shape[2]:
-            raise InputError(f"{path}: SEG frame {index + 1} lies off the source series' slices (voxel {np.round(ijk, 2).tolist()})")
+            raise InputError(f"{name}: SEG frame {index + 1} lies off the source series' slices (voxel {np.round(ijk, 2).tolist()})")
         identification = frame.get("SegmentIdentificationSequence") or shared.SegmentIdentificationSequence  # shared for one segment
         out[:, :, k][pixels[index].T > 0] = values[int(identification[0].ReferencedSegmentNumber)]
     return out, names
