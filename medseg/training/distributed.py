@@ -36,8 +36,13 @@ def init_distributed(device_type: str) -> DistInfo:
     import torch.distributed as dist
 
     owns = not dist.is_initialized()
+    if device_type == "cuda":
+        import torch
+
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if owns:  # a caller that made its own group (several train() calls in one job) keeps it
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        # on GPU: NCCL for the gradients, gloo for the small CPU collectives (stop flags, Dice sums, RNG states)
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo")
     return DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")), owns)
 
 
