@@ -28,6 +28,8 @@ def read_nifti(path: Path) -> Volume:
             f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc}); "
             "check that the file is complete and not truncated"
         ) from None
+    if np.iscomplexobj(array):
+        raise InputError(f"{path}: complex-valued voxels ({array.dtype}); expected real intensities; save the magnitude image instead")
     array = _to_medseg_layout(array, path)
     problem = grid_problem(image.affine)
     if problem is not None:

@@ -145,7 +145,7 @@ class ConfigurationPlan(_Strict):
 class Plan(_Strict):
     """Everything needed to turn a raw case into network input, and back."""
 
-    version: int = PLAN_VERSION
+    version: Literal[PLAN_VERSION] = PLAN_VERSION
     dataset_name: str
     channel_names: list[str]
     modalities: list[str]
@@ -155,6 +155,16 @@ class Plan(_Strict):
     resampling: ResamplingPlan = ResamplingPlan()
     configurations: dict[str, ConfigurationPlan]
     label_codes: dict[int, LabelCode] = {}  # label value -> DICOM SEG/RTSTRUCT codes (medseg.label_codes)
+
+    @model_validator(mode="after")
+    def _one_entry_per_channel(self) -> "Plan":
+        n = len(self.channel_names)
+        if n == 0 or len(self.modalities) != n or len(self.normalization) != n:
+            raise ValueError(
+                f"{n} channel_names, {len(self.modalities)} modalities and {len(self.normalization)} normalization "
+                "entries; expected one of each per input channel (at least one)"
+            )
+        return self
 
     # --- labels: values as in the masks; the network's channel k is the k-th value in sorted order ---
 
