@@ -202,7 +202,12 @@ def train(
     start_epoch, history, run_id = 0, {"train_loss": [], "val_mean": [], "ema": []}, None
     best_ema, ema, best_sha = -math.inf, None, None
     if saved is not None:
-        model.load_state_dict(saved["model"])  # the state's own weights: model_last.pt may be a kill away from them
+        try:  # the state's own weights: model_last.pt may be a kill away from them
+            model.load_state_dict(saved["model"])
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"{state_path}: its weights do not fit the {config.model.name} this plan builds ({first}); "
+                             "train without --resume") from None
         best_sha = saved.get("best_sha256")
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
