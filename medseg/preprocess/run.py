@@ -12,18 +12,18 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import yaml
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
+from pydantic import PrivateAttr, ValidationError
 
 from medseg.errors import ConfigError, first_validation_problem
-from medseg.preprocess.plan import Plan, PlannerSettings, make_plan
+from medseg.preprocess.plan import Plan
+from medseg.preprocess.planner import PlannerSettings, make_plan
+from medseg.schema import StrictModel
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
-class PreprocessConfig(BaseModel):
+class PreprocessConfig(StrictModel):
     """configs/preprocess.yaml."""
-
-    model_config = ConfigDict(extra="forbid")
 
     labels: dict[int, str] | None = None  # declare labels for manifests that do not
     label_codes: dict | None = None  # DICOM codes per label value or name, over the dataset's (medseg.label_codes)
@@ -33,7 +33,8 @@ class PreprocessConfig(BaseModel):
     _source: str = PrivateAttr(default="the preprocess config")  # the YAML file, for error messages
 
 
-def load_config(path: str | os.PathLike | None) -> PreprocessConfig:
+def load_preprocess_config(path: str | os.PathLike | None) -> PreprocessConfig:
+    """configs/preprocess.yaml-style file -> PreprocessConfig (defaults when `path` is None)."""
     if path is None:
         return PreprocessConfig()
     path = Path(path)

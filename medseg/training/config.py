@@ -10,33 +10,30 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from medseg.errors import ConfigError, first_validation_problem
 from medseg.precision import Precision
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from medseg.schema import StrictModel
 
 
 Positive = Annotated[int, Field(gt=0)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     name: str  # a key of medseg.models.MODELS, e.g. "unet3d"
     configuration: Literal["2d", "3d"]  # which plan configuration supplies patch/batch/strides
     features_per_stage: Optional[list[Positive]] = Field(None, min_length=1)  # null: the plan's
     options: dict[str, Any] = Field(default_factory=dict)  # passed to build_model (deep_supervision, ...)
 
 
-class LossConfig(_Strict):
+class LossConfig(StrictModel):
     name: str = "dice_ce"
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class OptimizerConfig(_Strict):
+class OptimizerConfig(StrictModel):
     name: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.01, gt=0.0)
     momentum: float = Field(0.99, ge=0.0, lt=1.0)  # sgd only
@@ -47,7 +44,7 @@ class OptimizerConfig(_Strict):
     warmup_epochs: int = Field(0, ge=0)
 
 
-class AugmentConfig(_Strict):
+class AugmentConfig(StrictModel):
     """Probabilities per sample; 0 disables a transform. nnU-Net's defaults."""
 
     flip: Probability = 0.5  # per axis
@@ -64,7 +61,7 @@ class AugmentConfig(_Strict):
     low_resolution: Probability = 0.25
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     """Everything `medseg train` needs besides the WORKDIR and plan."""
 
     version: int = 1

@@ -124,13 +124,13 @@ def test_manifests_read_declared_codes(tmp_path):
 
 def test_preprocess_puts_codes_in_the_plan(tmp_path, caplog):
     from medseg.preprocess.plan import Plan
-    from medseg.preprocess.run import load_config, run_preprocess
+    from medseg.preprocess.run import load_preprocess_config, run_preprocess
 
     dataset = _msd(tmp_path / "msd", {"1": DECLARED["1"]})
     (tmp_path / "table.json").write_text(json.dumps({"ball": {"category": ["91723000", "SCT", "Anatomical Structure"], "type": ["4147007", "SCT", "Mass"]}}))
     (tmp_path / "preprocess.yaml").write_text("label_code_table: table.json\nlabel_codes: {spleen: {category: [91723000, SCT, Anatomical Structure], type: [78961009, SCT, Spleen], rt_type: AVOIDANCE}}\n")
     with caplog.at_level(logging.WARNING):
-        run_preprocess(dataset, tmp_path / "work", load_config(tmp_path / "preprocess.yaml"))
+        run_preprocess(dataset, tmp_path / "work", load_preprocess_config(tmp_path / "preprocess.yaml"))
     plan = Plan.load(tmp_path / "work" / "plan.json")
     assert set(plan.label_codes) == {1, 2, 3}
     assert plan.label_codes[1].modifier[2] == "Right"  # from dataset.json

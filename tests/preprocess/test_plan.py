@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from medseg.errors import ConfigError
-from medseg.preprocess.plan import Plan, make_plan, target_spacing_from
+from medseg.preprocess.plan import Plan
+from medseg.preprocess.planner import make_plan, target_spacing_from
 
 
 def fingerprint(spacing, shape, modality="MR", n=5):
