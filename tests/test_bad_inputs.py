@@ -321,6 +321,29 @@ def preprocess_manifest_is_an_output(d, bundle, work):
     return ["preprocess", manifest, "--out", d], "manifest.json"
 
 
+def preprocess_no_normalization_for_the_channel(d, bundle, work):
+    rows = [(f"c{i}", *labelled_case(d, f"c{i}")) for i in range(2)]
+    config = d / "preprocess.yaml"
+    config.write_text(yaml.safe_dump({"overrides": {"normalization": []}}))
+    return ["preprocess", csv_manifest(d, rows), "--out", d / "work", "--config", config], "0 normalization entries"
+
+
+def preprocess_plan_version_override(d, bundle, work):
+    rows = [(f"c{i}", *labelled_case(d, f"c{i}")) for i in range(2)]
+    config = d / "preprocess.yaml"
+    config.write_text(yaml.safe_dump({"overrides": {"version": 2}}))
+    return ["preprocess", csv_manifest(d, rows), "--out", d / "work", "--config", config], "field 'version'"
+
+
+def preprocess_complex_image(d, bundle, work):
+    import nibabel as nib
+
+    image, label = labelled_case(d, "c0")
+    array = np.asanyarray(nib.load(str(image)).dataobj).astype(np.complex64) * (1 + 1j)
+    nib.save(nib.Nifti1Image(array, np.eye(4)), str(image))
+    return ["preprocess", csv_manifest(d, [("c0", image, label)]), "--out", d / "work"], "complex-valued voxels"
+
+
 def preprocess_out_is_a_file(d, bundle, work):
     rows = [("c0", *labelled_case(d, "c0"))]
     (d / "work").write_text("a file")
@@ -374,6 +397,7 @@ ROWS = [
     train_truncated_image_cache, train_truncated_label_cache_never_sampled,
     preprocess_4d_image, preprocess_case_id_climbing, preprocess_case_id_absolute,
     preprocess_zero_patch_size, preprocess_negative_batch, preprocess_zero_base_features, preprocess_manifest_is_an_output,
+    preprocess_no_normalization_for_the_channel, preprocess_plan_version_override, preprocess_complex_image,
     preprocess_out_is_a_file, preprocess_out_unwritable,
     run_step_unknown_option, run_step_bad_value, run_unknown_set_variable,
 ]
