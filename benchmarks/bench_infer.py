@@ -154,7 +154,7 @@ def ensure_hippo_bundle(path: Path, steps: int) -> Path:
 
     from medseg.bundle import write_bundle
     from medseg.models import build_model
-    from medseg.preprocess.cache import list_cases, load_case
+    from medseg.preprocess.cache import list_cached_cases, load_case
     from medseg.preprocess.plan import Plan
 
     work = Path("/tmp/medseg_bench/hippo")
@@ -162,7 +162,7 @@ def ensure_hippo_bundle(path: Path, steps: int) -> Path:
         subprocess.run([sys.executable, "-m", "medseg", "preprocess", str(DATA), "--out", str(work)], check=True)
     plan = Plan.load(work / "plan.json")
     cfg = plan.configurations["3d"]
-    cases = [load_case(work, c) for c in list_cases(work)[:150]]
+    cases = [load_case(work, c) for c in list_cached_cases(work)[:150]]
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     net = build_model("unet3d", in_channels=1, num_classes=len(plan.labels), features_per_stage=cfg.features_per_stage,

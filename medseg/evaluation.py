@@ -63,7 +63,7 @@ def case_id(path: Path) -> str:
     return path.name[: len(path.name) - len(suffix)] if suffix else path.name
 
 
-def list_cases(path: Path, what: str) -> dict[str, Path]:
+def list_case_files(path: Path, what: str) -> dict[str, Path]:
     """case_id -> file, for one image file or a folder of them."""
     from medseg.io import is_readable_image_path
 
@@ -88,7 +88,7 @@ def list_cases(path: Path, what: str) -> dict[str, Path]:
 
 def match_cases(pred_path: Path, ref_path: Path) -> tuple[dict[str, tuple[Path, Path]], list[str], list[str]]:
     """(case_id -> (pred, ref), unmatched prediction ids, unmatched reference ids)."""
-    preds, refs = list_cases(pred_path, "prediction"), list_cases(ref_path, "reference")
+    preds, refs = list_case_files(pred_path, "prediction"), list_case_files(ref_path, "reference")
     if Path(pred_path).is_file() and Path(ref_path).is_file():
         return {case_id(Path(ref_path)): (Path(pred_path), Path(ref_path))}, [], []
     common = sorted(set(preds) & set(refs))
@@ -245,7 +245,7 @@ def _json_safe(value):
     return value
 
 
-def format_table(report: EvaluationReport, metrics: Iterable[str] = ("dice", "iou", "hd95", "assd", "nsd", "boundary_f1")) -> str:
+def format_report(report: EvaluationReport, metrics: Iterable[str] = ("dice", "iou", "hd95", "assd", "nsd", "boundary_f1")) -> str:
     """A plain-text table: one line per class with mean +- std of each metric, then the class mean."""
     metrics = list(metrics)
     header = f"{'label':<16}" + "".join(f"{m:>18}" for m in metrics)
@@ -359,7 +359,7 @@ def plot_overlays(report: EvaluationReport, out_dir: str | Path, images: str | P
 
 
 def _find_images(path: Path) -> dict[str, Path]:
-    cases = list_cases(path, "image")
+    cases = list_case_files(path, "image")
     found = dict(cases)
     for cid, file in cases.items():
         if cid.endswith("_0000"):  # nnU-Net/MSD channel suffix

@@ -12,7 +12,7 @@ from medseg.errors import GeometryError, InputError
 from medseg.evaluation import (
     CSV_COLUMNS,
     evaluate,
-    format_table,
+    format_report,
     plot_boxplots,
     plot_overlays,
     worst_cases,
@@ -72,7 +72,7 @@ def test_folders_are_matched_and_reported(folders, tmp_path):
     dices = [by_case[(c, 2)]["dice"] for c in ("case0", "case1", "case2")]
     assert summary["per_class"]["2"]["dice"]["mean"] == pytest.approx(np.mean(dices))
     assert summary["miou"] == pytest.approx(report.summary["miou"])
-    assert "mIoU" in format_table(report)
+    assert "mIoU" in format_report(report)
 
     boxes = plot_boxplots(report, tmp_path / "plots")
     overlays = plot_overlays(report, tmp_path / "plots", images=images)

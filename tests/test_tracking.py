@@ -172,7 +172,7 @@ def test_tracking_server_lost_mid_training_costs_bounded_time(tmp_path, monkeypa
     import subprocess
     import sys
 
-    from medseg.training.config import load_config
+    from medseg.training.config import load_train_config
     from medseg.training.loop import train
 
     sys.path.insert(0, str(Path(__file__).parent / "cli"))
@@ -180,7 +180,7 @@ def test_tracking_server_lost_mid_training_costs_bounded_time(tmp_path, monkeypa
 
     helpers = _training_helpers()
     workdir = helpers._make_workdir(tmp_path / "work", n_cases=5)
-    config = load_config("configs/unet3d.yaml", {**helpers.TINY_OVERRIDES, "epochs": 3, "iterations_per_epoch": 2})
+    config = load_train_config("configs/unet3d.yaml", {**helpers.TINY_OVERRIDES, "epochs": 3, "iterations_per_epoch": 2})
     port = free_port()
     health = f"http://127.0.0.1:{port}/health"
     server = subprocess.Popen(

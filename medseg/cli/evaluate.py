@@ -52,7 +52,7 @@ def command(
     boxplots = evaluation.plot_boxplots(report, plots)
     overlays = evaluation.plot_overlays(report, plots, images=images)
 
-    typer.echo(evaluation.format_table(report))
+    typer.echo(evaluation.format_report(report))
     typer.echo(f"wrote {csv_path}, {json_path} and {len(boxplots) + len(overlays)} plots in {plots}")
 
     if not tracking.has_store(workdir):  # never a store in the current folder by accident

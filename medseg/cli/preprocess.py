@@ -41,17 +41,17 @@ def command(
 ) -> None:
     """Validate a dataset, plan its preprocessing and write the resampled, normalised cache."""
     from medseg.preprocess.run import load_preprocess_config, run_preprocess
-    from medseg.preprocess.validate import ValidationFailed, format_table
+    from medseg.preprocess.validate import ValidationFailed, format_problems
 
     _check_inputs_survive(dataset, out)
     try:
         summary = run_preprocess(dataset, out, load_preprocess_config(config), workers=workers, skip_invalid=skip_invalid, progress=_Bar())
     except ValidationFailed as exc:
         if len(exc.problems) > 1:  # one problem is said in the error line itself
-            typer.echo(format_table(exc.problems), err=True)
+            typer.echo(format_problems(exc.problems), err=True)
         raise
     if summary.invalid:
-        typer.echo(format_table(summary.invalid), err=True)
+        typer.echo(format_problems(summary.invalid), err=True)
         typer.echo(f"left out {len({p.case for p in summary.invalid})} invalid case(s)", err=True)
     if summary.cases_per_label is not None:  # every value with its case count, so a stray value shows
         source = "declared" if summary.labels_declared else "not declared: taken from the values found in the masks"

@@ -64,13 +64,13 @@ def command(
     import os
 
     from medseg.errors import ConfigError
-    from medseg.training.config import load_config
+    from medseg.training.config import load_train_config
     from medseg.training.loop import train
 
     folds = _parse_folds(fold)
     overrides = {"seed": seed,
                  "iterations_per_epoch": iterations_per_epoch, "deterministic": True if deterministic else None}
-    cfg = load_config(config, overrides)
+    cfg = load_train_config(config, overrides)
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     echo = (lambda s: typer.echo(s)) if rank == 0 else (lambda s: None)

@@ -46,7 +46,7 @@ def cases_dir(workdir: str | os.PathLike) -> Path:
     return Path(workdir) / CASES_DIR
 
 
-def list_cases(workdir: str | os.PathLike) -> list[str]:
+def list_cached_cases(workdir: str | os.PathLike) -> list[str]:
     """Sorted ids of the complete cases in the cache."""
     root = cases_dir(workdir)
     if not root.is_dir():

@@ -51,7 +51,7 @@ class ValidationFailed(InputError):
         )
 
 
-def format_table(problems: list[Problem]) -> str:
+def format_problems(problems: list[Problem]) -> str:
     """Plain-text table with columns case, file, problem, how to fix."""
     rows = [("case", "file", "problem", "how to fix")] + [(p.case, p.file, p.problem, p.fix) for p in problems]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]

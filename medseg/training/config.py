@@ -104,7 +104,7 @@ class TrainConfig(StrictModel):
         return self.model_copy(update=update)
 
 
-def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
+def load_train_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read a YAML preset; `overrides` (top-level keys, None values ignored) win over the file."""
     import yaml
 

@@ -118,7 +118,7 @@ def train(
     from medseg.losses import DeepSupervisionLoss, build_loss
     from medseg.models import build_model
     from medseg.precision import resolve_precision
-    from medseg.preprocess.cache import list_cases
+    from medseg.preprocess.cache import list_cached_cases
     from medseg.preprocess.case import check_cached_labels
     from medseg.preprocess.plan import Plan
     from medseg.tracking import flatten_params, open_tracker
@@ -162,7 +162,7 @@ def train(
         torch.backends.cudnn.benchmark = False
     ckpt.seed_everything(config.seed + dist.rank)
 
-    cases = list_cases(workdir)
+    cases = list_cached_cases(workdir)
     if not cases:
         raise InputError(f"{workdir}/preprocessed holds no cases; run `medseg preprocess` first")
     check_cached_labels(workdir, cases, plan)  # a label the plan lacks is named with its case here, not mid-epoch

@@ -191,12 +191,12 @@ def test_trained_bundle_carries_the_plan_codes(tmp_path, monkeypatch):
     from medseg.bundle import load_bundle
     from medseg.preprocess.plan import Plan
     from medseg.preprocess.run import run_preprocess
-    from medseg.training.config import load_config
+    from medseg.training.config import load_train_config
     from medseg.training.loop import train
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
     run_preprocess(_msd(tmp_path / "msd", {"1": DECLARED["1"]}, n_cases=5), tmp_path / "work")
-    config = load_config("configs/unet3d.yaml", {"epochs": 1, "iterations_per_epoch": 1, "num_workers": 0, "precision": "fp32",
+    config = load_train_config("configs/unet3d.yaml", {"epochs": 1, "iterations_per_epoch": 1, "num_workers": 0, "precision": "fp32",
                                                  "batch_size": 1, "patch_size": [16, 16, 16]})
     result = train(tmp_path / "work", config, preset_name="unet3d", fold=None)
     plan = Plan.load(tmp_path / "work" / "plan.json")

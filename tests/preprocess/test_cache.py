@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from medseg.preprocess.cache import list_cases, load_case
+from medseg.preprocess.cache import list_cached_cases, load_case
 from medseg.preprocess.run import run_preprocess
 
 N_CASES = 10
@@ -25,8 +25,8 @@ def run_cli(dataset, out, **kwargs):
 
 
 def assert_same_cache(a, b):
-    assert list_cases(a) == list_cases(b)
-    for cid in list_cases(a):
+    assert list_cached_cases(a) == list_cached_cases(b)
+    for cid in list_cached_cases(a):
         x, y = load_case(a, cid), load_case(b, cid)
         np.testing.assert_array_equal(x.image, y.image)
         np.testing.assert_array_equal(x.label, y.label)
@@ -45,11 +45,11 @@ def test_killed_run_completes_on_rerun(msd_factory, tmp_path):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     proc = run_cli(dataset, killed)
     deadline = time.monotonic() + 120
-    while len(list_cases(killed)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+    while len(list_cached_cases(killed)) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    done_at_kill = len(list_cases(killed))
+    done_at_kill = len(list_cached_cases(killed))
     assert 0 < done_at_kill < N_CASES, "the run was not killed midway; make the cases larger"
 
     rerun = run_cli(dataset, killed)

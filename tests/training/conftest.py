@@ -76,11 +76,11 @@ TINY_OVERRIDES = {"epochs": 2, "iterations_per_epoch": 3, "validate_every": 1, "
 
 @pytest.fixture
 def tiny_config():
-    """load_config(configs/<name>.yaml) with tiny-run overrides (2 epochs x 3 iterations, fp32)."""
-    from medseg.training.config import load_config
+    """load_train_config(configs/<name>.yaml) with tiny-run overrides (2 epochs x 3 iterations, fp32)."""
+    from medseg.training.config import load_train_config
 
     def make(name: str = "unet3d", **extra):
-        return load_config(f"configs/{name}.yaml", {**TINY_OVERRIDES, **extra})
+        return load_train_config(f"configs/{name}.yaml", {**TINY_OVERRIDES, **extra})
 
     return make
 

@@ -191,9 +191,9 @@ def test_a_real_os_exit_inside_the_write_then_resume_matches(tiny_workdir, _tiny
         e = dict(env, KILL_AT_STEP=str(kill)) if kill else env
         return subprocess.run([sys.executable, "-c", _KILLER, *argv], env=e, capture_output=True, text=True, timeout=300)
 
-    from medseg.training.config import load_config
+    from medseg.training.config import load_train_config
 
-    train(tiny_workdir, load_config(tmp_path / "k.yaml"), preset_name="k", fold=1)  # the uninterrupted run
+    train(tiny_workdir, load_train_config(tmp_path / "k.yaml"), preset_name="k", fold=1)  # the uninterrupted run
     killed = shutil.copytree(_tiny_template, tmp_path / "killed")
     # epoch 0 writes state, last and best (12 steps); step 15 is the rename of epoch 1's state
     dead = run(killed, kill=15)

@@ -1,7 +1,7 @@
 import pytest
 
 from medseg.errors import ConfigError
-from medseg.training.config import load_config
+from medseg.training.config import load_train_config
 from medseg.training.schedule import LrSchedule, cosine_factor, poly_factor
 
 
@@ -9,14 +9,14 @@ def test_unknown_key_is_refused_with_its_name(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model: {name: unet3d, configuration: 3d}\nepohcs: 3\n")
     with pytest.raises(ConfigError, match="epohcs"):
-        load_config(path)
+        load_train_config(path)
 
 
 def test_overrides_win_and_none_is_ignored(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model: {name: unet3d, configuration: 3d}\nepochs: 7\n")
-    assert load_config(path, {"epochs": 2, "seed": None}).epochs == 2
-    assert load_config(path).optimizer.lr == 0.01
+    assert load_train_config(path, {"epochs": 2, "seed": None}).epochs == 2
+    assert load_train_config(path).optimizer.lr == 0.01
 
 
 def test_poly_and_cosine_curves():
@@ -53,7 +53,7 @@ def test_out_of_range_values_are_one_line_errors_naming_file_and_field(tmp_path,
     head = "" if setting.startswith("model:") else "model: {name: unet3d, configuration: 3d}\n"
     path.write_text(head + setting + "\n")
     with pytest.raises(ConfigError) as info:
-        load_config(path)
+        load_train_config(path)
     text = str(info.value)
     assert "\n" not in text
     assert text.startswith(f"{path}: field '{field}': found {found};"), text

@@ -120,7 +120,7 @@ def test_two_process_torchrun_matrix_matches_one_process(hippocampus_workdir, tm
 def test_torchrun_cli_saves_every_ranks_rng_and_resumes(tiny_workdir, tmp_path, dead_tracking_uri):
     """`torchrun ... medseg train` stopped after epoch 1 (--max-minutes 0), then --resume: one report,
     each rank's own RNG state saved, identical weights, and the loss curve of one process."""
-    from medseg.training.config import load_config
+    from medseg.training.config import load_train_config
     from medseg.training.loop import train
 
     cfg = yaml.safe_load(Path("configs/unet3d.yaml").read_text())
@@ -140,7 +140,7 @@ def test_torchrun_cli_saves_every_ranks_rng_and_resumes(tiny_workdir, tmp_path, 
     assert set(sums) == {"0", "1"} and sums["0"] == sums["1"], resumed.stderr[-2000:]
     losses = [float(x) for x in re.findall(r"epoch \d/2: loss ([0-9.]+)", first.stdout + resumed.stdout)]
     one = train(_copy_without_models(tiny_workdir, tmp_path / "single"),
-                load_config(tmp_path / "tiny.yaml"), preset_name="tiny", fold=0)
+                load_train_config(tmp_path / "tiny.yaml"), preset_name="tiny", fold=0)
     assert losses == pytest.approx(one.train_losses, abs=1e-4)  # printed to 4 decimals
 
 
