@@ -165,8 +165,7 @@ def ensure_hippo_bundle(path: Path, steps: int) -> Path:
     cases = [load_case(work, c) for c in list_cached_cases(work)[:150]]
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    net = build_model("unet3d", in_channels=1, num_classes=len(plan.labels), features_per_stage=cfg.features_per_stage,
-                      strides=cfg.strides, kernel_sizes=cfg.kernel_sizes).to(memory_format=torch.channels_last_3d)
+    net = build_model("unet3d", cfg, in_channels=1, num_classes=len(plan.labels)).to(memory_format=torch.channels_last_3d)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     weights = torch.tensor([0.2] + [1.0] * (len(plan.labels) - 1))
     patch = [32, 32, 32]  # training crops smaller than the plan's patch: fast, and the net is fully convolutional
@@ -263,8 +262,7 @@ def make_ct_bundle(path: Path, image, label, steps: int) -> Path:
     cfg = plan.configurations["3d"]
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    net = build_model("unet3d", in_channels=1, num_classes=3, features_per_stage=cfg.features_per_stage,
-                      strides=cfg.strides, kernel_sizes=cfg.kernel_sizes)
+    net = build_model("unet3d", cfg, in_channels=1, num_classes=3)
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     class_weights = torch.tensor([0.2, 1.0, 1.0])  # the spheres are a few % of the volume
     fg = np.argwhere(case.label > 0)

@@ -82,7 +82,7 @@ def medseg_rows(repeats: int) -> list[dict]:
 
     def ours(name, **options):
         torch.manual_seed(0)
-        return build_model(name, in_channels=1, num_classes=CLASSES, features_per_stage=FEATURES, strides=STRIDES, **options)
+        return build_model(name, {"features_per_stage": FEATURES, "strides": STRIDES}, in_channels=1, num_classes=CLASSES, **options)
 
     bench("medseg unet3d fp32", ours("unet3d"))
     bench("medseg unet3d bf16 channels-last", ours("unet3d"), bf16=True)

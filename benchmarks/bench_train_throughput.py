@@ -71,7 +71,7 @@ def medseg_its(precision: str, steps: int, threads: int, compile: bool = False) 
     torch.manual_seed(0)
     plan = resolve_precision(precision, "cpu")
     fmt = plan.memory_format(3)
-    net = build_model("unet3d", in_channels=1, num_classes=3, features_per_stage=FEATURES, strides=STRIDES,
+    net = build_model("unet3d", {"features_per_stage": FEATURES, "strides": STRIDES}, in_channels=1, num_classes=3,
                       deep_supervision=True).to(memory_format=fmt)
     loss_fn = DeepSupervisionLoss(build_loss("dice_ce"))
     opt = torch.optim.SGD(net.parameters(), 0.01, momentum=0.99, nesterov=True, weight_decay=3e-5)

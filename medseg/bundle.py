@@ -166,11 +166,10 @@ class Bundle:
         with torch.device("meta"):
             network = build_model(
                 self.model_name,
+                cfg,
                 in_channels=len(self.plan.channel_names),
                 num_classes=len(self.labels),
-                features_per_stage=list(cfg.features_per_stage),
-                strides=[list(s) for s in cfg.strides],
-                kernel_sizes=[list(k) for k in cfg.kernel_sizes] if cfg.kernel_sizes is not None else None,
+                spacing=self.plan.target_spacing,
                 **self.meta.get("model_options", {}),
             )
         weights = self.path / WEIGHTS[which]

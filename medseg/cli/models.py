@@ -34,7 +34,8 @@ def command(
             continue
         shape = sizes[:dims]
         features, strides = _topology(shape, cap=320 if dims == 3 else 512)
-        model = build_model(name, in_channels=in_channels, num_classes=classes, features_per_stage=features, strides=strides)
+        plan = {"spatial_dims": dims, "patch_size": shape, "features_per_stage": features, "strides": strides}
+        model = build_model(name, plan, in_channels=in_channels, num_classes=classes, spacing=[1.0, 1.0, 1.0])
         gflops = count_gflops(model, (1, in_channels, *shape))
         typer.echo(f"{name:<18} {count_parameters(model):>12,} {gflops:>10.2f}  {'x'.join(map(str, shape))}")
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from medseg.errors import GeometryError
+from medseg.models.heads import argmax0
 from medseg.volume import Volume
 
 
@@ -42,23 +43,13 @@ def _lerp_axis(x: torch.Tensor, dim: int, i0: torch.Tensor, i1: torch.Tensor, w:
     return torch.lerp(a, b, w.view(shape))
 
 
-def _argmax0(x: torch.Tensor) -> torch.Tensor:
-    """argmax over dim 0 (first maximum wins, as np.argmax), as uint8/int32 labels; K - 1 elementwise
-    passes, several times faster than torch.argmax over the outer dimension on the CPU."""
-    best = x[0].clone()
-    labels = torch.zeros(x.shape[1:], dtype=torch.uint8 if x.shape[0] <= 256 else torch.int32)
-    for k in range(1, x.shape[0]):
-        better = x[k] > best
-        labels.masked_fill_(better, k)
-        torch.maximum(best, x[k], out=best)
-    return labels
-
-
-def labels_on_original(probs: np.ndarray | torch.Tensor, properties, slab: int = 16, label_values: list[int] | None = None) -> Volume:
+def labels_on_original(probs: np.ndarray | torch.Tensor, properties, slab: int = 16, label_values: list[int] | None = None,
+                       decode=argmax0) -> Volume:
     """(K, X, Y, Z) probabilities on the preprocessed grid -> label Volume on the original grid.
 
     Channel k becomes label value `label_values[k]` (default `properties.label_values`; the channel
     itself for properties without them); uint8 when every value is < 256, else uint16.
+    decode: (K, *s) slab of resampled maps -> (*s) channel indices (the output head's `decode`; argmax).
     """
     from medseg.preprocess.case import CaseProperties
     from medseg.preprocess.plan import value_lookup
@@ -92,7 +83,7 @@ def labels_on_original(probs: np.ndarray | torch.Tensor, properties, slab: int =
             if part.shape[2:] != (cropped[1], cropped[0]):
                 part = F.interpolate(part.view(1, -1, *part.shape[2:]), size=(cropped[1], cropped[0]),
                                      mode="bilinear", align_corners=False).view(k, stop - start, cropped[1], cropped[0])
-            channels = _argmax0(part)
+            channels = decode(part)
             labels_zyx[z0 + start : z0 + stop, y0:y1, x0:x1] = (channels if lut is None else lut[channels.long()]).numpy()
     back = Volume(labels, np.array(props.ras_affine)).reoriented(props.original_orientation)
     original_affine = np.array(props.original_affine)

@@ -1,9 +1,10 @@
 """Bundle(s) -> masks on the scan's original grid.
 
 `Predictor` loads one or more bundles (folds of one training) once, then for each case:
-preprocess with the bundle's plan (the same `preprocess_case` as training) -> sliding window per
-fold (optionally mirrored) -> softmax, averaged over folds -> `invert_to_original` on the
-probabilities -> argmax -> channel k to the plan's k-th label value -> post-processing steps
+preprocess with the bundle's plan (the same `preprocess_case` as training) -> per fold, the model's
+output head stitches the sliding windows (optionally mirrored) and activates them (semantic head:
+Gaussian-weighted logits, softmax) -> the head's ensemble over folds -> inverted to the original grid
+-> the head's decode (argmax) -> channel k to the plan's k-th label value -> post-processing steps
 (whose `classes` name label values).
 """
 
@@ -23,6 +24,8 @@ from medseg.errors import BundleError, ConfigError, InputError
 from medseg.inference.invert import labels_on_original
 from medseg.inference.sliding_window import sliding_window_predict, sliding_window_predict_2d
 from medseg.inference.tta import mirrored
+from medseg.models import model_head
+from medseg.models.heads import OutputHead, softmax_  # noqa: F401  (softmax_: the semantic head's, kept importable here)
 from medseg.precision import PrecisionPlan, resolve_precision
 from medseg.volume import Volume
 
@@ -54,14 +57,6 @@ def accumulation_device(device: torch.device, spatial_shape, num_classes: int, d
         return device
     log.info("the %.1f GB logit buffer does not fit beside the network on the GPU; accumulating on the CPU", need / 1e9)
     return torch.device("cpu")
-
-
-def softmax_(logits: torch.Tensor) -> torch.Tensor:
-    """Softmax over dim 0 in place: no second (K, *S) float buffer on a large volume."""
-    logits -= logits.amax(0, keepdim=True)
-    logits.exp_()
-    logits /= logits.sum(0, keepdim=True)
-    return logits
 
 
 def resolve_device(device: str) -> torch.device:
@@ -115,6 +110,10 @@ class Predictor:
                 )
         self.device = resolve_device(device)
         self.precision: PrecisionPlan = resolve_precision(precision, self.device.type)
+        heads = {model_head(b.model_name).name for b in self.bundles}
+        if len(heads) > 1:
+            raise BundleError(f"the bundles' models have different output heads ({', '.join(sorted(heads))}); ensemble models of one kind")
+        self.head: OutputHead = model_head(first.model_name)  # how windows are stitched and outputs decoded
         self.config = first.configuration_plan
         self.spatial_dims = self.config.spatial_dims
         self.tta = tta
@@ -158,34 +157,31 @@ class Predictor:
 
     @torch.inference_mode()
     def logits_to_probabilities(self, image: torch.Tensor) -> torch.Tensor:
-        """(C, X, Y, Z) preprocessed image -> (K, X, Y, Z) float32 softmax, averaged over folds."""
-        total = None
-        accumulate_on = accumulation_device(self.device, image.shape[1:], len(self.labels), self.accumulate_dtype)
-        for network in self.networks:
+        """(C, X, Y, Z) preprocessed image -> (C_out, X, Y, Z) float32 activated output, combined over
+        folds as the head says (semantic head: softmax probabilities averaged over folds)."""
+        channels = self.head.out_channels(len(self.labels))
+        accumulate_on = accumulation_device(self.device, image.shape[1:], channels, self.accumulate_dtype)
+        kwargs = dict(
+            overlap=self.overlap,
+            batch_size=self.batch_size,
+            precision=self.precision,
+            device=self.device,
+            accumulate_device=accumulate_on,
+            accumulate_dtype=self.accumulate_dtype,
+        )
+
+        def fold_output(network) -> torch.Tensor:
             net = mirrored(network, self.spatial_dims) if self.tta else network
-            kwargs = dict(
-                overlap=self.overlap,
-                batch_size=self.batch_size,
-                precision=self.precision,
-                device=self.device,
-                accumulate_device=accumulate_on,
-                accumulate_dtype=self.accumulate_dtype,
-            )
-            if self.spatial_dims == 3:
-                logits = sliding_window_predict(image, net, self.config.patch_size, **kwargs)
-            else:
+
+            def run_windows(gaussian: bool = True) -> torch.Tensor:
+                if self.spatial_dims == 3:
+                    return sliding_window_predict(image, net, self.config.patch_size, gaussian=gaussian, **kwargs)
                 axis = self.config.slice_axis if self.config.slice_axis is not None else 2
-                logits = sliding_window_predict_2d(image, net, self.config.patch_size, slice_axis=axis, **kwargs)
-            probs = softmax_(logits)
-            del logits
-            if total is None:
-                total = probs
-            else:
-                total += probs
-                del probs
-        if len(self.networks) > 1:
-            total /= len(self.networks)
-        return total
+                return sliding_window_predict_2d(image, net, self.config.patch_size, slice_axis=axis, gaussian=gaussian, **kwargs)
+
+            return self.head.activate(self.head.stitch(run_windows))
+
+        return self.head.ensemble(fold_output(network) for network in self.networks)
 
     def predict(self, images: list[Volume], probabilities: bool = False) -> Prediction:
         """Channel volumes of one case (same grid) -> Prediction on that grid."""
@@ -207,11 +203,11 @@ class Predictor:
         prob_volume = None
         if probabilities:
             original = invert_to_original(probs.numpy(), case.properties)
-            channels = np.argmax(original.array, axis=0).astype(np.uint8)
+            channels = self.head.decode(torch.from_numpy(original.array)).numpy()
             labels = Volume(self.bundle.plan.to_values(channels), original.affine, images[0].meta)
             prob_volume = Volume(original.array, original.affine, images[0].meta)
         else:  # streamed: no full-resolution float array per class (large CT)
-            inverted = labels_on_original(probs, case.properties, label_values=self.bundle.plan.label_values)
+            inverted = labels_on_original(probs, case.properties, label_values=self.bundle.plan.label_values, decode=self.head.decode)
             labels = Volume(inverted.array, inverted.affine, images[0].meta)
         del probs
         if self.steps:

@@ -8,15 +8,35 @@ the receptive field.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution
+from pydantic import Field, PositiveInt
 from torch import nn
 
 from medseg.errors import ConfigError
+from medseg.models import ModelOptions, ModelPlan
 from medseg.models.common import act_spec, norm_spec, validate_topology
+
+
+class DeepLabOptions(ModelOptions):
+    """The config's `model.options` for deeplabv3plus2d/3d (see `DeepLabV3Plus`)."""
+
+    output_stride: Literal[8, 16] = 16
+    atrous_rates: list[PositiveInt] | None = None
+    aspp_channels: PositiveInt | None = None
+    low_level_channels: PositiveInt | None = None
+    blocks_per_stage: int = Field(2, ge=1)
+    norm: Literal["instance", "batch"] = "instance"
+    deep_supervision: bool = False  # refused when true: DeepLabv3+ has one output
+
+
+def build_deeplab(plan: ModelPlan, options: DeepLabOptions) -> "DeepLabV3Plus":
+    """The registry's builder: the plan's stages, strides and kernels, one output per head channel."""
+    return DeepLabV3Plus(plan.spatial_dims, plan.in_channels, plan.out_channels, plan.features_per_stage, plan.strides,
+                         plan.kernel_sizes, **options.model_dump())
 
 
 class ResidualBlock(nn.Module):

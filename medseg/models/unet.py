@@ -9,13 +9,30 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from medseg.models import ModelOptions, ModelPlan
 from medseg.models.common import conv_cls, norm_layer, validate_topology
+
+
+class UNetOptions(ModelOptions):
+    """The config's `model.options` for unet2d/unet3d."""
+
+    upsample: Literal["transpose", "interp"] = "transpose"  # transposed conv, or interpolation + 1x1 conv
+    norm: Literal["instance", "batch"] = "instance"
+    deep_supervision: bool = False  # training mode returns one output per decoder level but the deepest
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+def build_unet(plan: ModelPlan, options: UNetOptions) -> "UNet":
+    """The registry's builder: the plan's stages, strides and kernels, one output per head channel."""
+    return UNet(plan.spatial_dims, plan.in_channels, plan.out_channels, plan.features_per_stage, plan.strides,
+                plan.kernel_sizes, **options.model_dump())
 
 
 class ConvBlock(nn.Module):

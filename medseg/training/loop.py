@@ -181,11 +181,10 @@ def train(
     num_classes = len(plan.labels)
     model = build_model(
         config.model.name,
+        conf,
         in_channels=len(plan.channel_names),
         num_classes=num_classes,
-        features_per_stage=conf.features_per_stage,
-        strides=conf.strides,
-        kernel_sizes=conf.kernel_sizes,
+        spacing=run_plan.target_spacing,
         **config.model.options,
     ).to(device)
     fmt = precision.memory_format(spatial_dims)

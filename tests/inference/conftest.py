@@ -51,8 +51,7 @@ def train_tiny_bundle(path, steps: int = 40, seed: int = 0):
     rng = np.random.default_rng(seed)
     plan = tiny_plan()
     cfg = plan.configurations["3d"]
-    net = build_model("unet3d", in_channels=1, num_classes=2, features_per_stage=cfg.features_per_stage,
-                      strides=cfg.strides, kernel_sizes=cfg.kernel_sizes)
+    net = build_model("unet3d", cfg, in_channels=1, num_classes=2)
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     for _ in range(steps):
         x, y = blob_batch(rng, 2)

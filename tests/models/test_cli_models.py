@@ -16,8 +16,8 @@ def test_lists_every_model_with_counts():
     rows = {line.split()[0]: line.split() for line in result.output.splitlines()[1:] if line.strip()}
     assert set(rows) == set(MODELS)
     # 16x16x8: strides halve axes >= 8 -> [1,1,1], [2,2,2], [2,2,1]; features 32, 64, 128
-    expected = build_model("unet3d", in_channels=2, num_classes=2, features_per_stage=[32, 64, 128],
-                           strides=[[1, 1, 1], [2, 2, 2], [2, 2, 1]])
+    expected = build_model("unet3d", {"features_per_stage": [32, 64, 128], "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 1]]},
+                           in_channels=2, num_classes=2)
     assert int(rows["unet3d"][1].replace(",", "")) == count_parameters(expected)
     assert all(float(r[2]) > 0 for r in rows.values())
     assert rows["unet2d"][3] == "16x16" and rows["unet3d"][3] == "16x16x8"

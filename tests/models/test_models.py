@@ -16,7 +16,12 @@ FEATURES = [8, 16, 32]
 def _build(name: str, **options) -> nn.Module:
     d = spatial_dims_of(name)
     torch.manual_seed(0)
-    return build_model(name, in_channels=2, num_classes=3, features_per_stage=FEATURES, strides=[[1] * d, [2] * d, [2] * d], **options)
+    return build_model(name, _topology(FEATURES, [[1] * d, [2] * d, [2] * d]), in_channels=2, num_classes=3, **options)
+
+
+def _topology(features, strides, kernel_sizes=None) -> dict:
+    """The convolution-topology fields of a plan configuration (what U-Net and DeepLab need)."""
+    return {"features_per_stage": features, "strides": strides, "kernel_sizes": kernel_sizes}
 
 
 def _options(name: str) -> dict:
@@ -39,7 +44,7 @@ def test_forward_backward_on_odd_sizes(name):
     if name.startswith("unet"):
         # 3 stages, 2 decoder levels: the deepest level's output (nnU-Net's weight 0) is not built
         assert [tuple(o.shape[2:]) for o in outputs] == [ODD[d]]
-        deep = build_model(name, in_channels=2, num_classes=3, features_per_stage=[4, 8, 8, 8], strides=[[1] * d] + [[2] * d] * 3,
+        deep = build_model(name, _topology([4, 8, 8, 8], [[1] * d] + [[2] * d] * 3), in_channels=2, num_classes=3,
                            deep_supervision=True).train()
         # 4 stages: outputs of ceil(S / 2^level) for every decoder level but the deepest, full resolution first
         assert [tuple(o.shape[2:]) for o in deep(x)] == [ODD[d], tuple((s + 1) // 2 for s in ODD[d])]
@@ -71,9 +76,8 @@ def test_bf16_autocast_channels_last_matches_fp32(name):
 
 def test_unet_anisotropic_strides_interp_upsampling_and_batch_norm():
     model = build_model(
-        "unet3d", in_channels=1, num_classes=2, features_per_stage=[4, 8, 8, 8],
-        strides=[[1, 1, 1], [2, 2, 1], [2, 2, 2], [2, 2, 1]], kernel_sizes=[[3, 3, 1], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
-        upsample="interp", norm="batch", deep_supervision=True,
+        "unet3d", _topology([4, 8, 8, 8], [[1, 1, 1], [2, 2, 1], [2, 2, 2], [2, 2, 1]], [[3, 3, 1], [3, 3, 3], [3, 3, 3], [3, 3, 3]]),
+        in_channels=1, num_classes=2, upsample="interp", norm="batch", deep_supervision=True,
     ).train()
     outputs = model(torch.randn(2, 1, 21, 18, 7))
     # cumulative strides (1,1,1), (2,2,1): sizes ceil(S / stride); the deepest level, (4,4,2), has no output
@@ -85,8 +89,8 @@ def test_unet_anisotropic_strides_interp_upsampling_and_batch_norm():
 @pytest.mark.parametrize("output_stride, expected", [(16, (4, 4)), (8, (8, 8))])
 def test_deeplab_output_stride_replaces_strides_by_dilation(output_stride, expected):
     model = build_model(
-        "deeplabv3plus2d", in_channels=1, num_classes=2, features_per_stage=[4, 8, 8, 8, 8, 8],
-        strides=[[1, 1]] + [[2, 2]] * 5, output_stride=output_stride, atrous_rates=[2, 3],
+        "deeplabv3plus2d", _topology([4, 8, 8, 8, 8, 8], [[1, 1]] + [[2, 2]] * 5), in_channels=1, num_classes=2,
+        output_stride=output_stride, atrous_rates=[2, 3],
     ).eval()
     seen = {}
     model.aspp.register_forward_pre_hook(lambda module, args: seen.update(aspp_in=tuple(args[0].shape[2:])))
@@ -99,14 +103,14 @@ def test_deeplab_output_stride_replaces_strides_by_dilation(output_stride, expec
 
 def test_unknown_model_suggests_the_closest_name():
     with pytest.raises(ConfigError, match=r"unknown model 'unet3', did you mean 'unet3d'\? Known: unet2d, unet3d"):
-        build_model("unet3", in_channels=1, num_classes=2, features_per_stage=FEATURES, strides=[[1] * 3] * 3)
+        build_model("unet3", _topology(FEATURES, [[1] * 3] * 3), in_channels=1, num_classes=2)
 
 
 def test_unknown_option_and_bad_topology_are_config_errors():
     with pytest.raises(ConfigError, match="unknown option.*upsampel"):
         _build("unet3d", upsampel="interp")
     with pytest.raises(ConfigError, match="strides has 2 stages"):
-        build_model("unet2d", in_channels=1, num_classes=2, features_per_stage=FEATURES, strides=[[1, 1], [2, 2]])
+        build_model("unet2d", _topology(FEATURES, [[1, 1], [2, 2]]), in_channels=1, num_classes=2)
     with pytest.raises(ConfigError, match="upsample"):
         _build("unet2d", upsample="nearest")
 
@@ -121,9 +125,9 @@ def test_count_parameters_and_gflops_by_hand():
 
 
 def test_weights_trained_with_deep_supervision_load_without_it():
-    four = dict(in_channels=2, num_classes=3, features_per_stage=[4, 8, 8, 8], strides=[[1] * 3] + [[2] * 3] * 3)
-    trained = build_model("unet3d", **four, deep_supervision=True)
-    plain = build_model("unet3d", **four, deep_supervision=False)
+    four = _topology([4, 8, 8, 8], [[1] * 3] + [[2] * 3] * 3)
+    trained = build_model("unet3d", four, in_channels=2, num_classes=3, deep_supervision=True)
+    plain = build_model("unet3d", four, in_channels=2, num_classes=3, deep_supervision=False)
     assert set(trained.state_dict()) > set(plain.state_dict())  # side heads only with deep supervision
     plain.load_state_dict(trained.state_dict())  # the full-resolution head has one name: bundles load in any mode
     x = torch.randn(1, 2, 12, 10, 9)

@@ -30,7 +30,8 @@ def _volume(size=16):
 def test_loss_halves_on_one_volume(name, options, lr):
     torch.manual_seed(0)
     image, label = _volume()
-    model = build_model(name, in_channels=1, num_classes=2, features_per_stage=[4, 8, 16], strides=[[1] * 3, [2] * 3, [2] * 3], **options)
+    model = build_model(name, {"features_per_stage": [4, 8, 16], "strides": [[1] * 3, [2] * 3, [2] * 3]}, in_channels=1, num_classes=2,
+                        **options)
     loss_fn = DeepSupervisionLoss(build_loss("dice_ce"))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()

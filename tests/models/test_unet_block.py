@@ -41,7 +41,7 @@ def test_building_and_running_a_unet_does_not_import_monai():
     code = (
         "import sys, torch\n"
         "from medseg.models import build_model\n"
-        "net = build_model('unet3d', in_channels=1, num_classes=2, features_per_stage=[4, 8], strides=[[1]*3, [2]*3])\n"
+        "net = build_model('unet3d', {'features_per_stage': [4, 8], 'strides': [[1]*3, [2]*3]}, in_channels=1, num_classes=2)\n"
         "net(torch.zeros(1, 1, 8, 8, 8))\n"
         "print('monai' in sys.modules)\n"
     )

@@ -62,8 +62,7 @@ def test_every_parameter_gets_a_gradient_on_the_hippocampus_topology(name, _hipp
     conf = plan.configurations[cfg["model"]["configuration"]]
     assert list(conf.features_per_stage) == [32, 64, 128, 256]  # the real plan's 4 stages
     torch.manual_seed(0)
-    model = build_model(cfg["model"]["name"], in_channels=1, num_classes=3, features_per_stage=conf.features_per_stage,
-                        strides=conf.strides, kernel_sizes=conf.kernel_sizes, **cfg["model"]["options"]).train()
+    model = build_model(cfg["model"]["name"], conf, in_channels=1, num_classes=3, **cfg["model"]["options"]).train()
     patch = cfg["patch_size"]
     out = model(torch.randn(1, 1, *patch))
     deep = bool(cfg["model"]["options"].get("deep_supervision"))
@@ -80,7 +79,7 @@ def test_deeplab_refuses_deep_supervision_in_one_line():
     from medseg.models import build_model
 
     with pytest.raises(ConfigError) as info:
-        build_model("deeplabv3plus3d", in_channels=1, num_classes=3, features_per_stage=[8, 16], strides=[[1] * 3, [2] * 3],
+        build_model("deeplabv3plus3d", {"features_per_stage": [8, 16], "strides": [[1] * 3, [2] * 3]}, in_channels=1, num_classes=3,
                     deep_supervision=True)
     assert "\n" not in str(info.value) and "deep_supervision" in str(info.value)
 
