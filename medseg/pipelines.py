@@ -119,6 +119,8 @@ def check_steps(pipeline: Pipeline, options_of: Callable[[str], set[str] | None]
     """
     for number, step in enumerate(pipeline.steps, start=1):
         where = f"{pipeline._source}: step {number} ({step.command})"
+        if step.command == "run":  # a pipeline naming itself would recurse without end
+            raise ConfigError(f"{where}: pipelines do not nest; copy the other pipeline's steps here instead of `run`")
         known = options_of(step.command)
         if known is None:
             raise ConfigError(f"{where}: no command 'medseg {step.command}'; use one of those `medseg --help` lists")
