@@ -14,20 +14,6 @@ from typing import Sequence
 import numpy as np
 
 
-def read_cached_case(workdir: str | os.PathLike, case_id: str, mmap: bool = True):
-    """(image (C, X, Y, Z) float32, label (X, Y, Z) uint8 or None, locations {class: (N, 3)}) from the cache.
-    A missing or truncated file is an `InputError` naming it (see `medseg.preprocess.cache.check_case_files`)."""
-    from medseg.preprocess.cache import cases_dir, check_case_files, load_locations
-
-    folder = cases_dir(workdir) / case_id
-    mode = "r" if mmap else None
-    check_case_files(workdir, case_id)
-    image = np.load(folder / "image.npy", mmap_mode=mode)
-    label = np.load(folder / "label.npy", mmap_mode=mode) if (folder / "label.npy").is_file() else None
-    locations = {k: v for k, v in load_locations(folder, workdir).items() if len(v)}
-    return image, label, locations
-
-
 def crop_with_padding(array: np.ndarray, start: Sequence[int], size: Sequence[int], pad_value=0) -> np.ndarray:
     """array[..., start:start+size] over the last len(size) axes; outside the array is `pad_value`."""
     n = len(size)
@@ -92,8 +78,14 @@ class PatchDataset:
         return self.length
 
     def _case(self, case_id: str):
-        if case_id not in self._cache:  # memory-mapped: cheap to keep every case open
-            self._cache[case_id] = read_cached_case(self.workdir, case_id)
+        """(image (C, X, Y, Z) float32, label (X, Y, Z) uint8 or None, {channel: (N, 3) voxels}, empty
+        classes left out) of a cached case, read by `medseg.preprocess.cache.load_case` (memory-mapped:
+        cheap to keep every case open; a missing or truncated file is an `InputError` naming it)."""
+        if case_id not in self._cache:
+            from medseg.preprocess.cache import load_case
+
+            case = load_case(self.workdir, case_id)
+            self._cache[case_id] = (case.image, case.label, {k: v for k, v in case.locations.items() if len(v)})
         return self._cache[case_id]
 
     def sample(self, index: int) -> dict[str, np.ndarray]:

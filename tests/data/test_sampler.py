@@ -2,15 +2,29 @@ import numpy as np
 import pytest
 
 from medseg.data.sampler import PatchDataset, crop_with_padding
+from medseg.preprocess.cache import load_case, write_case
+from medseg.preprocess.case import CaseProperties, PreprocessedCase
 
 
 def _write_case(root, case_id, image, label):
-    folder = root / "preprocessed" / case_id
-    folder.mkdir(parents=True)
-    np.save(folder / "image.npy", image.astype(np.float32))
-    np.save(folder / "label.npy", label.astype(np.uint8))
-    locs = {str(int(c)): np.argwhere(label == c) for c in np.unique(label) if c not in (0, 255)}
-    np.savez(folder / "locations.npz", **locs)
+    """A cached case on a 1 mm identity grid, written by the cache's own writer (read back by load_case)."""
+    shape = [int(s) for s in label.shape]
+    eye = np.eye(4).tolist()
+    props = CaseProperties(
+        original_shape=shape, original_affine=eye, original_orientation="RAS", ras_shape=shape, ras_affine=eye,
+        crop_box=[[0, s] for s in shape], cropped_shape=shape, resampled_shape=shape, resampled_affine=eye,
+        original_spacing=[1.0] * 3, spacing=[1.0] * 3, classes_present=sorted(int(c) for c in np.unique(label)),
+    )
+    case = PreprocessedCase(image.astype(np.float32), label.astype(np.uint8), props)
+    write_case(root, case_id, case, stamp={})
+
+
+def test_the_sampler_reads_the_cache_memory_mapped_through_load_case(one_case):
+    ds = PatchDataset(one_case, ["a"], (8, 8, 8), 10, seed=3)
+    image, label, locations = ds._case("a")
+    assert isinstance(image, np.memmap) and isinstance(label, np.memmap)
+    assert sorted(locations) == [2] and np.all(label[tuple(locations[2].T)] == 2)
+    assert np.array_equal(image, load_case(one_case, "a").image)
 
 
 def test_crop_with_padding_matches_numpy_pad():
