@@ -63,6 +63,9 @@ def load_pipeline(path: Path, overrides: dict[str, str] | None = None) -> Pipeli
         known = ", ".join(sorted(declared)) or "none"
         raise ConfigError(f"{path}: --set {unknown[0]}: no such variable in this pipeline (it defines: {known}); check the spelling")
     variables = _resolve_variables({**declared, **(overrides or {})})
+    cyclic = sorted(k for k, v in variables.items() if any(f"${{{name}}}" in v or f"${name}" in v.split() for name in variables))
+    if cyclic:
+        raise ConfigError(f"{path}: variables {', '.join(cyclic)} refer to each other in a cycle; give one of them a plain value")
     try:
         substituted = _substitute(raw, variables)
         substituted["variables"] = variables

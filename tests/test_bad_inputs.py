@@ -382,6 +382,13 @@ def run_pipeline_running_itself(d, bundle, work):
     return ["run", pipeline], "loop.yaml: step 1 (run): pipelines do not nest"
 
 
+def run_variables_in_a_cycle(d, bundle, work):
+    pipeline = d / "cycle.yaml"
+    pipeline.write_text(yaml.safe_dump({"name": "cycle", "variables": {"a": "${b}/x", "b": "${a}/y"},
+                                        "steps": [{"command": "info", "args": ["${a}"]}]}))
+    return ["run", pipeline], "variables a, b refer to each other in a cycle"
+
+
 def run_unknown_set_variable(d, bundle, work):
     return ["run", REPO / "pipelines" / "demo.yaml", "--set", "minuts=1"], "minutes"
 
@@ -405,7 +412,7 @@ ROWS = [
     preprocess_zero_patch_size, preprocess_negative_batch, preprocess_zero_base_features, preprocess_manifest_is_an_output,
     preprocess_no_normalization_for_the_channel, preprocess_plan_version_override, preprocess_complex_image,
     preprocess_out_is_a_file, preprocess_out_unwritable,
-    run_step_unknown_option, run_step_bad_value, run_pipeline_running_itself, run_unknown_set_variable,
+    run_step_unknown_option, run_step_bad_value, run_pipeline_running_itself, run_variables_in_a_cycle, run_unknown_set_variable,
 ]
 
 
