@@ -29,3 +29,41 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def forbid_file_writes(monkeypatch, tmp_path):
+    """Within the test, any attempt to create, write, rename or delete a file or folder raises (and is
+    recorded, in case something swallows the error); the working folder is an empty one that must stay
+    empty. Reading stays allowed. Yields the list of attempts (empty unless a test expects one)."""
+    import builtins
+    import io
+    import os
+
+    attempts: list[str] = []
+
+    def refuse(what):
+        attempts.append(what)
+        raise AssertionError(f"file system write attempted: {what}")
+
+    real_open, real_os_open = builtins.open, os.open
+
+    def guarded_open(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, bytes, os.PathLike)) and any(c in mode for c in "wax+"):
+            refuse(f"open({file!r}, {mode!r})")
+        return real_open(file, mode, *args, **kwargs)
+
+    def guarded_os_open(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC):
+            refuse(f"os.open({path!r}, {flags:#o})")
+        return real_os_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr(io, "open", guarded_open)
+    monkeypatch.setattr(os, "open", guarded_os_open)
+    for name in ("replace", "rename", "remove", "unlink", "mkdir", "makedirs", "rmdir", "link", "symlink", "truncate"):
+        monkeypatch.setattr(os, name, lambda *a, _name=name, **k: refuse(f"os.{_name}{a}"))
+    monkeypatch.chdir(tmp_path)
+    yield attempts
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "files were created in the working folder"

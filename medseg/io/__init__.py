@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from medseg.errors import InputError, OutputError
 from medseg.io.atomic import full_suffix
@@ -18,14 +19,19 @@ ITK_READ_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 
-def read_volume(path: str | os.PathLike, series: str | None = None, resample_irregular: bool = False) -> Volume:
-    """Read a NIfTI/NRRD/MetaImage file or a DICOM folder (or single DICOM file) as a `Volume`.
+def read_volume(path_or_datasets: str | os.PathLike | Any, series: str | None = None, resample_irregular: bool = False) -> Volume:
+    """Read a NIfTI/NRRD/MetaImage file, a DICOM folder (or single DICOM file), or in-memory pydicom
+    Datasets (one, or a list of one series' slices) as a `Volume`.
 
-    series: for a DICOM folder with several image series, the SeriesInstanceUID or index to load.
+    series: for DICOM input with several image series, the SeriesInstanceUID or index to load.
     resample_irregular: DICOM only; resample gantry-tilted or unevenly spaced series onto a
         regular grid instead of refusing them.
     """
-    path = Path(path)
+    if not isinstance(path_or_datasets, (str, os.PathLike)):  # Datasets (anything else is refused there, in one line)
+        from medseg.io.dicom import read_dicom
+
+        return read_dicom(path_or_datasets, series=series, resample_irregular=resample_irregular)
+    path = Path(path_or_datasets)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder; check the path")
     suffix = full_suffix(path)

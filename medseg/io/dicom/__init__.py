@@ -18,7 +18,6 @@ from medseg.io.dicom.seg import build_dicom_seg, read_dicom_seg, write_dicom_seg
 from medseg.io.dicom.series import (
     DicomSeries,
     SeriesSummary,
-    is_datasets,
     list_series,
     load_dicom_series,
     read_dicom,
@@ -32,7 +31,6 @@ __all__ = [
     "build_dicom_seg",
     "build_rtstruct",
     "check_on_source_grid",
-    "is_datasets",
     "list_series",
     "load_dicom_series",
     "read_dicom",

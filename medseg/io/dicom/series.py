@@ -13,6 +13,7 @@ by position along the slice normal (row cosine x column cosine).
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Sequence
@@ -175,15 +176,6 @@ def load_dicom_series(
     return DicomSeries(volume=volume, datasets=datasets)
 
 
-def is_datasets(value: Any) -> bool:
-    """True for one pydicom Dataset or a non-empty list/tuple of them (not a path)."""
-    from pydicom.dataset import Dataset
-
-    if isinstance(value, Dataset):
-        return True
-    return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, Dataset) for v in value)
-
-
 def source_datasets(datasets: list[Any]) -> list[Any]:
     """Copies of the source headers with empty identifying UIDs filled in, so they can be referenced.
 
@@ -213,12 +205,14 @@ def source_datasets(datasets: list[Any]) -> list[Any]:
 
 
 def _detached_copy(ds: Any) -> Any:
-    """A shallow copy whose top-level elements can be replaced without touching `ds` (copy.copy of a
-    pydicom Dataset shares its element dict, so setting a tag on it would change the original)."""
+    """A copy whose top-level elements can be set without touching `ds`: copy.copy of a pydicom
+    Dataset shares its element dict, and setting a tag changes its element in place, so each
+    top-level element is copied (values, pixel data included, are shared, not duplicated)."""
     from pydicom.dataset import Dataset
 
     out = Dataset()
-    out.update(ds)
+    for tag in ds.keys():
+        out[tag] = copy.copy(ds.get_item(tag))
     if hasattr(ds, "file_meta"):
         out.file_meta = ds.file_meta
     return out
