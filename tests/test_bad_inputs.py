@@ -276,6 +276,13 @@ def train_truncated_label_cache_never_sampled(d, bundle, work):
     return ["train", work, "--config", config, "--fold", "none"], "rerun `medseg preprocess`"
 
 
+def train_truncated_locations(d, bundle, work):
+    _truncate(work / "preprocessed" / "case_00" / "locations.npz")
+    config = d / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY_TRAIN))
+    return ["train", work, "--config", config, "--fold", "none"], "case_00/locations.npz"
+
+
 def preprocess_4d_image(d, bundle, work):
     image, label = labelled_case(d, "four_d", (16, 16, 12, 3))
     return ["preprocess", csv_manifest(d, [("four_d", image, label)]), "--out", d / "work"], "shape (16, 16, 12, 3)"
@@ -407,7 +414,7 @@ ROWS = [
     infer_output_folder_is_a_file, infer_output_folder_unwritable, infer_output_in_unwritable_folder, infer_output_below_a_file,
     bundle_patch_size_zero, bundle_negative_batch, bundle_zero_stride, bundle_patch_of_two_axes_for_3d,
     bundle_zero_features, bundle_labels_not_a_mapping, bundle_model_options_not_a_mapping, bundle_from_the_future,
-    train_truncated_image_cache, train_truncated_label_cache_never_sampled,
+    train_truncated_image_cache, train_truncated_label_cache_never_sampled, train_truncated_locations,
     preprocess_4d_image, preprocess_case_id_climbing, preprocess_case_id_absolute,
     preprocess_zero_patch_size, preprocess_negative_batch, preprocess_zero_base_features, preprocess_manifest_is_an_output,
     preprocess_no_normalization_for_the_channel, preprocess_plan_version_override, preprocess_complex_image,

@@ -78,7 +78,8 @@ def npy_problem(path: Path) -> str | None:
 
 
 def check_case_files(workdir: str | os.PathLike, case_id: str) -> None:
-    """Raise `InputError` naming the file when a cached case's image.npy or label.npy is missing or truncated."""
+    """Raise `InputError` naming the file when a cached case's image.npy or label.npy is missing or truncated,
+    or its locations.npz is damaged."""
     folder = cases_dir(workdir) / case_id
     for name in ("image.npy", "label.npy"):
         if name == "label.npy" and not (folder / name).exists():
@@ -86,6 +87,7 @@ def check_case_files(workdir: str | os.PathLike, case_id: str) -> None:
         problem = npy_problem(folder / name)
         if problem is not None:
             raise InputError(f"{folder / name}: cached file of case '{case_id}' is {problem}; {_rerun_hint(workdir)}")
+    load_locations(folder, workdir)  # small; a damaged one is named here rather than in a loader worker
 
 
 def load_locations(folder: Path, workdir) -> dict[int, np.ndarray]:
