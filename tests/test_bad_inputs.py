@@ -513,14 +513,22 @@ def test_a_worker_error_surfaces_as_its_own_one_line_message():
     assert one_line(caught.value) == "/w/preprocessed/c/image.npy: truncated; rerun `medseg preprocess`"
 
 
-def test_a_truncated_case_is_rebuilt_by_rerunning_preprocess(_workdir_template, tmp_path):
-    """The error says to rerun `medseg preprocess`: a damaged case must then not count as unchanged."""
-    from medseg.preprocess.cache import cache_stamp
+def test_a_truncated_case_is_rebuilt_by_rerunning_preprocess(tmp_path, capfd):
+    """The error says to rerun `medseg preprocess`: the rerun must rebuild the damaged case, not count it unchanged."""
+    from medseg.preprocess.cache import check_case_files
 
-    work = shutil.copytree(_workdir_template, tmp_path / "work")
-    assert cache_stamp(work, "case_00") == {}  # the fixture's stamp: complete
-    _truncate(work / "preprocessed" / "case_00" / "image.npy")
-    assert cache_stamp(work, "case_00") is None  # damaged: preprocess will write it again
+    rows = [(f"c{i}", *labelled_case(tmp_path, f"c{i}")) for i in range(2)]
+    manifest = csv_manifest(tmp_path, rows)
+    work = tmp_path / "work"
+    assert run_cli(["preprocess", manifest, "--out", work], capfd)[0] == 0
+    _truncate(work / "preprocessed" / "c0" / "image.npy")
+    with pytest.raises(Exception, match="truncated"):
+        check_case_files(work, "c0")
+    untouched = (work / "preprocessed" / "c1" / "image.npy").stat().st_mtime_ns
+    assert run_cli(["preprocess", manifest, "--out", work], capfd)[0] == 0
+    check_case_files(work, "c0")  # complete again
+    assert (work / "preprocessed" / "c1" / "image.npy").stat().st_mtime_ns == untouched  # the intact case was kept
+    check_case_files(work, "c1")
 
 
 def test_bundles_carry_their_version(_bundle_template, tmp_path):
