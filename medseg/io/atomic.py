@@ -79,17 +79,8 @@ def check_plain_name(name: str, what: str, source: str | os.PathLike) -> None:
     never silently rewritten, so that outputs keep the names the user gave."""
     from medseg.errors import InputError
 
-    bad = (
-        not name
-        or name in (".", "..")
-        or name.startswith(".")
-        or "/" in name
-        or "\\" in name
-        or (os.sep in name)
-        or (os.altsep is not None and os.altsep in name)
-        or "\0" in name
-    )
-    if bad:
+    separators = {"/", "\\", os.sep, os.altsep or "/", "\0"}
+    if not name or name.startswith(".") or any(c in name for c in separators):  # "." and ".." start with "."
         raise InputError(
             f"{source}: {what} {name!r} is not a plain name (it is empty, hidden, holds a folder separator or '..', "
             "or is an absolute path) and could write outside the output folder; expected a name such as 'case_001'; "
