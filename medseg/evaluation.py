@@ -17,6 +17,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from medseg.errors import InputError
+from medseg.extras import require
 from medseg.io.atomic import atomic_output, full_suffix
 from medseg.metrics.case import EXTRA_COLUMNS, METRIC_COLUMNS, case_metrics, summarise
 
@@ -270,7 +271,7 @@ def _pm(mean: float, std: float) -> str:
 
 def plot_boxplots(report: EvaluationReport, out_dir: str | Path, metrics: Sequence[str] = ("dice", "hd95", "nsd")) -> list[Path]:
     """One PNG per class: box plots of `metrics` over cases (NaN left out). Returns the paths."""
-    import matplotlib
+    matplotlib = require("matplotlib")  # the `plots` extra
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -310,7 +311,7 @@ def plot_overlays(report: EvaluationReport, out_dir: str | Path, images: str | P
     images: optional folder (or file) of scans named like the cases (`ID.nii.gz` or `ID_0000.nii.gz`)
     to draw under the contours; scans on another grid are left out with a warning.
     """
-    import matplotlib
+    matplotlib = require("matplotlib")  # the `plots` extra
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

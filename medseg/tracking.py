@@ -1,5 +1,8 @@
 """Experiment tracking in MLflow: the only module that imports mlflow (lazily, inside functions).
 
+mlflow is the `tracking` extra: without it, `open_tracker` warns once and returns a no-op tracker (as
+for a dead server) and `download_bundle` says which `pip install` adds it.
+
 Store: `MLFLOW_TRACKING_URI` when set (e.g. a team server), otherwise SQLite `WORKDIR/mlruns.db`
 with artifacts under `WORKDIR/mlartifacts`. One experiment per dataset. Without a workdir and without
 `MLFLOW_TRACKING_URI` nothing is tracked and no store is created (never one in the current folder).
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from medseg.errors import BundleError, InputError
+from medseg.extras import available, missing_message, require
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +288,9 @@ def open_tracker(
     if not has_store(workdir):
         log.info("no workdir and no MLFLOW_TRACKING_URI: not tracked")
         return NullTracker()
+    if not available("mlflow"):  # the tracking extra is not installed: as a dead server, local record only
+        _warn_once(f"{missing_message('mlflow')}; continuing without tracking")
+        return NullTracker()
     configure_http()
     uri = tracking_uri(workdir)
     if uri in _failed_uris:
@@ -336,14 +343,15 @@ def download_bundle(model_ref: str, dst: str | os.PathLike, workdir: Path | None
     The store is the one `open_tracker(workdir, ...)` would use; it is never created here (no workdir
     and no MLFLOW_TRACKING_URI, or a workdir without mlruns.db: BundleError). Raises BundleError on failure.
     """
-    import mlflow.artifacts
-
     if not has_store(workdir):
         raise BundleError(
             f"'{model_ref}' is not a bundle folder, and there is no MLflow store to look it up in; "
             "pass the bundle folder, or --workdir WORKDIR (its mlruns.db) or set MLFLOW_TRACKING_URI"
         )
     _check_local_store(workdir, model_ref)
+    require("mlflow")  # one line naming `pip install medseg[tracking]` when it is missing
+    import mlflow.artifacts
+
     configure_http()
     uri = tracking_uri(workdir)
     problem = _reachable(uri)

@@ -49,8 +49,14 @@ def command(
     stem = output.name[: -len(output.suffix)] if output.suffix else output.name
     json_path = evaluation.write_json(report, output.with_name(f"{stem}.json"))
     plots = output.with_name(f"{stem}_plots")
-    boxplots = evaluation.plot_boxplots(report, plots)
-    overlays = evaluation.plot_overlays(report, plots, images=images)
+    from medseg.extras import available, missing_message
+
+    boxplots, overlays = [], []
+    if available("matplotlib"):  # the `plots` extra; the metrics do not need it
+        boxplots = evaluation.plot_boxplots(report, plots)
+        overlays = evaluation.plot_overlays(report, plots, images=images)
+    else:
+        typer.echo(f"warning: {missing_message('matplotlib')}; no plots written", err=True)
 
     typer.echo(evaluation.format_report(report))
     typer.echo(f"wrote {csv_path}, {json_path} and {len(boxplots) + len(overlays)} plots in {plots}")
@@ -69,7 +75,8 @@ def command(
         tracker.log_metrics({f"eval_{k}" if run else k: v for k, v in report.flat_metrics().items()})
         tracker.log_artifact(csv_path, "evaluation")
         tracker.log_artifact(json_path, "evaluation")
-        tracker.log_artifacts(plots, "evaluation/plots")
+        if plots.is_dir():
+            tracker.log_artifacts(plots, "evaluation/plots")
         if tracker.run_id:
             typer.echo(f"MLflow run {tracker.run_id} in experiment '{name}' ({tracking.redact(tracking.tracking_uri(workdir))})")
 

@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import InputError
+from medseg.extras import require
 from medseg.io.atomic import atomic_output
 from medseg.volume import LPS_TO_RAS, Volume, grid_problem
 
 
 def read_itk(path: Path) -> Volume:
     """Read any SimpleITK-readable 2D/3D image (vector pixels become channels: (C, X, Y, Z))."""
-    import SimpleITK as sitk
+    sitk = require("SimpleITK")  # the `itk` extra
 
     try:
         image = sitk.ReadImage(str(path))
@@ -27,7 +28,7 @@ def read_itk(path: Path) -> Volume:
 
 
 def volume_from_sitk(image, path: Path | str = "image") -> Volume:
-    import SimpleITK as sitk
+    sitk = require("SimpleITK")  # the `itk` extra
 
     dim = image.GetDimension()
     if dim not in (2, 3):
@@ -54,7 +55,7 @@ def volume_from_sitk(image, path: Path | str = "image") -> Volume:
 
 def volume_to_sitk(volume: Volume):
     """A SimpleITK image with `volume`'s voxels and exact geometry (LPS+)."""
-    import SimpleITK as sitk
+    sitk = require("SimpleITK")  # the `itk` extra
 
     array = volume.array
     vector = array.ndim == 4
@@ -72,7 +73,7 @@ def volume_to_sitk(volume: Volume):
 
 def write_itk(volume: Volume, path: Path) -> None:
     """Write `volume` as NRRD or MetaImage (by suffix), compressed, atomically."""
-    import SimpleITK as sitk
+    sitk = require("SimpleITK")  # the `itk` extra
 
     image = volume_to_sitk(volume)
     with atomic_output(path) as tmp:

@@ -473,6 +473,11 @@ def _log_artifacts(tracker, workdir, out_dir, history, model, val_ids, plan, con
     for path in sorted(out_dir.iterdir()):  # the bundle; never a temporary file of an interrupted write
         if path.is_file() and not ckpt.is_temporary(path):
             tracker.log_artifact(path, artifact_path="bundle")
+    from medseg.extras import available, missing_message
+
+    if not available("matplotlib"):  # the `plots` extra: everything else is recorded, training goes on
+        log.warning("%s; no learning curves or overlays logged", missing_message("matplotlib"))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         plots = Path(tmp)
         _plot_curves(history, plots / "learning_curves.png")

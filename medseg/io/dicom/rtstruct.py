@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import InputError, OutputError
+from medseg.extras import require
 from medseg.io.atomic import atomic_output
 from medseg.io.dicom.geometry import check_on_source_grid
 from medseg.io.dicom.series import source_datasets
@@ -47,6 +48,7 @@ def build_rtstruct(
         RT ROI Interpreted Type (as declared, else ORGAN for anatomical structures, else empty).
     ROI names are the label names. Empty labels are omitted with a warning.
     """
+    require("rt_utils")  # the `rtstruct` extra (rt-utils, with opencv): one line when missing
     from rt_utils import RTStruct
     from rt_utils.ds_helper import create_rtstruct_dataset
 
@@ -139,6 +141,7 @@ def read_rtstruct(rtstruct: str | os.PathLike | Any, volume: Volume) -> dict[str
     """
     import pydicom
     from pydicom.dataset import Dataset
+    require("skimage")  # the `rtstruct` extra (scikit-image)
     from skimage.draw import line, polygon
 
     if isinstance(rtstruct, Dataset):
