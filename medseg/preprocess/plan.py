@@ -151,15 +151,17 @@ class Plan(StrictModel):
     configurations: dict[str, ConfigurationPlan]
     label_codes: dict[int, LabelCode] = {}  # label value -> DICOM SEG/RTSTRUCT codes (medseg.label_codes)
 
-    @model_validator(mode="after")
-    def _one_entry_per_channel(self) -> "Plan":
-        n = len(self.channel_names)
-        if n == 0 or len(self.modalities) != n or len(self.normalization) != n:
-            raise ValueError(
-                f"{n} channel_names, {len(self.modalities)} modalities and {len(self.normalization)} normalization "
-                "entries; expected one of each per input channel (at least one)"
-            )
-        return self
+    @field_validator("normalization")
+    @classmethod
+    def _one_entry_per_channel(cls, normalization: list, info) -> list:
+        names, modalities = info.data.get("channel_names"), info.data.get("modalities")
+        if names is not None and modalities is not None:
+            if not names or len(modalities) != len(names) or len(normalization) != len(names):
+                raise ValueError(
+                    f"{len(names)} channel_names, {len(modalities)} modalities and {len(normalization)} normalization "
+                    "entries; expected one of each per input channel (at least one)"
+                )
+        return normalization
 
     # --- labels: values as in the masks; the network's channel k is the k-th value in sorted order ---
 
