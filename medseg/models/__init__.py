@@ -18,19 +18,18 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 from torch import nn
 
 from medseg.errors import ConfigError
 from medseg.models.heads import SEMANTIC_SOFTMAX, OutputHead
+from medseg.schema import StrictModel
 
 PLAN_FIELDS = ("patch_size", "spacing", "features_per_stage", "strides", "kernel_sizes")
 
 
-class ModelOptions(BaseModel):
+class ModelOptions(StrictModel):
     """Base of every family's options model: fields are the family's options, extras are refused."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 @dataclass(frozen=True)
