@@ -21,7 +21,7 @@ import torch
 
 from medseg.bundle import Bundle, load_bundle
 from medseg.errors import BundleError, ConfigError, InputError
-from medseg.inference.invert import labels_on_original
+from medseg.inference.invert import labels_on_original, probabilities_on_original
 from medseg.inference.sliding_window import sliding_window_predict, sliding_window_predict_2d
 from medseg.inference.tta import mirrored
 from medseg.models import model_head
@@ -188,7 +188,7 @@ class Predictor:
         import time
 
         from medseg.postprocess import apply_steps
-        from medseg.preprocess.case import invert_to_original, preprocess_case
+        from medseg.preprocess.case import preprocess_case
 
         self.check_input(images)
         t0 = time.perf_counter()
@@ -202,7 +202,7 @@ class Predictor:
         t2 = time.perf_counter()
         prob_volume = None
         if probabilities:
-            original = invert_to_original(probs.numpy(), case.properties)
+            original = probabilities_on_original(probs, case.properties)
             channels = self.head.decode(torch.from_numpy(original.array)).numpy()
             labels = Volume(self.bundle.plan.to_values(channels), original.affine, images[0].meta)
             prob_volume = Volume(original.array, original.affine, images[0].meta)

@@ -1,8 +1,8 @@
-"""One case through the plan and back: `preprocess_case` and its inverse `invert_to_original`.
+"""One case onto the plan's grid: `preprocess_case` (its inverse is `medseg.inference.invert`).
 
 Forward: stack channels -> reorient to RAS (exact) -> crop to the nonzero box of all channels ->
 normalise -> resample to the plan's target spacing. `CaseProperties` records every step so
-`invert_to_original` can map predictions back onto exactly the original grid.
+`medseg.inference.invert` can map predictions back onto exactly the original grid.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from pydantic import BaseModel, ConfigDict
 
 from medseg.errors import GeometryError, InputError
 from medseg.preprocess.normalize import normalize
-from medseg.preprocess.plan import PLAN_VERSION, Plan, channels_to_values, present_values
-from medseg.preprocess.resample import coarse_axis_of, resample_image, resample_label, resampled_affine, resize3d
+from medseg.preprocess.plan import PLAN_VERSION, Plan, present_values
+from medseg.preprocess.resample import coarse_axis_of, resample_image, resample_label, resampled_affine
 from medseg.volume import Volume, orientation_code
 
 
 class CaseProperties(BaseModel):
-    """What `invert_to_original` needs (JSON-serialisable). Shapes (X, Y, Z); affines 4x4 RAS mm."""
+    """What the inversion (`medseg.inference.invert`) needs (JSON-serialisable). Shapes (X, Y, Z); affines 4x4 RAS mm."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -138,62 +138,6 @@ def preprocess_case(images: list[Volume], plan: Plan, label: Volume | None = Non
         label_values=plan.label_values,
     )
     return PreprocessedCase(np.ascontiguousarray(out_image, dtype=np.float32), out_label, props)
-
-
-def invert_to_original(array: np.ndarray, properties: CaseProperties | dict) -> Volume:
-    """Preprocessed-grid prediction -> Volume with exactly the original shape and affine.
-
-    array: (K, X, Y, Z) float probabilities -> returns float32 (K, *original_shape), each channel
-        resampled linearly, background (channel 0) = 1 and others 0 outside the crop box;
-        (X, Y, Z) integer channel indices (as in label.npy; IGNORE_LABEL kept) -> returns label values
-        (`properties.label_values`; uint8, uint16 when a value is >= 256) of *original_shape, via one-hot
-        probabilities treated the same way, then argmax (no channel absent from the input is created).
-    """
-    props = properties if isinstance(properties, CaseProperties) else CaseProperties.model_validate(properties)
-    if tuple(array.shape[-3:]) != tuple(props.resampled_shape):
-        raise GeometryError(
-            f"prediction of spatial shape {tuple(array.shape[-3:])} does not match the preprocessed grid "
-            f"{tuple(props.resampled_shape)}; predict on the preprocessed image of this case"
-        )
-    box = props.crop_box
-    sl = tuple(slice(a, b) for a, b in box)
-
-    def uncropped(channel: np.ndarray, fill: float) -> np.ndarray:
-        full = np.full(props.ras_shape, fill, dtype=np.float32)
-        full[sl] = resize3d(channel.astype(np.float32, copy=False), props.cropped_shape, 1)
-        return full
-
-    if array.ndim == 4:
-        ras = np.stack([uncropped(ch, 1.0 if k == 0 else 0.0) for k, ch in enumerate(array)])
-    elif array.ndim == 3:
-        if np.issubdtype(array.dtype, np.floating):
-            raise InputError("a (X, Y, Z) prediction must hold integer labels; pass probabilities as (K, X, Y, Z)")
-        classes = np.unique(array)
-        if 0 not in classes:
-            classes = np.concatenate([[0], classes])
-        values = props.label_values
-        if values is not None and any(c >= len(values) and c != 255 for c in classes.tolist()):
-            raise InputError(
-                f"the label map holds channels {[c for c in classes.tolist() if c >= len(values)][:5]} but the plan has "
-                f"{len(values)} labels; pass channel indices 0..{len(values) - 1}"
-            )
-        ras = np.zeros(props.ras_shape, dtype=np.uint8 if classes.max() < 256 else np.uint16)
-        best = np.full(props.ras_shape, -1.0, dtype=np.float32)
-        for c in classes:
-            p = uncropped((array == c).astype(np.float32), 1.0 if c == 0 else 0.0)
-            better = p > best
-            ras[better] = c
-            np.maximum(best, p, out=best)
-    else:
-        raise InputError(f"expected (K, X, Y, Z) probabilities or (X, Y, Z) labels, got shape {array.shape}")
-    if array.ndim == 3:
-        ras = channels_to_values(ras, props.label_values)
-
-    back = Volume(ras, np.array(props.ras_affine)).reoriented(props.original_orientation)
-    original_affine = np.array(props.original_affine)
-    if tuple(back.spatial_shape) != tuple(props.original_shape) or not np.allclose(back.affine, original_affine, atol=1e-3):
-        raise GeometryError("reorienting back did not reproduce the original grid; the properties are inconsistent")
-    return Volume(back.array, original_affine)
 
 
 def check_cached_labels(workdir, case_ids: list[str], plan: Plan) -> None:

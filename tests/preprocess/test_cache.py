@@ -93,7 +93,7 @@ def test_cached_case_layout(msd_factory, tmp_path):
 @pytest.mark.slow
 def test_dicom_series_manifest_with_label_in_other_voxel_order(shared_data, tmp_path):
     from medseg.io import read_volume
-    from medseg.preprocess import invert_to_original
+    from medseg.inference.invert import invert_to_original
 
     series = shared_data / "dicom" / "totalsegmentator" / "ct_series"
     seg = shared_data / "dicom" / "totalsegmentator" / "ct_series_reference_seg.nii.gz"

@@ -1,11 +1,12 @@
-"""preprocess_case / invert_to_original: exact inverse without resampling, Dice >= 0.99 with it."""
+"""preprocess_case and its inverse (medseg.inference.invert): exact without resampling, Dice >= 0.99 with it."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from medseg.preprocess import invert_to_original, preprocess_case
+from medseg.inference.invert import invert_to_original
+from medseg.preprocess import preprocess_case
 from medseg.preprocess.plan import ChannelNormalization, ConfigurationPlan, Plan
 from medseg.volume import Volume
 
