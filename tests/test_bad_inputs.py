@@ -482,6 +482,34 @@ def test_bad_input_is_refused_in_one_line_and_writes_nothing(row, tmp_path, capf
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "x").exists()  # a climbing case id
 
 
+SUBPROCESS_ROWS = [infer_nan, infer_case_id_climbing, bundle_from_the_future, train_truncated_image_cache,
+                   preprocess_4d_image, preprocess_out_unwritable, run_step_unknown_option]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("row", SUBPROCESS_ROWS, ids=[r.__name__ for r in SUBPROCESS_ROWS])
+def test_bad_input_through_a_real_subprocess(row, tmp_path, _bundle_template, _workdir_template):
+    """A sample of the rows as a shell runs them (`python -m medseg ...`): the same one line, exit 1, nothing written."""
+    root = tmp_path / "root"
+    root.mkdir()
+    bundle = shutil.copytree(_bundle_template, root / "bundle")
+    work = shutil.copytree(_workdir_template, root / "cache")
+    case = root / "case"
+    case.mkdir()
+    argv, expected = row(case, bundle, work)
+    locked = [p for p in case.rglob("locked")]
+    before = snapshot(root)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    try:
+        result = subprocess.run([sys.executable, "-m", "medseg", *map(str, argv)], capture_output=True, text=True,
+                                timeout=300, cwd=root, env={**env, "OMP_NUM_THREADS": "1"})
+    finally:
+        for p in locked:
+            release(p)
+    check_refused(result.returncode, result.stderr, expected)
+    assert snapshot(root) == before
+
+
 def test_cli_output_matches_a_real_subprocess(tmp_path):
     """The in-process runner above says what a user's shell sees: one row through `python -m medseg`."""
     source = scan(tmp_path / "scan.nii.gz", np.nan)
