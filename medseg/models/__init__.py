@@ -75,11 +75,17 @@ _UNET = dict(builder="medseg.models.unet:build_unet", options="medseg.models.une
              optional=("kernel_sizes",), description="nnU-Net-style U-Net")
 _DEEPLAB = dict(builder="medseg.models.deeplab:build_deeplab", options="medseg.models.deeplab:DeepLabOptions", needs=_CONV,
                 optional=("kernel_sizes",), description="DeepLabv3+ (atrous residual encoder, ASPP)")
+# any patch size (the patch embeddings pad, the decoder crops); strides 4-2-2-2 adapted to the plan's
+# patch size and spacing (medseg.models.segformer.stage_strides)
+_SEGFORMER = dict(builder="medseg.models.segformer:build_segformer", needs=("patch_size", "spacing"),
+                  optional=("patch_size", "spacing"), description="SegFormer (Mix Transformer encoder, all-MLP decoder)")
 MODELS: dict[str, ModelSpec] = {
     "unet2d": ModelSpec(spatial_dims=2, **_UNET),
     "unet3d": ModelSpec(spatial_dims=3, **_UNET),
     "deeplabv3plus2d": ModelSpec(spatial_dims=2, **_DEEPLAB),
     "deeplabv3plus3d": ModelSpec(spatial_dims=3, **_DEEPLAB),
+    "segformer2d": ModelSpec(spatial_dims=2, options="medseg.models.segformer:SegFormer2DOptions", **_SEGFORMER),
+    "segformer3d": ModelSpec(spatial_dims=3, options="medseg.models.segformer:SegFormer3DOptions", **_SEGFORMER),
 }
 
 
