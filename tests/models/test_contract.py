@@ -15,7 +15,7 @@ from torch import nn
 
 from medseg.bundle import load_bundle, write_bundle
 from medseg.errors import ConfigError
-from medseg.models import MODELS, ModelOptions, ModelPlan, ModelSpec, build_model, model_head, validate_options
+from medseg.models import MODELS, ModelOptions, ModelPlan, ModelSpec, build_model, model_head, register_model, validate_options
 from medseg.models.heads import SEMANTIC_SOFTMAX, SemanticSoftmaxHead
 from medseg.preprocess.plan import ChannelNormalization, ConfigurationPlan, Plan, ResamplingPlan
 from medseg.volume import Volume
@@ -118,6 +118,17 @@ def test_a_family_without_topology_builds_from_a_plan_configuration(monkeypatch)
         build_model("pervoxel3d", plan.configurations["3d"], in_channels=1, num_classes=2, spacing=[2, 2, 2], upsample="interp")
     with pytest.raises(ConfigError, match=r"'pervoxel3d' needs spacing from the plan"):
         build_model("pervoxel3d", plan.configurations["3d"], in_channels=1, num_classes=2)
+
+
+def test_register_model_adds_a_family_and_refuses_to_shadow_one(monkeypatch):
+    monkeypatch.setattr("medseg.models.MODELS", dict(MODELS))  # the registry as it was, after the test
+    import medseg.models
+
+    register_model("pervoxel3d", per_voxel_spec())
+    assert "pervoxel3d" in medseg.models.MODELS and medseg.models.spatial_dims_of("pervoxel3d") == 3
+    with pytest.raises(ConfigError, match="'unet3d' is already registered"):
+        register_model("unet3d", per_voxel_spec())
+    assert medseg.models.MODELS["unet3d"].builder == "medseg.models.unet:build_unet"
 
 
 # --- the predictor asks the head -------------------------------------------------------------------
