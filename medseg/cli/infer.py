@@ -57,6 +57,10 @@ def command(
     if not input.exists():
         raise InputError(f"{input}: no such file or folder; check the path")
     cases, many = _cases(input)
+    if format is OutputFormat.rtstruct:  # the `rtstruct` extra: said in one line before any prediction
+        from medseg.extras import require
+
+        require("rt_utils")
     if format is not OutputFormat.nifti:
         non_dicom = [p for _, paths in cases for p in paths if _is_image_file(p)]
         if non_dicom:

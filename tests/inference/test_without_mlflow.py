@@ -30,3 +30,18 @@ def test_infer_without_mlflow_writes_the_mask(tiny_bundle, tmp_path, monkeypatch
         "mlflow is not installed; `pip install medseg[tracking]` adds it; continuing without tracking"
     ]
     assert not (tmp_path / "work" / "mlruns.db").exists()
+
+
+def test_infer_to_rtstruct_without_rt_utils_says_so_before_predicting(tiny_bundle, tmp_path, monkeypatch):
+    import pytest
+
+    from medseg.cli.main import run_argv
+    from medseg.extras import MissingExtraError
+
+    write_volume(Volume(np.zeros((8, 8, 4), np.float32), np.eye(4)), tmp_path / "scan.nii.gz")
+    monkeypatch.setitem(sys.modules, "rt_utils", None)
+    monkeypatch.setattr("medseg.inference.predictor.Predictor.predict", lambda *a, **k: pytest.fail("predicted first"))
+    with pytest.raises(MissingExtraError, match=r"^rt-utils is not installed; `pip install medseg\[rtstruct\]` adds it$"):
+        run_argv(["infer", str(tmp_path / "scan.nii.gz"), "--model", str(tiny_bundle), "-o", str(tmp_path / "out.dcm"),
+                  "--format", "rtstruct", "--device", "cpu"])
+    assert not (tmp_path / "out.dcm").exists()
