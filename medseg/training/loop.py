@@ -123,7 +123,7 @@ def train(
     from medseg.preprocess.plan import Plan
     from medseg.tracking import flatten_params, open_tracker
     from medseg.training import checkpoint as ckpt
-    from medseg.training.distributed import any_rank, cleanup, gather_objects, init_distributed, mean_over_ranks
+    from medseg.training.distributed import any_rank, barrier, cleanup, gather_objects, init_distributed, mean_over_ranks
     from medseg.training.schedule import build_optimizer_and_scheduler
 
     workdir = Path(workdir)
@@ -392,6 +392,7 @@ def train(
                 if dist.is_main:
                     echo(f"--max-minutes {max_minutes} reached: stopped after epoch {epoch + 1} with a checkpoint; continue with --resume")
                 break
+        barrier(dist)  # every rank returns with the last checkpoint on disk (a following --resume reads it)
         checksum = state_checksum(model)
         if dist.is_main:
             if not stopped:  # keep-largest-component steps chosen on validation (issue 14; fold_none: the CV folds')
