@@ -17,9 +17,6 @@ class OutputFormat(str, Enum):
     rtstruct = "rtstruct"
 
 
-SUFFIX = {OutputFormat.nifti: ".nii.gz", OutputFormat.dicom_seg: ".dcm", OutputFormat.rtstruct: ".dcm"}
-
-
 def command(
     input: Annotated[Path, typer.Argument(help="A scan file, a DICOM folder, or a folder / manifest (.txt, .csv, .json) of many scans.")],
     model: Annotated[list[str], typer.Option("--model", "-m", help="Bundle folder, MLflow run id, runs:/ URI or registered model name; repeat to ensemble.")],
@@ -44,25 +41,21 @@ def command(
     import resource
     import time
 
-    import torch
-
-    from medseg.bundle import resolve_model_reference
+    from medseg.api import load_model
+    from medseg.data.cases import discover_cases, is_image_file
     from medseg.errors import ConfigError, InputError, MedsegError
-    from medseg.inference.predictor import Predictor
 
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"--device {device!r} is invalid; use auto, cpu or cuda")
     if not 0 <= overlap < 1:
         raise ConfigError(f"--overlap {overlap} is out of range; expected a value in [0, 1) (0.5 is the default), e.g. --overlap 0.5")
-    if not input.exists():
-        raise InputError(f"{input}: no such file or folder; check the path")
-    cases, many = _cases(input)
+    cases, many = discover_cases(input)
     if format is OutputFormat.rtstruct:  # the `rtstruct` extra: said in one line before any prediction
         from medseg.extras import require
 
         require("rt_utils")
     if format is not OutputFormat.nifti:
-        non_dicom = [p for _, paths in cases for p in paths if _is_image_file(p)]
+        non_dicom = [p for _, paths in cases for p in paths if is_image_file(p)]
         if non_dicom:
             raise InputError(
                 f"{non_dicom[0]}: --format {format.value} needs a DICOM series as input (to reference), "
@@ -72,11 +65,10 @@ def command(
         raise InputError(f"{input} holds {len(cases)} scans; give an output folder with -o OUT_DIR")
     targets = _targets(input, cases, many, output, format, probabilities)  # checked before any model loads
 
-    bundles = _select_folds([resolve_model_reference(m, workdir=workdir) for m in model], folds)
-    extra = [{"name": "instances", "params": {}}] if instances else []
-    predictor = Predictor(bundles, device=device, precision=precision.value, tta=tta, overlap=overlap, batch_size=batch_size,
-                          accumulate_dtype=torch.float16 if fp16_buffer else torch.float32,
-                          postprocess=not no_postprocess, extra_steps=extra, crf={} if crf else None)
+    predictor = load_model(model, workdir=workdir, folds=folds, device=device, precision=precision.value, tta=tta,
+                           overlap=overlap, batch_size=batch_size, fp16_buffer=fp16_buffer,
+                           postprocess=not no_postprocess, instances=instances, crf=crf)
+    bundles = [b.path for b in predictor.bundles]
     typer.echo(f"precision: {predictor.precision.describe()}; {len(bundles)} model(s); device {predictor.device}")
 
     if many:
@@ -128,10 +120,11 @@ def _targets(input: Path, cases, many: bool, output: Path | None, format: Output
     and the output folder (many scans) or the output file's folder (one scan) can be written."""
     import os
 
+    from medseg.api import FORMATS, probabilities_path
     from medseg.errors import InputError, OutputError
-    from medseg.io.atomic import check_output_dir, check_output_folder, check_plain_name, full_suffix
+    from medseg.io.atomic import check_output_dir, check_output_folder, check_plain_name
 
-    suffix = SUFFIX[format]
+    suffix = FORMATS[format.value]
     if many:
         check_output_folder(output, "-o")
         for case_id, _ in cases:
@@ -149,8 +142,7 @@ def _targets(input: Path, cases, many: bool, output: Path | None, format: Output
     inputs = {os.path.realpath(p) for _, paths in cases for p in paths}
     series_folders = [os.path.realpath(p) for _, paths in cases for p in paths if Path(p).is_dir()]
     for target in targets:
-        stem = target.name[: len(target.name) - len(full_suffix(target))]
-        written = [target] + ([target.with_name(f"{stem}_probabilities.nii.gz")] if probabilities else [])
+        written = [target] + ([probabilities_path(target)] if probabilities else [])
         for path in written:
             if os.path.realpath(path) in inputs:
                 raise OutputError(
@@ -164,65 +156,6 @@ def _targets(input: Path, cases, many: bool, output: Path | None, format: Output
                     "series; choose an output path (-o) outside it"
                 )
     return targets
-
-
-def _is_image_file(path: Path) -> bool:
-    from medseg.io import is_readable_image_path
-
-    return path.is_file() and is_readable_image_path(path)
-
-
-def _cases(input: Path) -> tuple[list[tuple[str, list[Path]]], bool]:
-    """The cases behind INPUT as (case id, one path per channel), and whether it names many.
-
-    INPUT: a scan or DICOM folder (one case); a folder of scans (nnU-Net's CASE_0000, CASE_0001
-    channel files are grouped into one case) or of DICOM series folders; a manifest in the
-    data_manifest format (.csv/.json) or a .txt list with one path per line.
-    """
-    from medseg.data.manifest import load_manifest
-    from medseg.errors import InputError
-
-    suffix = input.suffix.lower()
-    if input.is_file() and suffix in (".csv", ".json"):
-        manifest = load_manifest(input)
-        return [(c.case_id, [Path(p) for p in c.images]) for c in manifest.cases], True
-    if input.is_file() and suffix == ".txt":
-        entries = [line.strip() for line in input.read_text().splitlines() if line.strip() and not line.startswith("#")]
-        if not entries:
-            raise InputError(f"{input}: the list names no scans; put one path per line")
-        paths = [p if p.is_absolute() else input.parent / p for p in map(Path, entries)]
-        return [(_case_id(p), [p]) for p in paths], True
-    if input.is_dir():
-        children = sorted(input.iterdir())
-        images = [c for c in children if _is_image_file(c)]
-        if images:
-            return _group_channels(images), True
-        subdirs = [c for c in children if c.is_dir()]
-        if subdirs and not any(c.is_file() and not c.name.startswith(".") and c.suffix.lower() not in (".md", ".txt", ".json") for c in children):
-            return [(c.name, [c]) for c in subdirs], True
-    return [(_case_id(input), [input])], False
-
-
-def _group_channels(images: list[Path]) -> list[tuple[str, list[Path]]]:
-    """nnU-Net naming (CASE_0000.nii.gz, CASE_0001.nii.gz) -> one case per CASE, channels in order;
-    any other naming -> one single-channel case per file."""
-    import re
-
-    pattern = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-    matches = [pattern.match(_case_id(p)) for p in images]
-    if not all(matches):
-        return [(_case_id(p), [p]) for p in images]
-    cases: dict[str, list[tuple[int, Path]]] = {}
-    for m, p in zip(matches, images):
-        cases.setdefault(m["case"], []).append((int(m["channel"]), p))
-    return [(case, [p for _, p in sorted(channels)]) for case, channels in sorted(cases.items())]
-
-
-def _case_id(path: Path) -> str:
-    from medseg.io.atomic import full_suffix
-
-    suffix = full_suffix(path) if path.is_file() else ""
-    return path.name[: len(path.name) - len(suffix)] if suffix else path.name
 
 
 def _log_run(predictor, model_refs, bundles, workdir, rows, failures, peak_mb, options) -> None:
@@ -251,84 +184,15 @@ def _log_run(predictor, model_refs, bundles, workdir, rows, failures, peak_mb, o
         })
 
 
-def _select_folds(bundles: list[Path], folds: str | None) -> list[Path]:
-    """Expand folders of fold_* bundles and keep the requested folds (see `medseg.bundle.select_fold_bundles`)."""
-    from medseg.bundle import select_fold_bundles
-
-    return select_fold_bundles(bundles, folds)
-
-
-def _check_finite(volume, path: Path) -> None:
-    """Refuse NaN or Inf voxels: the network would turn them into NaN logits and an all-background mask."""
-    import numpy as np
-
-    from medseg.errors import InputError
-
-    array = volume.array
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-        nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
-        raise InputError(
-            f"{path}: the image holds {nan} NaN and {inf} Inf voxel(s); expected finite intensities; "
-            "repair the image (e.g. replace NaN with 0) and rerun"
-        )
-
-
-def _check_channels(images, paths: list[Path], channel_names: list[str]) -> None:
-    """Name the 4D file when the channels do not add up to the model's (the predictor's check cannot)."""
-    from medseg.errors import InputError
-
-    found = sum(v.num_channels for v in images)
-    if found == len(channel_names):
-        return
-    for path, v in zip(paths, images):
-        if v.array.ndim == 4:
-            raise InputError(
-                f"{path}: a 4D image of shape {(*v.spatial_shape, v.num_channels)} gives {found} channel(s), but the model "
-                f"expects {len(channel_names)} ({', '.join(channel_names)}); expected a 3D image per channel; "
-                "give one 3D file per channel (CASE_0000, CASE_0001, ...)"
-            )
-
-
 def _infer_one(predictor, paths: list[Path], target: Path, format: OutputFormat, series: str | None, probabilities: bool) -> None:
     """Predict one case (one path per channel) and write its mask; DICOM outputs reference the first channel's series."""
-    from medseg.io import read_volume, write_volume
+    from medseg.api import read_scan, write
     from medseg.io.atomic import check_output_dir
 
     check_output_dir(target)  # fail before a long prediction
-    datasets = None
-    images = []
-    for path in paths:
-        if _is_image_file(path):
-            images.append(read_volume(path))
-        else:
-            from medseg.io.dicom import load_dicom_series
-
-            loaded = load_dicom_series(path, series=series)
-            images.append(loaded.volume)
-            datasets = datasets if datasets is not None else loaded.datasets
-        _check_finite(images[-1], path)
-    _check_channels(images, paths, predictor.bundle.plan.channel_names)
-    if format is OutputFormat.rtstruct and datasets is not None:  # refuse before a long prediction
+    scan = read_scan(paths, series=series)
+    if format is OutputFormat.rtstruct and scan.datasets is not None:  # refuse before a long prediction
         from medseg.io.dicom import refuse_multiframe
 
-        refuse_multiframe(datasets)
-    result = predictor.predict(images, probabilities=probabilities)
-    labels = result.labels
-    names = predictor.labels
-    if any(step["name"] == "instances" for step in predictor.steps):  # instance ids, not label values (which may be uint16)
-        names = {int(v): f"instance {int(v)}" for v in sorted(set(labels.array.ravel().tolist()) | {0})}
-    if format is OutputFormat.nifti:
-        write_volume(labels, target)
-    elif format is OutputFormat.dicom_seg:
-        from medseg.io.dicom import write_dicom_seg
-
-        write_dicom_seg(labels, datasets, target, names, predictor.bundle.label_codes, model_name=predictor.bundle.model_name)
-    else:
-        from medseg.io.dicom import write_rtstruct
-
-        write_rtstruct(labels, datasets, target, names, predictor.bundle.label_codes, model_name=predictor.bundle.model_name)
-    if probabilities and result.probabilities is not None:
-        from medseg.io.atomic import full_suffix
-
-        stem = target.name[: len(target.name) - len(full_suffix(target))]
-        write_volume(result.probabilities, target.with_name(f"{stem}_probabilities.nii.gz"))
+        refuse_multiframe(scan.datasets)
+    write(predictor.segment(scan, probabilities=probabilities), target, format.value)

@@ -124,6 +124,12 @@ def _absolute(manifest: Manifest, root: Path) -> Manifest:
     return manifest
 
 
+def split_channel_suffix(stem: str) -> tuple[str, int] | None:
+    """nnU-Net's channel naming: "CASE_0001" -> ("CASE", 1); None for a name without it."""
+    m = _CHANNEL_SUFFIX.match(stem)
+    return (m["case"], int(m["channel"])) if m else None
+
+
 def _strip_suffix(name: str) -> str:
     lower = name.lower()
     for s in _IMAGE_SUFFIXES:
@@ -158,9 +164,9 @@ def _load_dataset_folder(root: Path, data: dict | None = None) -> Manifest:
         if f.name.startswith(".") or not f.name.lower().endswith(ending):
             continue
         stem = _strip_suffix(f.name)
-        m = _CHANNEL_SUFFIX.match(stem)
-        if m:
-            channel_files.setdefault(m["case"], {})[int(m["channel"])] = f
+        split = split_channel_suffix(stem)
+        if split:
+            channel_files.setdefault(split[0], {})[split[1]] = f
         else:
             plain[stem] = f
     if data.get("training"):

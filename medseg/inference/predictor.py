@@ -183,6 +183,25 @@ class Predictor:
 
         return self.head.ensemble(fold_output(network) for network in self.networks)
 
+    def segment(self, inputs, *, series: str | None = None, probabilities: bool = False):
+        """One case -> `Segmentation` on its original grid (labels, optional probabilities, names,
+        codes, and the source DICOM headers when the input was DICOM).
+
+        inputs: a Volume, a path (scan file or DICOM folder), a list of them (one per channel, in
+        the model's channel order), pydicom Datasets of one series, or a `Scan` (see
+        `medseg.inference.segmentation.read_scan`). series: DICOM, which series of a folder.
+        """
+        from medseg.inference.segmentation import Segmentation, check_channels, read_scan
+
+        scan = read_scan(inputs, series=series)
+        check_channels(scan, self.bundle.plan.channel_names)
+        result = self.predict(scan.volumes, probabilities=probabilities)
+        names = self.labels
+        if any(step["name"] == "instances" for step in self.steps):  # instance ids, not label values (which may be uint16)
+            names = {int(v): f"instance {int(v)}" for v in sorted(set(np.unique(result.labels.array).tolist()) | {0})}
+        return Segmentation(result.labels, result.probabilities, names, self.bundle.label_codes, scan.datasets,
+                            self.bundle.model_name, result.timings)
+
     def predict(self, images: list[Volume], probabilities: bool = False) -> Prediction:
         """Channel volumes of one case (same grid) -> Prediction on that grid."""
         import time

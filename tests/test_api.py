@@ -1,0 +1,317 @@
+"""The public Python API (medseg.read, load_model -> Predictor.segment, write, preprocess, train,
+evaluate) on tiny synthetic volumes and the tiny trained blob bundle of tests/inference."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import medseg
+from medseg.errors import ConfigError, InputError, OutputError
+from medseg.io import read_volume, write_volume
+from medseg.volume import Volume
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_inference = _load(REPO / "tests" / "inference" / "conftest.py", "_api_inference_fixtures")
+_training = _load(REPO / "tests" / "training" / "conftest.py", "_api_training_fixtures")
+
+
+@pytest.fixture(scope="session")
+def blob_bundle(tmp_path_factory):
+    """The tiny blob segmenter (3 mm grid, patch 32x32x16), trained once for this module's tests."""
+    return _inference.train_tiny_bundle(tmp_path_factory.mktemp("api_bundle") / "blobs")
+
+
+def blob_image(shape=(40, 36, 20), centre=(20, 18, 10), radius=6.0, seed=0) -> np.ndarray:
+    """A noisy scan holding one bright ball, what the blob model was trained to find."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
+    ball = np.linalg.norm(grid - np.array(centre), axis=-1) < radius
+    return (rng.normal(0, 0.5, shape) + 2.5 * ball - 0.3).astype(np.float32), ball
+
+
+def oblique_affine() -> np.ndarray:
+    """An anisotropic, rotated and flipped grid (2.5 x 3 x 3.5 mm): inversion mistakes show."""
+    c, s = np.cos(0.4), np.sin(0.4)
+    rotation = np.array([[c, -s, 0], [s, c, 0], [0, 0, -1.0]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation * np.array([2.5, 3.0, 3.5])
+    affine[:3, 3] = [-40.0, 12.0, 30.0]
+    return affine
+
+
+def synthetic_series(image: np.ndarray, spacing=(3.0, 3.0, 3.0)) -> list:
+    """An in-memory MR series (pydicom Datasets with pixel data) whose voxel (i, j, k) = image[i, j, k]."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    pixels = np.round((image - image.min()) * 100).astype(np.int16)  # (cols, rows, slices) = (i, j, k)
+    datasets = []
+    for k in range(image.shape[2]):
+        sop = generate_uid()
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+        ds.file_meta.MediaStorageSOPInstanceUID = sop
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, sop
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Api", "API-1", "", "O"
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "20260101", "120000", "1", "", ""
+        ds.Modality, ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber = "MR", "synthetic blob", 1, k + 1
+        ds.ImagePositionPatient = [0.0, 0.0, float(k * spacing[2])]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]  # row spacing (j), column spacing (i)
+        ds.SliceThickness = float(spacing[2])
+        ds.Rows, ds.Columns = image.shape[1], image.shape[0]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.PixelData = np.ascontiguousarray(pixels[:, :, k].T).tobytes()  # stored (rows, cols)
+        datasets.append(ds)
+    return datasets
+
+
+# --- package import ------------------------------------------------------------------------------
+
+
+def test_import_medseg_loads_no_torch_and_exposes_the_api():
+    code = (
+        "import sys, medseg\n"
+        "names = [medseg.read, medseg.read_scan, medseg.load_model, medseg.write, medseg.train, medseg.evaluate, medseg.Segmentation]\n"
+        "assert callable(medseg.preprocess) and all(map(callable, names))\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+    assert {"read", "load_model", "write", "preprocess", "train", "evaluate", "Segmentation"} <= set(dir(medseg))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        medseg.nope  # noqa: B018
+
+
+# --- read ----------------------------------------------------------------------------------------
+
+
+def test_read_a_file_and_in_memory_datasets(tmp_path):
+    image, _ = blob_image(shape=(6, 5, 4))
+    write_volume(Volume(image, oblique_affine()), tmp_path / "scan.nii.gz")
+    volume = medseg.read(tmp_path / "scan.nii.gz")
+    np.testing.assert_array_equal(volume.array, image)
+    np.testing.assert_allclose(volume.affine, oblique_affine(), atol=1e-5)
+
+    datasets = synthetic_series(image, spacing=(2.0, 3.0, 4.0))
+    from_memory = medseg.read(datasets[::-1])  # any order: sorted by position
+    assert from_memory.spatial_shape == (6, 5, 4)
+    np.testing.assert_allclose(from_memory.spacing, [2.0, 3.0, 4.0])
+    expected = np.round((image - image.min()) * 100)
+    np.testing.assert_array_equal(from_memory.array, expected)
+    with pytest.raises(InputError, match="no such file"):
+        medseg.read(tmp_path / "absent.nii.gz")
+
+
+# --- load_model and segment ----------------------------------------------------------------------
+
+
+def test_load_model_resolves_bundle_parent_and_folds(blob_bundle, tmp_path):
+    parent = tmp_path / "models"
+    for fold in (0, 1):
+        shutil.copytree(blob_bundle, parent / f"fold_{fold}")
+        meta = json.loads((parent / f"fold_{fold}" / "bundle.json").read_text())
+        meta["fold"] = fold
+        (parent / f"fold_{fold}" / "bundle.json").write_text(json.dumps(meta))
+    assert [b.path.name for b in medseg.load_model(parent, device="cpu").bundles] == ["fold_0", "fold_1"]
+    assert [b.path.name for b in medseg.load_model(parent, folds="1", device="cpu").bundles] == ["fold_1"]
+    assert len(medseg.load_model([blob_bundle, parent / "fold_1"], device="cpu").bundles) == 2
+    with pytest.raises(ConfigError, match="overlap"):
+        medseg.load_model(blob_bundle, overlap=1.0)
+    with pytest.raises(ConfigError, match="device"):
+        medseg.load_model(blob_bundle, device="tpu")
+
+
+def test_segment_every_input_kind_gives_labels_on_the_original_grid(blob_bundle, tmp_path):
+    image, ball = blob_image()
+    volume = Volume(image, oblique_affine())
+    path = write_volume(volume, tmp_path / "scan.nii.gz")
+    predictor = medseg.load_model(blob_bundle, device="cpu", precision="fp32")
+
+    seg = predictor.segment(volume, probabilities=True)
+    assert isinstance(seg, medseg.Segmentation)
+    assert seg.labels.spatial_shape == volume.spatial_shape and seg.labels.same_geometry(volume)
+    np.testing.assert_allclose(seg.labels.affine, volume.affine)
+    dice = 2 * (seg.labels.array.astype(bool) & ball).sum() / (seg.labels.array.astype(bool).sum() + ball.sum())
+    assert dice > 0.7, f"the blob model missed the ball (Dice {dice:.2f})"
+    assert seg.probabilities.array.shape == (2, *volume.spatial_shape)
+    np.testing.assert_allclose(seg.probabilities.array.sum(axis=0), 1.0, atol=1e-4)
+    assert seg.label_names == {0: "background", 1: "blob"} and seg.label_codes[1]["type"][0] == "108369006"
+    assert seg.datasets is None and seg.model_name == "unet3d"
+
+    for other in (path, str(path), [path], [volume]):  # the same case, whatever form it comes in
+        np.testing.assert_array_equal(predictor.segment(other).labels.array, seg.labels.array)
+    np.testing.assert_array_equal(predictor.predict([volume]).labels.array, seg.labels.array)  # predict kept
+
+    with pytest.raises(InputError, match="mixes"):
+        predictor.segment([volume, path])
+    with pytest.raises(InputError, match="1 NaN"):
+        bad = image.copy()
+        bad[0, 0, 0] = np.nan
+        predictor.segment(Volume(bad, np.eye(4)))
+    with pytest.raises(InputError, match="2 channel"):
+        predictor.segment([volume, volume])
+
+
+def test_in_memory_series_to_seg_and_rtstruct_datasets_without_the_file_system(blob_bundle, forbid_file_writes):
+    from medseg.io.dicom import read_dicom_seg, read_rtstruct
+
+    image, ball = blob_image(shape=(32, 32, 16), centre=(16, 14, 8))
+    datasets = synthetic_series(image)
+    predictor = medseg.load_model(blob_bundle, device="cpu", precision="fp32")
+    seg = predictor.segment(datasets)
+    assert seg.datasets is not None and len(seg.datasets) == 16
+    assert seg.labels.array.astype(bool)[ball].mean() > 0.7
+
+    dicom_seg = medseg.write(seg, format="dicom-seg")
+    assert dicom_seg.Modality == "SEG" and dicom_seg.SegmentSequence[0].SegmentLabel == "blob"
+    back, names = read_dicom_seg(dicom_seg, datasets)
+    assert names == {1: "blob"}
+    np.testing.assert_array_equal(back, seg.labels.array)
+
+    rtstruct = medseg.write(seg, format="rtstruct")
+    assert rtstruct.Modality == "RTSTRUCT"
+    contours = read_rtstruct(rtstruct, seg.labels)
+    overlap = (contours["blob"] & seg.labels.array.astype(bool)).sum() / seg.labels.array.astype(bool).sum()
+    assert overlap > 0.8
+    assert forbid_file_writes == []
+
+
+def test_write_nifti_and_probabilities_atomically_and_refuse_what_cannot_be_written(blob_bundle, tmp_path):
+    image, _ = blob_image(shape=(32, 32, 16), centre=(16, 16, 8))
+    predictor = medseg.load_model(blob_bundle, device="cpu", precision="fp32")
+    seg = predictor.segment(Volume(image, np.diag([3.0, 3.0, 3.0, 1.0])), probabilities=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    written = medseg.write(seg, out / "case.nii.gz")
+    assert written == out / "case.nii.gz"
+    assert sorted(p.name for p in out.iterdir()) == ["case.nii.gz", "case_probabilities.nii.gz"]  # no temp files left
+    np.testing.assert_array_equal(read_volume(written).array, seg.labels.array)
+    np.testing.assert_allclose(read_volume(out / "case_probabilities.nii.gz").array, seg.probabilities.array)
+    medseg.write(seg, out / "mask_only.nii.gz", probabilities=False)
+    assert not (out / "mask_only_probabilities.nii.gz").exists()
+
+    with pytest.raises(OutputError, match="needs a path"):
+        medseg.write(seg)
+    with pytest.raises(OutputError, match="non-DICOM input"):
+        medseg.write(seg, out / "x.dcm", format="dicom-seg")
+    with pytest.raises(ConfigError, match="unknown"):
+        medseg.write(seg, out / "x.nii.gz", format="png")
+    with pytest.raises(OutputError, match="cannot write"):
+        medseg.write(seg, out / "x.png")
+    assert not any(p.name.startswith("x") for p in out.iterdir())
+
+
+# --- evaluate ------------------------------------------------------------------------------------
+
+
+def test_evaluate_in_memory_and_files_agree(tmp_path):
+    ref = np.zeros((20, 20, 10), np.uint8)
+    ref[5:15, 5:15, 2:8] = 1
+    pred = np.zeros_like(ref)
+    pred[5:15, 5:15, 4:8] = 1  # 4 of the 6 slices: Dice 2*400/(400+600) = 0.8
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    report = medseg.evaluate(Volume(pred, affine), Volume(ref, affine))
+    assert report.rows[0]["dice"] == pytest.approx(0.8)
+    assert medseg.evaluate(Volume(ref, affine), Volume(ref, affine)).rows[0]["dice"] == pytest.approx(1.0)
+
+    for folder, array in (("pred", pred), ("ref", ref)):
+        (tmp_path / folder).mkdir()
+        write_volume(Volume(array, affine), tmp_path / folder / "c1.nii.gz")
+    from_files = medseg.evaluate(tmp_path / "pred", tmp_path / "ref")
+    assert from_files.rows[0]["dice"] == pytest.approx(0.8)
+    assert from_files.rows[0]["hd95"] == pytest.approx(report.rows[0]["hd95"])
+    segmentation = medseg.Segmentation(Volume(pred, affine), label_names={0: "background", 1: "box"})
+    assert medseg.evaluate(segmentation, Volume(ref, affine)).label_names == {0: "background", 1: "box"}
+    with pytest.raises(ConfigError, match="not one of each"):
+        medseg.evaluate(Volume(pred, affine), tmp_path / "ref")
+
+
+# --- preprocess and train ------------------------------------------------------------------------
+
+
+def test_preprocess_a_dataset_folder(tmp_path):
+    data = tmp_path / "data"
+    (data / "imagesTr").mkdir(parents=True)
+    (data / "labelsTr").mkdir()
+    for i in range(3):
+        image, ball = blob_image(shape=(20, 18, 12), centre=(10, 9, 6), radius=4, seed=i)
+        write_volume(Volume(image, np.diag([1.5, 1.5, 2.0, 1.0])), data / "imagesTr" / f"case{i}_0000.nii.gz")
+        write_volume(Volume(ball.astype(np.uint8), np.diag([1.5, 1.5, 2.0, 1.0])), data / "labelsTr" / f"case{i}.nii.gz")
+    (data / "dataset.json").write_text(json.dumps({"name": "balls", "channel_names": {"0": "MR"}, "labels": {"background": 0, "ball": 1},
+                                                   "file_ending": ".nii.gz", "numTraining": 3}))
+    summary = medseg.preprocess(data, tmp_path / "work")
+    assert sorted(summary.processed) == ["case0", "case1", "case2"]
+    assert summary.plan.labels == {0: "background", 1: "ball"}
+    assert summary.plan.target_spacing == [1.5, 1.5, 2.0]
+    assert (tmp_path / "work" / "plan.json").is_file()
+    again = medseg.preprocess(data, tmp_path / "work", workers=1)
+    assert again.processed == [] and sorted(again.skipped_unchanged) == ["case0", "case1", "case2"]
+
+
+@pytest.mark.slow
+def test_train_a_fold_then_segment_with_its_bundle(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    work = _training._make_workdir(tmp_path / "work")
+    result = medseg.train(work, REPO / "configs" / "unet3d.yaml", fold=0, overrides=_training.TINY_OVERRIDES)
+    assert result.bundle_dir == work / "models" / "unet3d" / "fold_0" and result.epochs_done == 2
+    assert len(result.train_losses) == 2 and set(result.val_dice) >= {"mean"}
+    predictor = medseg.load_model(work / "models" / "unet3d", device="cpu")  # the parent: its fold_0
+    image = np.random.default_rng(0).normal(size=(20, 20, 18)).astype(np.float32)
+    seg = predictor.segment(Volume(image, np.eye(4)))
+    assert seg.labels.spatial_shape == (20, 20, 18) and seg.label_names == {0: "background", 1: "ball", 2: "box"}
+
+    from medseg.training.config import load_train_config
+
+    config = load_train_config(REPO / "configs" / "unet3d.yaml", _training.TINY_OVERRIDES)
+    with pytest.raises(ConfigError, match="preset_name"):
+        medseg.train(work, config, fold=1)
+
+
+# --- case discovery (medseg.data.cases, used by `medseg infer`) -----------------------------------
+
+
+def test_discover_cases_groups_channel_files_as_the_manifest_does(tmp_path):
+    from medseg.data.cases import discover_cases
+
+    folder = tmp_path / "imagesTs"
+    folder.mkdir()
+    tiny = Volume(np.zeros((2, 2, 2), np.float32), np.eye(4))
+    for name in ("b_0001", "b_0000", "a_0000"):
+        write_volume(tiny, folder / f"{name}.nii.gz")
+    cases, many = discover_cases(folder)
+    assert many and cases == [("a", [folder / "a_0000.nii.gz"]), ("b", [folder / "b_0000.nii.gz", folder / "b_0001.nii.gz"])]
+    write_volume(tiny, folder / "plain.nii.gz")  # not every file has the suffix: one case per file
+    assert [c for c, _ in discover_cases(folder)[0]] == ["a_0000", "b_0000", "b_0001", "plain"]
+    assert discover_cases(folder / "plain.nii.gz") == ([("plain", [folder / "plain.nii.gz"])], False)
+    (tmp_path / "list.txt").write_text("# scans\nimagesTs/plain.nii.gz\n")
+    assert discover_cases(tmp_path / "list.txt") == ([("plain", [tmp_path / "imagesTs" / "plain.nii.gz"])], True)
+    series = tmp_path / "dicom"
+    (series / "s1").mkdir(parents=True)
+    (series / "s2").mkdir()
+    assert discover_cases(series) == ([("s1", [series / "s1"]), ("s2", [series / "s2"])], True)
+    with pytest.raises(InputError, match="no such file"):
+        discover_cases(tmp_path / "absent")
