@@ -259,7 +259,10 @@ class SegFormer(nn.Module):
 
 def _init(m: nn.Module) -> None:
     """Truncated-normal (std 0.02) linear layers, unit LayerNorms, He (fan-out) convolutions: the
-    initialisation transformers train from scratch with."""
+    initialisation transformers train from scratch with. Skipped on the meta device (a bundle builds
+    there before loading its weights): trunc_normal_ on meta tensors imports sympy, 10 s of start-up."""
+    if any(p.is_meta for p in m.parameters(recurse=False)):
+        return
     if isinstance(m, nn.Linear):
         nn.init.trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:

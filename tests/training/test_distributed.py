@@ -23,6 +23,8 @@ VARIANTS = {
     "unet2d_plain": ("unet2d", {"deep_supervision": False}),
     "deeplabv3plus3d": ("deeplabv3plus3d", None),
     "deeplabv3plus2d": ("deeplabv3plus2d", None),
+    "segformer3d_cpu": ("segformer3d_cpu", None),
+    "segformer2d": ("segformer2d", None),
 }
 
 
@@ -49,21 +51,28 @@ def _torchrun(args: list[str], env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("name", list(VARIANTS))
+# the other registered families' presets, checked for unused parameters (not in the torchrun matrix, for time)
+OTHER_PRESETS = {"segformer2d": ("segformer2d", None), "segformer3d": ("segformer3d", None),
+                 "segformer3d_cpu": ("segformer3d_cpu", None)}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS) + list(OTHER_PRESETS))
 def test_every_parameter_gets_a_gradient_on_the_hippocampus_topology(name, _hippocampus_template):
     """What DDP (find_unused_parameters=False) needs: no parameter outside the loss's graph."""
     from medseg.losses import DeepSupervisionLoss, build_loss
     from medseg.models import build_model
     from medseg.preprocess.plan import Plan
 
-    preset, options = VARIANTS[name]
+    preset, options = {**VARIANTS, **OTHER_PRESETS}[name]
     cfg = _config(preset, options)
     plan = Plan.load(_hippocampus_template / "plan.json")
+    patch = cfg["patch_size"]
     conf = plan.configurations[cfg["model"]["configuration"]]
     assert list(conf.features_per_stage) == [32, 64, 128, 256]  # the real plan's 4 stages
+    conf = conf.model_copy(update={"patch_size": patch, "batch_size": 2})  # as training's effective plan
     torch.manual_seed(0)
-    model = build_model(cfg["model"]["name"], conf, in_channels=1, num_classes=3, **cfg["model"]["options"]).train()
-    patch = cfg["patch_size"]
+    model = build_model(cfg["model"]["name"], conf, in_channels=1, num_classes=3, spacing=plan.target_spacing,
+                        **cfg["model"]["options"]).train()
     out = model(torch.randn(1, 1, *patch))
     deep = bool(cfg["model"]["options"].get("deep_supervision"))
     assert isinstance(out, list) == deep
