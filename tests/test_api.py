@@ -274,7 +274,11 @@ def test_preprocess_a_dataset_folder(tmp_path):
 
 @pytest.mark.slow
 def test_train_a_fold_then_segment_with_its_bundle(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    import socket
+
+    with socket.socket() as s:  # a tracking server where nothing listens: training logs nowhere, at once
+        s.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{s.getsockname()[1]}")
     work = _training._make_workdir(tmp_path / "work")
     result = medseg.train(work, REPO / "configs" / "unet3d.yaml", fold=0, overrides=_training.TINY_OVERRIDES)
     assert result.bundle_dir == work / "models" / "unet3d" / "fold_0" and result.epochs_done == 2
