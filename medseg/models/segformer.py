@@ -1,8 +1,8 @@
 """SegFormer in 2D and 3D: a Mix Transformer encoder and an all-MLP decoder (Xie et al. 2021; the 3D
 sizing of SegFormer3D, Perera et al. 2024). Written from the papers.
 
-Encoder: 4 stages, each an overlapping patch embedding (a strided convolution, kernel 2s - 1 and
-padding s - 1 for stride s: 7/4 in the first stage, 3/2 after), N blocks of (efficient self-attention,
+Encoder: 4 stages, each an overlapping patch embedding (a strided convolution: kernel 7 stride 4 in
+the first stage, kernel 3 stride 2 after; kernel 3 stride 1 along an axis that is not downsampled), N blocks of (efficient self-attention,
 Mix-FFN), then a LayerNorm. Efficient self-attention takes its keys and values from a strided
 convolution of ratio R (then a LayerNorm), so a stage of N tokens attends to prod(ceil(S_d / R))
 keys, not N. Mix-FFN is linear -> depthwise 3x3(x3) convolution -> GELU -> linear; its convolution
@@ -97,13 +97,13 @@ def _to_tokens(x: torch.Tensor) -> torch.Tensor:
 class PatchEmbedding(nn.Module):
     """Overlapping patch embedding: (B, C_in, *S) -> (B, prod(ceil(S / stride)), C) tokens, LayerNorm'd.
 
-    Kernel 2s - 1 and padding s - 1 per axis give ceil(S / s) positions for any size S: the far end
-    is padded as needed and the decoder crops back."""
+    Kernel max(3, 2s - 1) and padding kernel // 2 per axis give ceil(S / s) positions for any size S:
+    the far end is padded as needed and the decoder crops back."""
 
     def __init__(self, spatial_dims: int, in_channels: int, width: int, stride: Sequence[int]):
         super().__init__()
-        kernel = tuple(2 * s - 1 for s in stride)
-        self.conv = conv_cls(spatial_dims)(in_channels, width, kernel, stride=tuple(stride), padding=tuple(s - 1 for s in stride))
+        kernel = tuple(max(3, 2 * s - 1) for s in stride)
+        self.conv = conv_cls(spatial_dims)(in_channels, width, kernel, stride=tuple(stride), padding=tuple(k // 2 for k in kernel))
         self.norm = nn.LayerNorm(width)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
