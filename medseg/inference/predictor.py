@@ -59,6 +59,41 @@ def accumulation_device(device: torch.device, spatial_shape, num_classes: int, d
     return torch.device("cpu")
 
 
+@torch.inference_mode()
+def predict_on_grid(networks, image: torch.Tensor, config, precision: PrecisionPlan, head: OutputHead, *,
+                    num_classes: int, device: torch.device, overlap: float = 0.5, batch_size: int = 1,
+                    tta: bool = False, accumulate_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The network-grid prediction of `Predictor` and of training validation: (C, X, Y, Z)
+    preprocessed image -> (C_out, X, Y, Z) activated output on the same grid, each network's windows
+    stitched and activated as `head` says and combined over `networks` (folds) by `head.ensemble`.
+
+    networks: one network or several (eval mode, on `device`); image: on any device (windows move
+    to `device`); config: the plan's configuration (patch size, spatial dims, slice axis);
+    num_classes: the plan's classes (background included), for the buffer's size.
+    The (C_out, *S) sum lives where `accumulation_device` says (on the GPU when it fits, else the
+    CPU). `head.decode` of the result gives channel indices on the preprocessed grid."""
+    if not isinstance(networks, (list, tuple)):
+        networks = [networks]
+    spatial_dims = config.spatial_dims
+    channels = head.out_channels(num_classes)
+    accumulate_on = accumulation_device(device, image.shape[1:], channels, accumulate_dtype)
+    kwargs = dict(overlap=overlap, batch_size=batch_size, precision=precision, device=device,
+                  accumulate_device=accumulate_on, accumulate_dtype=accumulate_dtype)
+
+    def fold_output(network) -> torch.Tensor:
+        net = mirrored(network, spatial_dims) if tta else network
+
+        def run_windows(gaussian: bool = True) -> torch.Tensor:
+            if spatial_dims == 3:
+                return sliding_window_predict(image, net, config.patch_size, gaussian=gaussian, **kwargs)
+            axis = config.slice_axis if config.slice_axis is not None else 2
+            return sliding_window_predict_2d(image, net, config.patch_size, slice_axis=axis, gaussian=gaussian, **kwargs)
+
+        return head.activate(head.stitch(run_windows))
+
+    return head.ensemble(fold_output(network) for network in networks)
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -155,33 +190,12 @@ class Predictor:
                         "give a volume, or use a bundle trained with the 2d configuration"
                     )
 
-    @torch.inference_mode()
     def logits_to_probabilities(self, image: torch.Tensor) -> torch.Tensor:
         """(C, X, Y, Z) preprocessed image -> (C_out, X, Y, Z) float32 activated output, combined over
         folds as the head says (semantic head: softmax probabilities averaged over folds)."""
-        channels = self.head.out_channels(len(self.labels))
-        accumulate_on = accumulation_device(self.device, image.shape[1:], channels, self.accumulate_dtype)
-        kwargs = dict(
-            overlap=self.overlap,
-            batch_size=self.batch_size,
-            precision=self.precision,
-            device=self.device,
-            accumulate_device=accumulate_on,
-            accumulate_dtype=self.accumulate_dtype,
-        )
-
-        def fold_output(network) -> torch.Tensor:
-            net = mirrored(network, self.spatial_dims) if self.tta else network
-
-            def run_windows(gaussian: bool = True) -> torch.Tensor:
-                if self.spatial_dims == 3:
-                    return sliding_window_predict(image, net, self.config.patch_size, gaussian=gaussian, **kwargs)
-                axis = self.config.slice_axis if self.config.slice_axis is not None else 2
-                return sliding_window_predict_2d(image, net, self.config.patch_size, slice_axis=axis, gaussian=gaussian, **kwargs)
-
-            return self.head.activate(self.head.stitch(run_windows))
-
-        return self.head.ensemble(fold_output(network) for network in self.networks)
+        return predict_on_grid(self.networks, image, self.config, self.precision, self.head, device=self.device,
+                               overlap=self.overlap, batch_size=self.batch_size, tta=self.tta,
+                               accumulate_dtype=self.accumulate_dtype, num_classes=len(self.labels))
 
     def segment(self, inputs, *, series: str | None = None, probabilities: bool = False):
         """One case -> `Segmentation` on its original grid (labels, optional probabilities, names,

@@ -219,7 +219,7 @@ def select_for_fold(tracker, workdir, bundle_dir, val_ids, plan, config, precisi
     from medseg.bundle import load_bundle
     from medseg.io.atomic import atomic_output
     from medseg.preprocess.cache import load_case
-    from medseg.training.loop import predict_case
+    from medseg.training.validation import predict_case
 
     workdir, bundle_dir = Path(workdir), Path(bundle_dir)
     if not val_ids:

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from medseg.errors import ConfigError, InputError, first_validation_problem
 from medseg.precision import Precision
 from medseg.training.config import TrainConfig, dump_config
+from medseg.training.validation import predict_case, validate  # noqa: F401  (predict_case: importable here, as before)
 
 log = logging.getLogger(__name__)
 
@@ -415,52 +416,6 @@ def train(
                        run_id, precision.resolved.value, checksum, stopped)
 
 
-def predict_case(model, image: np.ndarray, plan, config: TrainConfig, precision, device) -> np.ndarray:
-    """Argmax labels (X, Y, Z) uint8 of one preprocessed image (C, X, Y, Z), by the inference sliding window."""
-    import torch
-
-    from medseg.inference.sliding_window import sliding_window_predict, sliding_window_predict_2d
-
-    conf = plan.configurations[config.model.configuration]
-    x = torch.from_numpy(np.array(image, dtype=np.float32)).to(device)  # a writable copy of the memory map
-    model.eval()
-    with torch.inference_mode():
-        if conf.spatial_dims == 3:
-            logits = sliding_window_predict(x, model, conf.patch_size, overlap=config.val_overlap, batch_size=conf.batch_size, precision=precision)
-        else:
-            logits = sliding_window_predict_2d(x, model, conf.patch_size, conf.slice_axis, overlap=config.val_overlap,
-                                               batch_size=conf.batch_size, precision=precision)
-    return logits.argmax(0).to(torch.uint8).cpu().numpy()
-
-
-def validate(model, workdir, case_ids, plan, config, precision, device, labels: dict[int, str], dist=None) -> dict[str, float]:
-    """Mean over cases of the Dice per foreground class on whole validation cases, plus "mean".
-
-    dist: a `DistInfo`; rank r predicts cases r, r + N, ... and the per-class sums are all-reduced,
-    so every rank returns the same numbers as one process would.
-    """
-    from medseg.metrics import dice_per_class
-    from medseg.preprocess.cache import load_case
-    from medseg.training.distributed import DistInfo, sum_over_ranks
-
-    dist = dist or DistInfo()
-
-    names = [labels[v] for v in sorted(labels)]  # cached labels and predictions hold channel k = k-th label value
-    fg = list(range(1, len(names)))
-    per_class: dict[int, list[float]] = {k: [] for k in fg}
-    for case_id in case_ids[dist.rank :: dist.world_size]:
-        case = load_case(workdir, case_id)
-        pred = predict_case(model, case.image, plan, config, precision, device)
-        for k, d in dice_per_class(pred, np.asarray(case.label), fg).items():
-            per_class[k].append(d)
-    # (sum, count) per class over every rank's cases; the mean of the pooled cases, as one process has it
-    totals = sum_over_ranks(dist, [[float(np.sum(per_class[k])), len(per_class[k])] for k in fg]).reshape(len(fg), 2)
-    per_class = {k: [total / count] if count else [] for k, (total, count) in zip(fg, totals)}
-    out = {names[k]: float(np.mean(v)) for k, v in per_class.items()}
-    out["mean"] = float(np.mean(list(out.values())))
-    return out
-
-
 def _log_artifacts(tracker, workdir, out_dir, history, model, val_ids, plan, config, precision, device) -> None:
     """Config, plan, splits, the bundle (artifact path "bundle"), learning curves and overlays."""
     from medseg.training import checkpoint as ckpt
@@ -475,60 +430,14 @@ def _log_artifacts(tracker, workdir, out_dir, history, model, val_ids, plan, con
         if path.is_file() and not ckpt.is_temporary(path):
             tracker.log_artifact(path, artifact_path="bundle")
     from medseg.extras import available, missing_message
+    from medseg.training.plots import plot_curves, plot_overlay
 
     if not available("matplotlib"):  # the `plots` extra: everything else is recorded, training goes on
         log.warning("%s; no learning curves or overlays logged", missing_message("matplotlib"))
         return
     with tempfile.TemporaryDirectory() as tmp:
         plots = Path(tmp)
-        _plot_curves(history, plots / "learning_curves.png")
+        plot_curves(history, plots / "learning_curves.png")
         for case_id in val_ids[:2]:
-            _plot_overlay(model, workdir, case_id, plan, config, precision, device, plots / f"overlay_{case_id}.png")
+            plot_overlay(model, workdir, case_id, plan, config, precision, device, plots / f"overlay_{case_id}.png")
         tracker.log_artifacts(plots, artifact_path="plots")
-
-
-def _plot_curves(history, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(range(1, len(history["train_loss"]) + 1), history["train_loss"], label="train loss")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    if history["val_mean"]:
-        ax2 = ax.twinx()
-        e, v = zip(*history["val_mean"])
-        ax2.plot([x + 1 for x in e], v, "g.-", label="val Dice")
-        e, v = zip(*history["ema"])
-        ax2.plot([x + 1 for x in e], v, "g--", label="val Dice EMA")
-        ax2.set_ylabel("Dice")
-        ax2.legend(loc="lower right")
-    ax.legend(loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-def _plot_overlay(model, workdir, case_id, plan, config, precision, device, path: Path) -> None:
-    """Image slice through the most foreground, reference contour in green, prediction in red."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from medseg.preprocess.cache import load_case
-
-    case = load_case(workdir, case_id)
-    pred = predict_case(model, case.image, plan, config, precision, device)
-    label = np.asarray(case.label)
-    z = int(np.argmax((label > 0).sum(axis=(0, 1)))) if (label > 0).any() else label.shape[2] // 2
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.imshow(np.asarray(case.image[0, :, :, z]).T, cmap="gray", origin="lower")
-    ax.contour((label[:, :, z] > 0).T, levels=[0.5], colors="lime", linewidths=1)
-    ax.imshow(np.ma.masked_equal(pred[:, :, z].T, 0), cmap="autumn", alpha=0.4, origin="lower")
-    ax.set_title(f"{case_id} (green: reference, red: prediction)", fontsize=8)
-    ax.axis("off")
-    fig.savefig(path, dpi=80, bbox_inches="tight")
-    plt.close(fig)
