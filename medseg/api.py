@@ -177,6 +177,7 @@ def train(
     precision: str | None = None,
     max_minutes: float | None = None,
     echo: Callable[[str], None] = lambda s: None,
+    progress: Callable[[int, int, float], None] | None = None,
 ) -> "TrainResult":
     """Train one fold on a preprocessed `workdir`; the bundle goes to WORKDIR/models/<preset>/fold_<k>/.
 
@@ -185,6 +186,7 @@ def train(
         (e.g. {"seed": 1, "iterations_per_epoch": 10}).
     fold: 0-4 (validated on that fold of WORKDIR/splits.json), or None (every case, no
         validation: fold_none). epochs / precision: override the config's.
+    echo: receives one-line messages (epoch summaries); progress(iteration, total, loss) per step.
     Returns a `TrainResult` (bundle_dir, epochs_done, per-epoch losses, last validation Dice).
     """
     from medseg.training.config import TrainConfig, load_train_config
@@ -199,7 +201,7 @@ def train(
         preset_name = preset_name or Path(config).stem
         config = load_train_config(config, overrides)
     return train_fold(workdir, config, preset_name=preset_name, fold=fold, resume=resume, epochs=epochs,
-                      precision=getattr(precision, "value", precision), max_minutes=max_minutes, echo=echo)
+                      precision=getattr(precision, "value", precision), max_minutes=max_minutes, echo=echo, progress=progress)
 
 
 def evaluate(

@@ -39,7 +39,9 @@ def command(
         raise ConfigError(f"--run {run}: no tracking store to find the run in; pass --workdir WORKDIR (its mlruns.db) or set MLFLOW_TRACKING_URI")
     label_list = _parse_labels(labels)
     label_names = _label_names(bundle_dir, workdir)
-    report = evaluation.evaluate(pred, ref, labels=label_list, tolerance_mm=tolerance_mm, label_names=label_names)
+    from medseg.api import evaluate
+
+    report = evaluate(pred, ref, labels=label_list, tolerance_mm=tolerance_mm, label_names=label_names)
     for cid in report.unmatched_references:
         typer.echo(f"warning: reference {cid} has no prediction (not scored)", err=True)
     for cid in report.unmatched_predictions:

@@ -63,9 +63,9 @@ def command(
     """Train a model on a preprocessed WORKDIR; each fold's bundle goes to WORKDIR/models/<preset>/fold_<k>/."""
     import os
 
+    from medseg.api import train
     from medseg.errors import ConfigError
     from medseg.training.config import load_train_config
-    from medseg.training.loop import train
 
     folds = _parse_folds(fold)
     overrides = {"seed": seed,
@@ -77,7 +77,7 @@ def command(
     stopped_any = False
     for k in folds:
         try:
-            result = train(workdir, cfg, preset_name=config.stem, fold=k, resume=resume, epochs=epochs,
+            result = train(workdir, cfg, k, preset_name=config.stem, resume=resume, epochs=epochs,
                            precision=precision.value if precision else None, max_minutes=max_minutes,
                            echo=echo, progress=_Progress())
         except KeyboardInterrupt:  # Ctrl-C: the run is marked KILLED and the last epoch's checkpoint stays
