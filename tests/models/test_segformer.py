@@ -200,3 +200,32 @@ def test_bf16_trained_bundle_predicts_in_fp32(tmp_path, monkeypatch):
     bf16 = sliding_window_predict(image, net, [16, 16, 16], precision=resolve_precision("bf16", "cpu"))
     assert fp32.dtype == torch.float32 and fp32.shape == (3, *image.shape[1:]) and torch.isfinite(fp32).all()
     assert (fp32 - bf16).abs().max() < 0.1 * fp32.abs().max() + 0.05  # same network, bf16 rounding only
+
+
+@pytest.mark.slow
+def test_resumed_run_matches_an_uninterrupted_one_and_serves_with_tta_and_two_folds(tmp_path, monkeypatch):
+    """Stopped after its first epoch and resumed, a deterministic run ends on the weights of an
+    uninterrupted one; its bundle serves through the Predictor with mirroring TTA over two folds."""
+    import shutil
+
+    from medseg.inference.predictor import Predictor
+    from medseg.training.config import TrainConfig
+    from medseg.training.loop import train
+    from medseg.volume import Volume
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{s.getsockname()[1]}")
+    work = _tiny_workdir(tmp_path / "work")
+    other = shutil.copytree(work, tmp_path / "other")
+    cfg = yaml.safe_load(open("configs/segformer3d_cpu.yaml"))
+    cfg["model"]["options"].update(TINY, dropout=0.1)  # dropout: a resume restoring the wrong RNG would differ
+    cfg.update(epochs=2, iterations_per_epoch=2, validate_every=1, num_workers=0, precision="fp32", deterministic=True)
+    config = TrainConfig.model_validate(cfg)
+    whole = train(work, config, preset_name="sf", fold=0)
+    assert train(other, config, preset_name="sf", fold=0, max_minutes=0).stopped_early
+    resumed = train(other, config, preset_name="sf", fold=0, resume=True)
+    assert resumed.weights_sha256 == whole.weights_sha256 and resumed.train_losses == whole.train_losses
+    image = Volume(np.random.default_rng(1).normal(size=(23, 19, 17)).astype(np.float32), np.diag([1.0, 1.0, 1.0, 1.0]))
+    out = Predictor([whole.bundle_dir, resumed.bundle_dir], device="cpu", precision="fp32", tta=True).predict([image])
+    assert out.labels.array.shape == (23, 19, 17) and set(np.unique(out.labels.array)) <= {0, 1, 2}
