@@ -34,16 +34,21 @@ def test_the_docs_hold_examples_to_run():
     assert python_blocks(REPO / "README.md") == [] or all(b.strip() for b in python_blocks(REPO / "README.md"))
 
 
+@pytest.fixture(scope="module")
+def docs_bundle(tmp_path_factory):
+    inference = _load(REPO / "tests" / "inference" / "conftest.py", "_docs_inference_fixtures")
+    return inference.train_tiny_bundle(tmp_path_factory.mktemp("docs_bundle") / "blobs")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("doc", ["docs/api.md", "README.md"])
-def test_python_examples_run(doc, tmp_path, monkeypatch):
+def test_python_examples_run(doc, docs_bundle, tmp_path, monkeypatch):
     blocks = python_blocks(REPO / doc)
     if not blocks:
         assert doc == "README.md"  # docs/api.md must have examples (test above); the README may have none
         return
-    inference = _load(REPO / "tests" / "inference" / "conftest.py", "_docs_inference_fixtures")
     api_tests = _load(REPO / "tests" / "test_api.py", "_docs_api_tests")
-    bundle = inference.train_tiny_bundle(tmp_path / "bundle" / "blobs")
+    bundle = docs_bundle
     dicom = tmp_path / "dicom"
     dicom.mkdir()
     image, _ = api_tests.blob_image(shape=(32, 32, 16), centre=(16, 14, 8))
