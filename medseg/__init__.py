@@ -1,21 +1,17 @@
 """medseg: segmentation of volumetric medical scans, from DICOM or NIfTI in to masks out.
 
 The Python API (docs/api.md): `medseg.read`, `medseg.load_model` -> `Predictor.segment`,
-`medseg.write`, `medseg.preprocess`, `medseg.train`, `medseg.evaluate`. They live in `medseg.api`
+`medseg.write`, `medseg.plan_and_preprocess`, `medseg.train`, `medseg.evaluate`. They live in `medseg.api`
 and are imported on first use, so `import medseg` (and `medseg --help`) loads no torch.
 """
 
 __version__ = "0.1.0"
 
-_API = ("read", "read_scan", "load_model", "write", "preprocess", "train", "evaluate", "Scan", "Segmentation")
+_API = ("read", "read_scan", "load_model", "write", "plan_and_preprocess", "train", "evaluate", "Scan", "Segmentation")
 __all__ = ["__version__", *_API, "Volume"]
 
 
 def __getattr__(name: str):
-    if name == "preprocess":  # also a subpackage: the package itself is callable as the API function
-        import medseg.preprocess
-
-        return medseg.preprocess
     if name in _API:
         from medseg import api
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from medseg.training.loop import TrainResult
     from medseg.volume import Volume
 
-__all__ = ["FORMATS", "Scan", "Segmentation", "evaluate", "load_model", "preprocess", "read", "read_scan", "train", "write"]
+__all__ = ["FORMATS", "Scan", "Segmentation", "evaluate", "load_model", "plan_and_preprocess", "read", "read_scan", "train", "write"]
 
 FORMATS = {"nifti": ".nii.gz", "dicom-seg": ".dcm", "rtstruct": ".dcm"}  # format -> default file suffix
 
@@ -140,7 +140,7 @@ def write(segmentation: Segmentation, path: str | os.PathLike | None = None, for
     return Path(written)
 
 
-def preprocess(
+def plan_and_preprocess(
     dataset: str | os.PathLike,
     workdir: str | os.PathLike,
     config: "str | os.PathLike | PreprocessConfig | None" = None,

@@ -1,4 +1,4 @@
-"""The public Python API (medseg.read, load_model -> Predictor.segment, write, preprocess, train,
+"""The public Python API (medseg.read, load_model -> Predictor.segment, write, plan_and_preprocess, train,
 evaluate) on tiny synthetic volumes and the tiny trained blob bundle of tests/inference."""
 
 from __future__ import annotations
@@ -94,14 +94,14 @@ def synthetic_series(image: np.ndarray, spacing=(3.0, 3.0, 3.0)) -> list:
 def test_import_medseg_loads_no_torch_and_exposes_the_api():
     code = (
         "import sys, medseg\n"
-        "names = [medseg.read, medseg.read_scan, medseg.load_model, medseg.write, medseg.train, medseg.evaluate, medseg.Segmentation]\n"
-        "assert callable(medseg.preprocess) and all(map(callable, names))\n"
+        "names = [medseg.read, medseg.read_scan, medseg.load_model, medseg.write, medseg.plan_and_preprocess, medseg.train, medseg.evaluate, medseg.Segmentation]\n"
+        "assert all(map(callable, names))\n"
         "print('torch' in sys.modules)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
-    assert {"read", "load_model", "write", "preprocess", "train", "evaluate", "Segmentation"} <= set(dir(medseg))
+    assert {"read", "load_model", "write", "plan_and_preprocess", "train", "evaluate", "Segmentation"} <= set(dir(medseg))
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         medseg.nope  # noqa: B018
 
@@ -263,12 +263,12 @@ def test_preprocess_a_dataset_folder(tmp_path):
         write_volume(Volume(ball.astype(np.uint8), np.diag([1.5, 1.5, 2.0, 1.0])), data / "labelsTr" / f"case{i}.nii.gz")
     (data / "dataset.json").write_text(json.dumps({"name": "balls", "channel_names": {"0": "MR"}, "labels": {"background": 0, "ball": 1},
                                                    "file_ending": ".nii.gz", "numTraining": 3}))
-    summary = medseg.preprocess(data, tmp_path / "work")
+    summary = medseg.plan_and_preprocess(data, tmp_path / "work")
     assert sorted(summary.processed) == ["case0", "case1", "case2"]
     assert summary.plan.labels == {0: "background", 1: "ball"}
     assert summary.plan.target_spacing == [1.5, 1.5, 2.0]
     assert (tmp_path / "work" / "plan.json").is_file()
-    again = medseg.preprocess(data, tmp_path / "work", workers=1)
+    again = medseg.plan_and_preprocess(data, tmp_path / "work", workers=1)
     assert again.processed == [] and sorted(again.skipped_unchanged) == ["case0", "case1", "case2"]
 
 

@@ -40,12 +40,12 @@ def command(
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Leave out invalid cases instead of stopping.")] = False,
 ) -> None:
     """Validate a dataset, plan its preprocessing and write the resampled, normalised cache."""
-    from medseg.api import preprocess
+    from medseg.api import plan_and_preprocess
     from medseg.preprocess.validate import ValidationFailed, format_problems
 
     _check_inputs_survive(dataset, out)
     try:
-        summary = preprocess(dataset, out, config, workers=workers, skip_invalid=skip_invalid, progress=_Bar())
+        summary = plan_and_preprocess(dataset, out, config, workers=workers, skip_invalid=skip_invalid, progress=_Bar())
     except ValidationFailed as exc:
         if len(exc.problems) > 1:  # one problem is said in the error line itself
             typer.echo(format_problems(exc.problems), err=True)

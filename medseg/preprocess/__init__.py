@@ -18,15 +18,3 @@ __all__ = [
     "preprocess_case",
 ]
 
-
-class _CallablePackage(__import__("types").ModuleType):
-    """`medseg.preprocess(dataset, workdir, ...)` is `medseg.api.preprocess`: the name is both this
-    package and the API function, and whichever `medseg.preprocess` resolves to must run it."""
-
-    def __call__(self, *args, **kwargs):
-        from medseg.api import preprocess
-
-        return preprocess(*args, **kwargs)
-
-
-__import__("sys").modules[__name__].__class__ = _CallablePackage
