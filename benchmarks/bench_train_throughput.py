@@ -59,7 +59,7 @@ print(json.dumps({"its": steps / (time.perf_counter() - t)}))
 
 
 def medseg_its(precision: str, steps: int, threads: int, compile: bool = False) -> tuple[float, str]:
-    """Iterations/s of medseg's training step (the same code as medseg.training.loop; `compile` as the
+    """Iterations/s of medseg's training step (the same code as medseg.training.trainer.Trainer.train_epoch; `compile` as the
     config's `compile: true`, the compilation itself excluded by the warm-up steps)."""
     import torch
 
