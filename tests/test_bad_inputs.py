@@ -400,6 +400,61 @@ def run_unknown_set_variable(d, bundle, work):
     return ["run", REPO / "pipelines" / "demo.yaml", "--set", "minuts=1"], "minutes"
 
 
+# --- rows for items other parts of issue 14 built (training state, training config, labels, folds, tracking) ---
+
+
+class _Planted:
+    """Unpickling this runs a shell command: what a planted training_state.pt would do."""
+
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def train_resume_malicious_state(d, bundle, work):
+    import torch
+
+    config = d / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY_TRAIN))
+    fold = work / "models" / "tiny" / "fold_none"
+    fold.mkdir(parents=True)
+    torch.save({"epoch": 0, "rng": _Planted()}, fold / "training_state.pt")  # PWNED in the cwd would be a new file
+    return ["train", work, "--config", config, "--fold", "none", "--resume"], "training_state.pt: refused to load"
+
+
+def train_negative_lr(d, bundle, work):
+    config = d / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY_TRAIN, "optimizer": {"name": "adamw", "lr": -1}}))
+    return ["train", work, "--config", config, "--fold", "none"], "optimizer.lr"
+
+
+def train_zero_patch_size(d, bundle, work):
+    config = d / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY_TRAIN, "patch_size": [0, 16, 16]}))
+    return ["train", work, "--config", config, "--fold", "none"], "patch_size"
+
+
+def preprocess_undeclared_label_7(d, bundle, work):
+    import nibabel as nib
+
+    rows = [(f"c{i}", *labelled_case(d, f"c{i}")) for i in range(2)]
+    mask = nib.load(str(rows[1][2]))
+    values = np.asarray(mask.dataobj).copy()
+    values[1, 1, 1] = 7
+    nib.save(nib.Nifti1Image(values, mask.affine), str(rows[1][2]))
+    config = d / "preprocess.yaml"
+    config.write_text(yaml.safe_dump({"labels": {0: "background", 1: "box"}}))
+    return ["preprocess", csv_manifest(d, rows), "--out", d / "work", "--config", config], "c1_seg.nii.gz: case c1: label values [7]"
+
+
+def infer_unknown_model_reference(d, bundle, work):  # and no mlruns.db appears in the cwd (the snapshot)
+    return ["infer", scan(d / "scan.nii.gz"), "-m", "nosuchmodel", "-o", d / "mask.nii.gz"], "nosuchmodel"
+
+
+def infer_bundle_fold_not_a_number(d, bundle, work):
+    _edit_bundle(bundle, "bundle.json", lambda m: m.update(fold="seven"))
+    return ["infer", scan(d / "scan.nii.gz"), "-m", bundle, "--folds", "0", "-o", d / "mask.nii.gz"], "\"fold\" is 'seven'"
+
+
 TINY_TRAIN = {
     "version": 1,
     "model": {"name": "unet3d", "configuration": "3d", "options": {"deep_supervision": False}},
@@ -420,6 +475,9 @@ ROWS = [
     preprocess_no_normalization_for_the_channel, preprocess_plan_version_override, preprocess_complex_image,
     preprocess_out_is_a_file, preprocess_out_unwritable,
     run_step_unknown_option, run_step_bad_value, run_pipeline_running_itself, run_variables_in_a_cycle, run_unknown_set_variable,
+    # built by other parts of issue 14
+    train_resume_malicious_state, train_negative_lr, train_zero_patch_size, preprocess_undeclared_label_7,
+    infer_unknown_model_reference, infer_bundle_fold_not_a_number,
 ]
 
 
@@ -567,3 +625,81 @@ def test_bundles_carry_their_version(_bundle_template, tmp_path):
     old = shutil.copytree(_bundle_template, tmp_path / "old")
     _edit_bundle(old, "bundle.json", lambda m: m.pop("bundle_version"))  # written before versions: read as 1
     assert load_bundle(old).meta["model"] == "unet3d"
+
+
+# --- other inputs of the issue's list, whose right outcome is not a refusal --------------------
+
+
+def test_a_dead_tracking_server_costs_little_and_leaves_no_store(tmp_path, capfd, monkeypatch, _bundle_template):
+    import socket
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens there once the socket is closed
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.chdir(tmp_path)
+    source = scan(tmp_path / "scan.nii.gz")
+    start = time.monotonic()
+    code, stderr = run_cli(["infer", source, "-m", _bundle_template, "-o", tmp_path / "mask.nii.gz"], capfd)
+    assert code == 0, stderr
+    assert time.monotonic() - start < 15
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) <= 1, stderr  # at most one warning
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.nii.gz", "scan.nii.gz"]
+
+
+def test_evaluate_without_a_workdir_creates_no_tracking_store(tmp_path, capfd, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    mask = np.zeros((10, 10, 6), np.uint8)
+    mask[2:6, 2:6, 1:4] = 1
+    write_volume(Volume(mask, np.eye(4)), tmp_path / "pred.nii.gz")
+    write_volume(Volume(mask, np.eye(4)), tmp_path / "ref.nii.gz")
+    code, stderr = run_cli(["evaluate", "--pred", tmp_path / "pred.nii.gz", "--ref", tmp_path / "ref.nii.gz",
+                            "-o", tmp_path / "m.csv"], capfd)
+    assert code == 0, stderr
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert "m.csv" in names and not any(n.startswith(("mlruns", "mlartifacts")) for n in names), names
+
+
+def test_a_flipped_mask_is_refused_by_the_seg_writer_in_one_line(shared_data, tmp_path):
+    """No command writes a SEG from a user's mask, so this row calls the writer as the API would."""
+    from medseg.errors import GeometryError
+    from medseg.io.dicom import load_dicom_series, write_dicom_seg
+
+    source = load_dicom_series(shared_data / "dicom" / "tcia_mr_oblique" / "11_HCropVolume")
+    array = np.zeros(source.volume.spatial_shape, np.uint8)
+    array[1:5, 2:6, :2] = 1
+    mask = source.volume.with_array(array)
+    flip = np.eye(4)
+    flip[0, 0], flip[0, 3] = -1, mask.spatial_shape[0] - 1
+    flipped = Volume(np.flip(mask.array, 0).copy(), mask.affine @ flip)  # same shape, other voxel order
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(GeometryError) as caught:
+        write_dicom_seg(flipped, source.datasets, out / "seg.dcm", {0: "background", 1: "a"})
+    assert "\n" not in str(caught.value) and "origin" in str(caught.value)
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_training_says_how_to_resume(tmp_path):
+    import signal
+    import time
+
+    work = _training._make_workdir(tmp_path / "work", n_cases=5)
+    config = tmp_path / "long.yaml"
+    config.write_text(yaml.safe_dump({**TINY_TRAIN, "epochs": 1000, "iterations_per_epoch": 1000, "num_workers": 0}))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen([sys.executable, "-m", "medseg", "train", str(work), "--config", str(config), "--fold", "none"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            env={**env, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not (work / "mlruns.db").exists() and time.monotonic() < deadline:  # the run is open: training starts
+        time.sleep(0.2)
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == "medseg: interrupted; resume with --resume", stderr
