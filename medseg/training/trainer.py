@@ -90,6 +90,9 @@ class Trainer:
         if not cases:
             raise InputError(f"{self.workdir}/preprocessed holds no cases; run `medseg preprocess` first")
         check_cached_labels(self.workdir, cases, self.plan)  # a label the plan lacks is named with its case here, not mid-epoch
+        if self.fold is None:  # every case, no validation: no cross-validation split (3 cases are enough)
+            self.train_ids, self.val_ids = fold_cases([], None, cases)
+            return
         splits = load_or_create_splits(self.workdir, cases, seed=self.config.seed) if self.dist.is_main else None
         if self.dist.enabled:
             import torch.distributed as tdist
@@ -97,10 +100,7 @@ class Trainer:
             box = [splits]
             tdist.broadcast_object_list(box, src=0)
             splits = box[0]
-        if self.fold is None:
-            self.train_ids, self.val_ids = fold_cases([], None, cases)
-        else:
-            self.train_ids, self.val_ids = fold_cases(splits, self.fold, cases)
+        self.train_ids, self.val_ids = fold_cases(splits, self.fold, cases)
 
     def _build_model(self) -> None:
         """Network (its weights drawn from the just-seeded RNG), loss, optimizer, scheduler, grad scaler."""

@@ -143,3 +143,17 @@ def test_ctrl_c_says_how_to_resume_and_marks_the_run_killed(tiny_workdir, tmp_pa
     assert MlflowClient(tracking_uri(tiny_workdir)).get_run(run_id).info.status == "KILLED"
     state = torch.load(bundle / "training_state.pt", weights_only=True)
     assert state["epoch"] >= 1  # the last finished epoch resumes
+
+
+def test_fold_none_trains_on_fewer_cases_than_folds(tiny_config, tiny_workdir, dead_tracking_uri):
+    """--fold none needs no cross-validation split, so 3 cases (fewer than 5 folds) are enough."""
+    import shutil
+
+    from medseg.preprocess.cache import list_cached_cases
+
+    for case_id in list_cached_cases(tiny_workdir)[3:]:
+        shutil.rmtree(tiny_workdir / "preprocessed" / case_id)
+    assert len(list_cached_cases(tiny_workdir)) == 3
+    result = train(tiny_workdir, tiny_config(epochs=1, iterations_per_epoch=1), preset_name="unet3d", fold=None)
+    assert result.bundle_dir.name == "fold_none" and (result.bundle_dir / "model_best.pt").is_file()
+    assert not (tiny_workdir / "splits.json").exists()
