@@ -3,7 +3,6 @@ evaluate) on tiny synthetic volumes and the tiny trained blob bundle of tests/in
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from module_loader import load_module
 
 import medseg
 from medseg.errors import ConfigError, InputError, OutputError
@@ -21,15 +21,8 @@ from medseg.volume import Volume
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_inference = _load(REPO / "tests" / "inference" / "conftest.py", "_api_inference_fixtures")
-_training = _load(REPO / "tests" / "training" / "conftest.py", "_api_training_fixtures")
+_inference = load_module(REPO / "tests" / "inference" / "conftest.py", "_api_inference_fixtures")
+_training = load_module(REPO / "tests" / "training" / "conftest.py", "_api_training_fixtures")
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ folder (the current directory during the run), the inputs included.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from module_loader import load_module
 import yaml
 
 from medseg.cli.main import main
@@ -30,15 +30,8 @@ from medseg.volume import Volume
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_inference = _load(REPO / "tests" / "inference" / "conftest.py", "_bad_inputs_inference_fixtures")
-_training = _load(REPO / "tests" / "training" / "conftest.py", "_bad_inputs_training_fixtures")
+_inference = load_module(REPO / "tests" / "inference" / "conftest.py", "_bad_inputs_inference_fixtures")
+_training = load_module(REPO / "tests" / "training" / "conftest.py", "_bad_inputs_training_fixtures")
 
 
 # --- the tiny inputs ---------------------------------------------------------------------------
@@ -299,11 +292,16 @@ def preprocess_case_id_absolute(d, bundle, work):
     return ["preprocess", csv_manifest(d, [(str(d / "abs" / "case"), image, label)]), "--out", d / "work"], "case_id"
 
 
-def _preprocess_with_overrides(d, overrides):
+def _preprocess_with_config(d, config_fields):
+    """`medseg preprocess` of two labelled cases with a preprocess.yaml holding `config_fields`."""
     rows = [(f"c{i}", *labelled_case(d, f"c{i}")) for i in range(2)]
     config = d / "preprocess.yaml"
-    config.write_text(yaml.safe_dump({"overrides": {"configurations": {"3d": overrides}}}))
+    config.write_text(yaml.safe_dump(config_fields))
     return ["preprocess", csv_manifest(d, rows), "--out", d / "work", "--config", config]
+
+
+def _preprocess_with_overrides(d, overrides):
+    return _preprocess_with_config(d, {"overrides": {"configurations": {"3d": overrides}}})
 
 
 def preprocess_zero_patch_size(d, bundle, work):
@@ -315,10 +313,7 @@ def preprocess_negative_batch(d, bundle, work):
 
 
 def preprocess_zero_base_features(d, bundle, work):
-    rows = [(f"c{i}", *labelled_case(d, f"c{i}")) for i in range(2)]
-    config = d / "preprocess.yaml"
-    config.write_text(yaml.safe_dump({"planner": {"base_features": 0}}))
-    return ["preprocess", csv_manifest(d, rows), "--out", d / "work", "--config", config], "planner.base_features"
+    return _preprocess_with_config(d, {"planner": {"base_features": 0}}), "planner.base_features"
 
 
 def preprocess_manifest_is_an_output(d, bundle, work):
@@ -329,17 +324,11 @@ def preprocess_manifest_is_an_output(d, bundle, work):
 
 
 def preprocess_no_normalization_for_the_channel(d, bundle, work):
-    rows = [(f"c{i}", *labelled_case(d, f"c{i}")) for i in range(2)]
-    config = d / "preprocess.yaml"
-    config.write_text(yaml.safe_dump({"overrides": {"normalization": []}}))
-    return ["preprocess", csv_manifest(d, rows), "--out", d / "work", "--config", config], "0 normalization entries"
+    return _preprocess_with_config(d, {"overrides": {"normalization": []}}), "0 normalization entries"
 
 
 def preprocess_plan_version_override(d, bundle, work):
-    rows = [(f"c{i}", *labelled_case(d, f"c{i}")) for i in range(2)]
-    config = d / "preprocess.yaml"
-    config.write_text(yaml.safe_dump({"overrides": {"version": 2}}))
-    return ["preprocess", csv_manifest(d, rows), "--out", d / "work", "--config", config], "field 'version'"
+    return _preprocess_with_config(d, {"overrides": {"version": 2}}), "field 'version'"
 
 
 def preprocess_complex_image(d, bundle, work):

@@ -7,12 +7,12 @@ tests/inference), MEDSEG_OUT (a temporary folder), MEDSEG_DICOM (a small synthet
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import socket
 from pathlib import Path
 
 import pytest
+from module_loader import load_module
 
 REPO = Path(__file__).resolve().parents[1]
 FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
@@ -22,13 +22,6 @@ def python_blocks(path: Path) -> list[str]:
     return FENCE.findall(path.read_text())
 
 
-def _load(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_docs_hold_examples_to_run():
     assert len(python_blocks(REPO / "docs" / "api.md")) >= 5
     assert python_blocks(REPO / "README.md") == [] or all(b.strip() for b in python_blocks(REPO / "README.md"))
@@ -36,7 +29,7 @@ def test_the_docs_hold_examples_to_run():
 
 @pytest.fixture(scope="module")
 def docs_bundle(tmp_path_factory):
-    inference = _load(REPO / "tests" / "inference" / "conftest.py", "_docs_inference_fixtures")
+    inference = load_module(REPO / "tests" / "inference" / "conftest.py", "_docs_inference_fixtures")
     return inference.train_tiny_bundle(tmp_path_factory.mktemp("docs_bundle") / "blobs")
 
 
@@ -47,7 +40,7 @@ def test_python_examples_run(doc, docs_bundle, tmp_path, monkeypatch):
     if not blocks:
         assert doc == "README.md"  # docs/api.md must have examples (test above); the README may have none
         return
-    api_tests = _load(REPO / "tests" / "test_api.py", "_docs_api_tests")
+    api_tests = load_module(REPO / "tests" / "test_api.py", "_docs_api_tests")
     bundle = docs_bundle
     dicom = tmp_path / "dicom"
     dicom.mkdir()
