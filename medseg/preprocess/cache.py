@@ -77,16 +77,21 @@ def npy_problem(path: Path) -> str | None:
     return None
 
 
-def check_case_files(workdir: str | os.PathLike, case_id: str) -> None:
-    """Raise `InputError` naming the file when a cached case's image.npy or label.npy is missing or truncated,
-    or its locations.npz is damaged."""
-    folder = cases_dir(workdir) / case_id
+def _check_arrays(folder: Path, workdir, case_id: str) -> None:
+    """`InputError` naming the file when image.npy or label.npy is missing or truncated (headers only)."""
     for name in ("image.npy", "label.npy"):
         if name == "label.npy" and not (folder / name).exists():
             continue  # unlabelled cases have no label.npy
         problem = npy_problem(folder / name)
         if problem is not None:
             raise InputError(f"{folder / name}: cached file of case '{case_id}' is {problem}; {_rerun_hint(workdir)}")
+
+
+def check_case_files(workdir: str | os.PathLike, case_id: str) -> None:
+    """Raise `InputError` naming the file when a cached case's image.npy or label.npy is missing or truncated,
+    or its locations.npz is damaged."""
+    folder = cases_dir(workdir) / case_id
+    _check_arrays(folder, workdir, case_id)
     load_locations(folder, workdir)  # small; a damaged one is named here rather than in a loader worker
 
 
@@ -102,20 +107,26 @@ def load_locations(folder: Path, workdir) -> dict[int, np.ndarray]:
         raise InputError(f"{path}: not a readable locations file ({type(exc).__name__}); {_rerun_hint(workdir)}") from None
 
 
+def load_properties(workdir: str | os.PathLike, case_id: str) -> CaseProperties:
+    """A cached case's properties.json alone; missing or damaged is an `InputError` naming it."""
+    folder = cases_dir(workdir) / case_id
+    if not (folder / "properties.json").is_file():
+        raise InputError(f"{folder}: no preprocessed case '{case_id}' here; run `medseg preprocess` with --out {workdir}")
+    try:
+        raw = json.loads((folder / "properties.json").read_text())
+        raw.pop("cache", None)
+        return CaseProperties.model_validate(raw)
+    except (OSError, ValueError, AttributeError) as exc:  # JSON or pydantic validation
+        raise InputError(f"{folder / 'properties.json'}: not a readable case properties file ({type(exc).__name__}); {_rerun_hint(workdir)}") from None
+
+
 def load_case(workdir: str | os.PathLike, case_id: str, mmap: bool = True) -> CachedCase:
     """One cached case; arrays are memory-mapped (read-only) unless `mmap` is False.
     A missing, damaged or truncated file is an `InputError` naming it."""
     folder = cases_dir(workdir) / case_id
-    if not (folder / "properties.json").is_file():
-        raise InputError(f"{folder}: no preprocessed case '{case_id}' here; run `medseg preprocess` with --out {workdir}")
+    props = load_properties(workdir, case_id)
+    _check_arrays(folder, workdir, case_id)
     mode = "r" if mmap else None
-    try:
-        raw = json.loads((folder / "properties.json").read_text())
-        raw.pop("cache", None)
-        props = CaseProperties.model_validate(raw)
-    except (OSError, ValueError, AttributeError) as exc:  # JSON or pydantic validation
-        raise InputError(f"{folder / 'properties.json'}: not a readable case properties file ({type(exc).__name__}); {_rerun_hint(workdir)}") from None
-    check_case_files(workdir, case_id)
     image = np.load(folder / "image.npy", mmap_mode=mode)
     label = np.load(folder / "label.npy", mmap_mode=mode) if (folder / "label.npy").is_file() else None
     locations = load_locations(folder, workdir)

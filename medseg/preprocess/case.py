@@ -146,10 +146,10 @@ def check_cached_labels(workdir, case_ids: list[str], plan: Plan) -> None:
     Reads only properties.json. Raises InputError naming the first case cached with other label
     values, or (caches from before the value -> channel map) holding a value that is not a channel.
     """
-    from medseg.preprocess.cache import load_case
+    from medseg.preprocess.cache import load_properties
 
     for cid in case_ids:
-        props = load_case(workdir, cid).properties
+        props = load_properties(workdir, cid)
         if props.label_values is not None:
             if props.label_values != plan.label_values:
                 raise InputError(
