@@ -38,11 +38,18 @@ class _ChannelsLastInstanceNorm:
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self.track_running_stats or x.is_contiguous() or not x.is_contiguous(memory_format=_channels_last(x.dim()))
+        if (exporting() or self.track_running_stats or x.is_contiguous() or not x.is_contiguous(memory_format=_channels_last(x.dim()))
                 or x.shape[1] * x.element_size() < 32):
             return super().forward(x)
         samples = [F.batch_norm(x[n : n + 1], None, None, self.weight, self.bias, True, 0.0, self.eps) for n in range(x.shape[0])]
         return samples[0] if len(samples) == 1 else torch.cat(samples)
+
+
+def exporting() -> bool:
+    """True while torch traces or exports the network (ONNX, TorchScript, torch.export): sizes are then
+    symbolic, so shape-dependent branches take their general form (always pad; the plain instance norm,
+    one InstanceNormalization op, instead of the per-sample channels-last batch norms)."""
+    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.compiler.is_exporting()
 
 
 def _channels_last(ndim: int) -> torch.memory_format:

@@ -27,7 +27,7 @@ from torch import nn
 
 from medseg.errors import ConfigError
 from medseg.models import ModelOptions, ModelPlan
-from medseg.models.common import conv_cls
+from medseg.models.common import conv_cls, exporting
 
 # widths, depths, heads and reduction ratios per stage; the decoder's width. B0-B2: the paper's
 # Table 6 (MiT-B0..B2 and their decoders); segformer3d: SegFormer3D's sizes.
@@ -135,7 +135,7 @@ class EfficientAttention(nn.Module):
             return x
         m = _to_map(x, shape)
         pad = [(-n) % self.reduction for n in shape]
-        if any(pad):  # F.pad lists the last axis first
+        if any(pad) or exporting():  # F.pad lists the last axis first; exported: the size is symbolic
             m = F.pad(m, [v for p in reversed(pad) for v in (0, p)])
         return self.sr_norm(_to_tokens(self.sr(m)))
 

@@ -17,7 +17,7 @@ from pydantic import Field
 from torch import nn
 
 from medseg.models import ModelOptions, ModelPlan
-from medseg.models.common import conv_cls, norm_layer, validate_topology
+from medseg.models.common import conv_cls, exporting, norm_layer, validate_topology
 
 
 class UNetOptions(ModelOptions):
@@ -174,7 +174,7 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         size = x.shape[2:]
         pad = [(-n) % t for n, t in zip(size, self.total_stride)]
-        if any(pad):
+        if any(pad) or exporting():  # exported: the size is symbolic, a zero pad costs nothing there
             # F.pad lists the last axis first: (z_lo, z_hi, y_lo, y_hi, ...)
             x = F.pad(x, [v for p in reversed(pad) for v in (0, p)])
         skips = []
@@ -188,7 +188,7 @@ class UNet(nn.Module):
             x = dec(torch.cat([up(x), skips.pop()], dim=1))
             stage = len(self.decoder) - 1 - level  # encoder stage this decoder level mirrors
             if (want_all and str(level) in self.heads) or stage == 0:
-                crop = [math.ceil(n / c) for n, c in zip(size, self.cumulative[stage])]
+                crop = [-(-n // c) for n, c in zip(size, self.cumulative[stage])]  # ceil, also of a traced size
                 outputs.append(self.heads[str(level)](x)[(...,) + tuple(slice(0, c) for c in crop)])
         if want_all:
             return outputs[::-1]  # full resolution first
