@@ -1,7 +1,9 @@
 """Evaluate predicted label maps against references: case matching, CSV/JSON reports and plots.
 
 Cases are matched by id, the file name without its image suffix (.nii.gz, .nii, .nrrd, .mha, ...).
-Metrics and their empty-mask conventions are those of `medseg.metrics`.
+Metrics and their empty-mask conventions are those of `medseg.metrics`: a missed or false structure
+scores HD95 = ASSD = the image diagonal in mm (or `distance_penalty_mm`), and a label absent from
+both prediction and reference is left out of the means unless `count_empty`.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ import numpy as np
 from medseg.errors import InputError
 from medseg.extras import require
 from medseg.io.atomic import atomic_output, full_suffix
-from medseg.metrics.case import EXTRA_COLUMNS, METRIC_COLUMNS, case_metrics, summarise
+from medseg.metrics.case import EXTRA_COLUMNS, FLAG_COLUMNS, METRIC_COLUMNS, case_metrics, summarise
 
 log = logging.getLogger(__name__)
 
-CSV_COLUMNS = ["case_id", "label", *METRIC_COLUMNS, *EXTRA_COLUMNS]
+CSV_COLUMNS = ["case_id", "label", *METRIC_COLUMNS, *EXTRA_COLUMNS, *FLAG_COLUMNS]
 
 
 @dataclass
@@ -38,11 +40,17 @@ class EvaluationReport:
     unmatched_references: list[str] = field(default_factory=list)
     label_names: dict[int, str] = field(default_factory=dict)
     dataset_name: str | None = None
+    count_empty: bool = False  # empty-vs-empty rows counted in the means
+    distance_penalty_mm: float | None = None  # None: each case's image diagonal
+
+    def scored_rows(self) -> list[dict]:
+        """The rows the means are taken over: every row with count_empty, else those not both empty."""
+        return [r for r in self.rows if self.count_empty or not r.get("both_empty", 0)]
 
     def case_scores(self) -> dict[str, float]:
-        """Mean Dice over labels per case (for ranking the worst cases)."""
+        """Mean Dice over labels per case (for ranking the worst cases), over `scored_rows`."""
         scores: dict[str, list[float]] = {}
-        for row in self.rows:
+        for row in self.scored_rows():
             scores.setdefault(row["case_id"], []).append(row["dice"])
         return {case: float(np.mean(values)) for case, values in scores.items()}
 
@@ -136,6 +144,8 @@ def evaluate(
     tolerance_mm: float = 1.0,
     ignore_index: int | None = 255,
     label_names: dict[int, str] | None = None,
+    count_empty: bool = False,
+    distance_penalty_mm: float | None = None,
 ) -> EvaluationReport:
     """Metrics for every case found in both PRED and REF (files or folders), read via medseg.io.
 
@@ -144,6 +154,10 @@ def evaluate(
     foreground label of `label_names`, so that a class missing from a case is scored (Dice 0 or 1
     by the empty conventions) rather than skipped.
     label_names: {value: name} of a bundle or plan; default those of a dataset.json beside REF.
+    count_empty: count labels absent from both prediction and reference (Dice 1, HD95 0) in the
+        means; default they are left out, as in nnU-Net.
+    distance_penalty_mm: HD95/ASSD of a missed or false structure; default the case's image
+        diagonal in mm (BraTS: 374 mm for its 240 x 240 x 155 1 mm grid).
     """
     from medseg.io import read_volume
 
@@ -166,7 +180,7 @@ def evaluate(
     for cid, (pred_file, ref_file) in pairs.items():
         pred, ref = volumes.pop(cid, None) or (read_volume(pred_file), read_volume(ref_file))
         try:
-            case_rows = case_metrics(pred, ref, labels, tolerance_mm, ignore_index)
+            case_rows = case_metrics(pred, ref, labels, tolerance_mm, ignore_index, distance_penalty_mm)
         except InputError as exc:
             raise type(exc)(f"case {cid} ({pred_file.name}): {exc}") from None
         except Exception as exc:
@@ -180,14 +194,21 @@ def evaluate(
     label_names = {int(k): str(v) for k, v in label_names.items()} if label_names else names_found
     return EvaluationReport(
         rows=rows,
-        summary=summarise(rows) if rows else {"per_class": {}, "mean": {}, "miou": float("nan")},
+        summary=summary_of(rows, count_empty),
         tolerance_mm=tolerance_mm,
         pairs=pairs,
         unmatched_predictions=extra_preds,
         unmatched_references=missing_preds,
         label_names=label_names,
         dataset_name=name,
+        count_empty=count_empty,
+        distance_penalty_mm=distance_penalty_mm,
     )
+
+
+def summary_of(rows: list[dict], count_empty: bool = False) -> dict:
+    """`summarise` of the rows, or an empty summary when there are none."""
+    return summarise(rows, count_empty=count_empty) if rows else {"per_class": {}, "mean": {}, "miou": float("nan")}
 
 
 # --- outputs ------------------------------------------------------------------------------------
@@ -217,6 +238,8 @@ def summary_dict(report: EvaluationReport) -> dict:
         {
             "dataset": report.dataset_name,
             "tolerance_mm": report.tolerance_mm,
+            "distance_penalty_mm": report.distance_penalty_mm if report.distance_penalty_mm is not None else "image diagonal",
+            "count_empty": report.count_empty,
             "num_cases": len(report.pairs),
             "labels": {str(k): report.label_names.get(k, str(k)) for k in report.summary["per_class"]},
             "unmatched_predictions": report.unmatched_predictions,
@@ -258,6 +281,12 @@ def format_report(report: EvaluationReport, metrics: Iterable[str] = ("dice", "i
     means = report.summary["mean"]
     lines.append(f"{'mean':<16}" + "".join(f"{_fmt(means.get(m, float('nan'))):>18}" for m in metrics))
     lines.append(f"mIoU {_fmt(report.summary['miou'])} over {len(report.pairs)} case(s), NSD/boundary F1 at {report.tolerance_mm:g} mm")
+    penalty = "the image diagonal" if report.distance_penalty_mm is None else f"{report.distance_penalty_mm:g} mm"
+    lines.append(f"a missed or false structure scores HD95/ASSD = {penalty}")
+    empty = sum(1 for r in report.rows if r.get("both_empty", 0))
+    if empty:
+        lines.append(f"{empty} label(s) absent from both prediction and reference "
+                     + ("counted in the means (Dice 1, HD95 0)" if report.count_empty else "left out of the means (--count-empty counts them)"))
     return "\n".join(lines)
 
 
@@ -280,7 +309,7 @@ def plot_boxplots(report: EvaluationReport, out_dir: str | Path, metrics: Sequen
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for label in report.summary["per_class"]:
-        rows = [r for r in report.rows if r["label"] == label]
+        rows = [r for r in report.scored_rows() if r["label"] == label]
         fig, axes = plt.subplots(1, len(metrics), figsize=(3 * len(metrics), 3.5))
         for ax, metric in zip(np.atleast_1d(axes), metrics):
             values = [r[metric] for r in rows if not math.isnan(r[metric])]
@@ -305,18 +334,14 @@ def worst_cases(report: EvaluationReport, n: int = 5) -> list[str]:
 
 
 def plot_overlays(report: EvaluationReport, out_dir: str | Path, images: str | Path | None = None, n: int = 5) -> list[Path]:
-    """PNGs of the `n` worst cases: prediction (red) and reference (green) contours on one axial slice.
-
-    The slice (along the third voxel axis) is the one where the reference covers the most voxels.
+    """PNGs of the `n` worst cases, drawn by `medseg.plotting.overlay_figure`: one axial slice, the one
+    where the reference covers the most voxels; one colour per label (legend), prediction filled,
+    reference dashed.
     images: optional folder (or file) of scans named like the cases (`ID.nii.gz` or `ID_0000.nii.gz`)
     to draw under the contours; scans on another grid are left out with a warning.
     """
-    matplotlib = require("matplotlib")  # the `plots` extra
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from medseg.io import read_volume
+    from medseg.plotting import overlay_figure, save_figure  # the `plots` extra
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -330,31 +355,13 @@ def plot_overlays(report: EvaluationReport, out_dir: str | Path, images: str | P
         if cid in scans:
             image = read_volume(scans[cid])
             if image.same_geometry(ref):
-                background = image.array if image.array.ndim == 3 else image.array[0]
+                background = image
             else:
                 log.warning("overlay of case %s: the scan is on another grid than the reference; drawing without it", cid)
-        ref_fg = (ref.array > 0) & (ref.array != 255)
-        area = ref_fg.sum(axis=(0, 1))
-        if not area.any():
-            area = (pred.array > 0).sum(axis=(0, 1))
-        z = int(np.argmax(area)) if area.any() else ref.spatial_shape[2] // 2
-        sx, sy = ref.spacing[0], ref.spacing[1]
-        fig, ax = plt.subplots(figsize=(5, 5))
-        if background is not None:
-            ax.imshow(background[:, :, z].T, cmap="gray", origin="lower", aspect=sy / sx)
-        else:
-            ax.imshow(np.zeros(ref.spatial_shape[:2]).T, cmap="gray", origin="lower", aspect=sy / sx, vmin=0, vmax=1)
-        for label in sorted({r["label"] for r in report.rows}):
-            for array, colour in ((ref.array, "lime"), (pred.array, "red")):
-                mask = (array[:, :, z] == label).T.astype(float)
-                if mask.any():
-                    ax.contour(mask, levels=[0.5], colors=colour, linewidths=1.0)
-        ax.set_title(f"{cid}: mean Dice {scores[cid]:.3f}, slice {z} (red pred, green ref)", fontsize=8)
-        ax.set_axis_off()
+        names = {v: report.label_names.get(v, f"label {v}") for v in sorted({r["label"] for r in report.rows})}
+        fig, _ = overlay_figure(cid, names, image=background, pred=pred, ref=ref, note=f"mean Dice {scores[cid]:.3f}")
         path = out_dir / f"worst_{rank}_{cid}.png"
-        with atomic_output(path) as tmp:
-            fig.savefig(tmp, dpi=80, format="png", bbox_inches="tight")
-        plt.close(fig)
+        save_figure(fig, path)
         paths.append(path)
     return paths
 

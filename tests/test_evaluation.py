@@ -89,10 +89,19 @@ def test_single_files_and_empty_class(tmp_path):
     pred = write_volume(Volume(only_one, AFFINE), tmp_path / "pred.nii.gz")
     report = evaluate(pred, ref, labels=[1, 2, 3])
     rows = {r["label"]: r for r in report.rows}
-    assert rows[1]["dice"] == 1.0 and rows[2]["dice"] == 0.0 and np.isnan(rows[2]["hd95"])
-    assert rows[3]["dice"] == 1.0 and np.isnan(rows[3]["hd95"])  # absent from both
+    diagonal = (16**2 + 16**2 + (8 * 2.0) ** 2) ** 0.5  # 16 x 16 x 8 voxels of 1 x 1 x 2 mm: 27.71 mm
+    assert rows[1]["dice"] == 1.0 and rows[2]["dice"] == 0.0 and rows[2]["hd95"] == pytest.approx(diagonal)
+    assert rows[3]["dice"] == 1.0 and rows[3]["hd95"] == 0.0 and rows[3]["both_empty"] == 1  # absent from both
     summary = json.loads(write_json(report, tmp_path / "s.json").read_text())
-    assert summary["per_class"]["2"]["hd95"]["mean"] is None
+    assert summary["per_class"]["2"]["hd95"]["mean"] == pytest.approx(diagonal)  # missed: penalised, not dropped
+    assert summary["per_class"]["3"]["dice"]["mean"] is None and summary["per_class"]["3"]["dice"]["n_empty"] == 1
+    assert summary["mean"]["dice"] == pytest.approx(0.5)  # (1 + 0) / 2: label 3 left out, not a free 1.0
+    assert summary["mean"]["hd95"] == pytest.approx(diagonal / 2)
+    counted = evaluate(pred, ref, labels=[1, 2, 3], count_empty=True, distance_penalty_mm=374.0)
+    assert counted.summary["mean"]["dice"] == pytest.approx(2 / 3)
+    assert counted.summary["mean"]["hd95"] == pytest.approx(374.0 / 3)
+    text = format_report(report)
+    assert "1 label(s) absent from both" in text and "--count-empty" in text and "image diagonal" in text
 
 
 def test_errors_name_the_case(tmp_path):

@@ -15,6 +15,8 @@ def command(
     output: Annotated[Path, typer.Option("-o", "--output", help="CSV to write; the JSON summary and plots go beside it.")] = Path("metrics.csv"),
     tolerance_mm: Annotated[float, typer.Option("--tolerance-mm", help="Tolerance of surface Dice and boundary F1, in mm.")] = 1.0,
     labels: Annotated[Optional[str], typer.Option("--labels", help="Labels to score, e.g. '1,2' (default: every label present).")] = None,
+    count_empty: Annotated[bool, typer.Option("--count-empty", help="Count labels absent from both prediction and reference (Dice 1, HD95 0) in the means; by default they are left out, as in nnU-Net.")] = False,
+    distance_penalty_mm: Annotated[Optional[float], typer.Option("--distance-penalty-mm", min=0.0, help="HD95/ASSD of a missed or false structure, in mm (default: the image's diagonal; BraTS uses 374).")] = None,
     images: Annotated[Optional[Path], typer.Option("--images", help="Folder of scans (ID.nii.gz or ID_0000.nii.gz) to draw the overlays on.")] = None,
     run: Annotated[Optional[str], typer.Option("--run", help="Log into this existing MLflow run: a run id, or a model bundle folder (its training run).")] = None,
     experiment: Annotated[Optional[str], typer.Option("--experiment", help="MLflow experiment of the new run (default: the dataset's name, else medseg-evaluate).")] = None,
@@ -24,6 +26,10 @@ def command(
 
     Writes the CSV (one row per case and label), a JSON summary and PNG plots (a box plot per
     class, overlays of the five worst cases), prints a table and logs all of it to MLflow.
+
+    A structure missed entirely, or predicted where the reference has none, scores Dice 0 and
+    HD95 = ASSD = the diagonal of the image's extent in mm (--distance-penalty-mm to set it), so no
+    mean drops it. A label absent from both is left out of the means (--count-empty counts it).
     """
     from medseg.errors import ConfigError
     from medseg import evaluation, tracking
@@ -41,7 +47,8 @@ def command(
     label_names = _label_names(bundle_dir, workdir)
     from medseg.api import evaluate
 
-    report = evaluate(pred, ref, labels=label_list, tolerance_mm=tolerance_mm, label_names=label_names)
+    report = evaluate(pred, ref, labels=label_list, tolerance_mm=tolerance_mm, label_names=label_names,
+                      count_empty=count_empty, distance_penalty_mm=distance_penalty_mm)
     for cid in report.unmatched_references:
         typer.echo(f"warning: reference {cid} has no prediction (not scored)", err=True)
     for cid in report.unmatched_predictions:
@@ -72,7 +79,9 @@ def command(
         tags["dataset"] = report.dataset_name
     with tracking.open_tracker(workdir, name, run_name=None if run else "evaluate", run_id=run, tags=tags) as tracker:
         tracker.log_params(
-            {"evaluate.tolerance_mm": tolerance_mm, "evaluate.labels": ",".join(map(str, report.summary["per_class"])), "evaluate.num_cases": len(report.pairs)}
+            {"evaluate.tolerance_mm": tolerance_mm, "evaluate.count_empty": count_empty,
+             "evaluate.distance_penalty_mm": "image diagonal" if distance_penalty_mm is None else distance_penalty_mm,
+             "evaluate.labels": ",".join(map(str, report.summary["per_class"])), "evaluate.num_cases": len(report.pairs)}
         )
         tracker.log_metrics({f"eval_{k}" if run else k: v for k, v in report.flat_metrics().items()})
         tracker.log_artifact(csv_path, "evaluation")

@@ -10,15 +10,19 @@ border count as surface), and distances run between surface voxel centres, as in
 voxel counts rather than surfel areas.
 
 Empty-mask conventions (a class absent from the prediction, the reference, or both):
-- both empty: Dice = IoU = precision = recall = NSD = boundary F1 = 1; HD95 = ASSD = NaN;
-- exactly one empty: Dice = IoU = precision = recall = NSD = boundary F1 = 0; HD95 = ASSD = NaN
-  (no surface to measure a distance to; aggregates skip NaN, so report the count of NaN too).
+- both empty: Dice = IoU = precision = recall = NSD = boundary F1 = 1; HD95 = ASSD = 0; the row is
+  flagged `both_empty` and `summarise` leaves it out of the means (as nnU-Net does) unless
+  `count_empty=True`;
+- exactly one empty (a missed or a false structure): Dice = IoU = precision = recall = NSD =
+  boundary F1 = 0; HD95 = ASSD = a distance penalty, by default the diagonal of the image's extent
+  in mm (`surface.distance_penalty`; BraTS's 374 mm is this diagonal for 240 x 240 x 155 voxels of
+  1 mm), or `penalty_mm`. No metric is NaN, so no mean silently drops a missed structure.
 Voxels where the reference holds `ignore_index` (default 255) are left out of every count and
 treated as background for surfaces. Nothing here raises on empty masks.
 """
 
 from medseg.metrics.overlap import confusion_matrix, dice_per_class, overlap_metrics
-from medseg.metrics.surface import surface_distances, surface_metrics
+from medseg.metrics.surface import distance_penalty, surface_distances, surface_metrics
 from medseg.metrics.case import METRIC_COLUMNS, case_metrics, summarise
 
 __all__ = [
@@ -26,6 +30,7 @@ __all__ = [
     "case_metrics",
     "confusion_matrix",
     "dice_per_class",
+    "distance_penalty",
     "overlap_metrics",
     "summarise",
     "surface_distances",

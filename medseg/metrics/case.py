@@ -15,6 +15,9 @@ from medseg.volume import Volume
 METRIC_COLUMNS = ["dice", "iou", "precision", "recall", "hd95", "assd", "nsd", "boundary_f1", "volume_diff_ml"]
 """The metric columns of a report, in order; extra columns follow them."""
 EXTRA_COLUMNS = ["pixel_accuracy", "pred_volume_ml", "ref_volume_ml"]
+FLAG_COLUMNS = ["both_empty"]
+"""1 where the label is absent from both prediction and reference: such rows are left out of the
+means (as nnU-Net does) unless `summarise(..., count_empty=True)`."""
 
 
 def case_metrics(
@@ -23,10 +26,13 @@ def case_metrics(
     labels: Iterable[int] | None = None,
     tolerance_mm: float = 1.0,
     ignore_index: int | None = 255,
+    penalty_mm: float | None = None,
 ) -> list[dict]:
-    """One dict per label with METRIC_COLUMNS + EXTRA_COLUMNS for label maps (X, Y, Z) on one grid.
+    """One dict per label with METRIC_COLUMNS + EXTRA_COLUMNS + FLAG_COLUMNS for label maps
+    (X, Y, Z) on one grid.
 
     labels: default every non-zero label present in either map (except ignore_index).
+    penalty_mm: HD95/ASSD of a missed or false structure (default: the image diagonal in mm).
     Raises GeometryError when the two volumes are not on the same voxel grid.
     """
     problems = pred.geometry_differences(ref)
@@ -40,7 +46,7 @@ def case_metrics(
             f"expected label maps (X, Y, Z), got arrays of shape {pred.array.shape} and {ref.array.shape}; "
             "pass integer masks, not probabilities"
         )
-    return array_metrics(pred.array, ref.array, ref.spacing, labels, tolerance_mm, ignore_index)
+    return array_metrics(pred.array, ref.array, ref.spacing, labels, tolerance_mm, ignore_index, penalty_mm)
 
 
 def array_metrics(
@@ -50,6 +56,7 @@ def array_metrics(
     labels: Iterable[int] | None = None,
     tolerance_mm: float = 1.0,
     ignore_index: int | None = 255,
+    penalty_mm: float | None = None,
 ) -> list[dict]:
     """Like `case_metrics` for bare integer arrays (X, Y, Z) with voxel spacing (3,) in mm."""
     pred, ref = _as_labels(pred, "prediction"), _as_labels(ref, "reference")
@@ -81,32 +88,40 @@ def array_metrics(
         pred_mask = pred == label
         if valid is not None:
             pred_mask &= valid
-        row.update(surface_metrics(pred_mask, ref == label, spacing, tolerance_mm))
+        row.update(surface_metrics(pred_mask, ref == label, spacing, tolerance_mm, penalty_mm))
         row["pred_volume_ml"] = (tp + fp) * voxel_ml
         row["ref_volume_ml"] = (tp + fn) * voxel_ml
         row["volume_diff_ml"] = row["pred_volume_ml"] - row["ref_volume_ml"]
-        rows.append({"label": label, **{k: row[k] for k in METRIC_COLUMNS + EXTRA_COLUMNS}})
+        row["both_empty"] = int(tp + fp + fn == 0)
+        rows.append({"label": label, **{k: row[k] for k in METRIC_COLUMNS + EXTRA_COLUMNS + FLAG_COLUMNS}})
     return rows
 
 
-def summarise(rows: Sequence[dict], metrics: Sequence[str] = tuple(METRIC_COLUMNS + EXTRA_COLUMNS)) -> dict:
-    """Aggregates over cases: {"per_class": {label: {metric: {mean, std, median, n, n_nan}}},
+def summarise(rows: Sequence[dict], metrics: Sequence[str] = tuple(METRIC_COLUMNS + EXTRA_COLUMNS),
+              count_empty: bool = False) -> dict:
+    """Aggregates over cases: {"per_class": {label: {metric: {mean, std, median, n, n_nan, n_empty}}},
     "mean": {metric: mean over classes of the class means}, "miou": float}.
 
-    NaN values (distances of empty masks) are skipped and counted in n_nan.
+    Rows with `both_empty` (label absent from prediction and reference) are left out and counted in
+    n_empty, unless count_empty (then they score Dice 1, HD95 0). n counts the rows averaged. NaN
+    values (only from rows made elsewhere: these metrics give none) are skipped, counted in n_nan.
+    A class with no row left has mean NaN and is left out of the class means.
     """
     per_class: dict[int, dict] = {}
     for label in sorted({int(r["label"]) for r in rows}):
         stats = {}
+        mine = [r for r in rows if int(r["label"]) == label]
+        kept = [r for r in mine if count_empty or not r.get("both_empty", 0)]
         for metric in metrics:
-            values = np.array([r[metric] for r in rows if int(r["label"]) == label], dtype=np.float64)
+            values = np.array([r[metric] for r in kept], dtype=np.float64)
             finite = values[~np.isnan(values)]
             stats[metric] = {
                 "mean": _nan_if_empty(finite, np.mean),
                 "std": _nan_if_empty(finite, np.std),
                 "median": _nan_if_empty(finite, np.median),
-                "n": int(values.size),
+                "n": int(finite.size),
                 "n_nan": int(values.size - finite.size),
+                "n_empty": len(mine) - len(kept),
             }
         per_class[label] = stats
     means = {}

@@ -27,8 +27,9 @@ def confusion_matrix(pred: np.ndarray, ref: np.ndarray, num_labels: int, ignore_
     return np.bincount(index, minlength=num_labels * num_labels).reshape(num_labels, num_labels)
 
 
-def dice_per_class(pred, ref, labels: Iterable[int], ignore_index: int | None = 255) -> dict[int, float]:
-    """Dice per label from integer maps (X, Y, Z) (numpy or torch); both empty -> 1.0.
+def dice_per_class(pred, ref, labels: Iterable[int], ignore_index: int | None = 255, empty: float = 1.0) -> dict[int, float]:
+    """Dice per label from integer maps (X, Y, Z) (numpy or torch); both empty -> `empty` (1.0;
+    NaN marks the pair for leaving out of a mean, as training validation does).
 
     One bincount over the volume, no surfaces: meant for training validation.
     """
@@ -41,7 +42,7 @@ def dice_per_class(pred, ref, labels: Iterable[int], ignore_index: int | None = 
         tp = cm[label, label]
         fp = cm[:, label].sum() - tp
         fn = cm[label, :].sum() - tp
-        result[label] = 1.0 if tp + fp + fn == 0 else float(2 * tp / (2 * tp + fp + fn))
+        result[label] = float(empty) if tp + fp + fn == 0 else float(2 * tp / (2 * tp + fp + fn))
     return result
 
 

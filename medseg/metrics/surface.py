@@ -30,18 +30,29 @@ def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing) -> tuple[np.nd
     return to_ref[pred_surface], to_pred[ref_surface]
 
 
-def surface_metrics(pred: np.ndarray, ref: np.ndarray, spacing, tolerance_mm: float = 1.0) -> dict[str, float]:
+def distance_penalty(shape, spacing) -> float:
+    """The distance (mm) given to a missed or false structure: the diagonal of the image's extent,
+    sqrt(sum((shape * spacing)^2)), the largest distance two points of the grid can have (BraTS's
+    374 mm is this diagonal for its 240 x 240 x 155 grid of 1 mm voxels)."""
+    return float(np.linalg.norm(np.asarray(shape[:3], np.float64) * np.asarray(spacing, np.float64)))
+
+
+def surface_metrics(pred: np.ndarray, ref: np.ndarray, spacing, tolerance_mm: float = 1.0,
+                    penalty_mm: float | None = None) -> dict[str, float]:
     """HD95, ASSD (mm), NSD and boundary F1 at `tolerance_mm` for bool masks (X, Y, Z).
 
     HD95 = max of the two directed 95th percentiles; ASSD = mean over both directions' distances;
     NSD = surface voxels within tolerance (both directions) / all surface voxels;
     boundary F1 = harmonic mean of the fractions of predicted and reference surface within tolerance.
-    Empty masks follow the conventions in `medseg.metrics`.
+    Empty masks (conventions in `medseg.metrics`): both empty, HD95 = ASSD = 0 and NSD = F1 = 1;
+    one empty, HD95 = ASSD = `penalty_mm` (default `distance_penalty`, the image diagonal) and 0.
     """
     pred_any, ref_any = bool(pred.any()), bool(ref.any())
     if not (pred_any and ref_any):
-        score = 1.0 if pred_any == ref_any else 0.0
-        return {"hd95": float("nan"), "assd": float("nan"), "nsd": score, "boundary_f1": score}
+        if pred_any == ref_any:
+            return {"hd95": 0.0, "assd": 0.0, "nsd": 1.0, "boundary_f1": 1.0}
+        penalty = distance_penalty(pred.shape, spacing) if penalty_mm is None else float(penalty_mm)
+        return {"hd95": penalty, "assd": penalty, "nsd": 0.0, "boundary_f1": 0.0}
     d_pred, d_ref = surface_distances(pred, ref, spacing)
     hd95 = max(np.percentile(d_pred, 95), np.percentile(d_ref, 95))
     assd = (d_pred.sum() + d_ref.sum()) / (d_pred.size + d_ref.size)

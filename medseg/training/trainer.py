@@ -243,16 +243,18 @@ class Trainer:
     def validate_epoch(self, epoch: int, metrics: dict[str, float]) -> tuple[dict[str, float], dict | None]:
         """Validation Dice of this epoch (every rank its share of the cases), its EMA into `metrics`
         and the history; returns (Dice per class and "mean", the new best weights on the main rank or None)."""
-        from medseg.training.validation import validate
+        from medseg.training.validation import smoothed, validate
 
+        t_val = time.monotonic()
         val_dice = validate(self.model, self.workdir, self.val_ids, self.run_plan, self.config, self.precision,
                             self.device, self.labels, self.dist)
         mean = val_dice["mean"]
-        self.ema = mean if self.ema is None else self.config.ema_alpha * self.ema + (1 - self.config.ema_alpha) * mean
+        metrics["val_time_s"] = time.monotonic() - t_val  # a cost the time budget plans with
+        self.ema = smoothed(self.ema, mean, self.config.ema_alpha)  # lags the raw Dice: for the checkpoint choice only
         self.history["val_mean"].append([epoch, mean])
         self.history["ema"].append([epoch, self.ema])
         metrics.update({f"val_dice_{name}": v for name, v in val_dice.items()})
-        metrics["val_dice_ema"] = self.ema
+        metrics["val_dice_smoothed"] = self.ema  # the headline is val_dice_mean, the raw Dice
         best_state = None
         if self.ema > self.best_ema:
             self.best_ema = self.ema
@@ -265,9 +267,18 @@ class Trainer:
 
     # -- the run ----------------------------------------------------------------------------------
 
-    def fit(self, max_minutes: float | None = None):
+    def _epochs(self):
+        """start_epoch, ... while below `self.config.epochs`, which a time budget re-sizes as it runs."""
+        epoch = self.start_epoch
+        while epoch < self.config.epochs:
+            yield epoch
+            epoch += 1
+
+    def fit(self, max_minutes: float | None = None, budget=None):
         """Epochs from `start_epoch` to `config.epochs` (or until `max_minutes`, with a checkpoint),
-        then post-processing selection and the run's artifacts; returns a `loop.TrainResult`."""
+        then post-processing selection and the run's artifacts; returns a `loop.TrainResult`.
+        budget: a `medseg.training.budget.BudgetPlanner` that sizes the epochs to its time budget."""
+        from medseg.training import budget as budget_glue
         from medseg.training import checkpoint as ckpt
         from medseg.training.artifacts import log_artifacts
         from medseg.training.distributed import any_rank, barrier, cleanup, gather_objects
@@ -279,25 +290,30 @@ class Trainer:
         stopped = False
         epoch = self.start_epoch - 1
         try:
-            for epoch in range(self.start_epoch, config.epochs):
+            if budget is not None:
+                budget_glue.start(self, budget)
+            for epoch in self._epochs():
                 metrics = self.train_epoch(epoch)
                 best_state = None
-                last_epoch = epoch == config.epochs - 1
+                last_epoch = epoch == self.config.epochs - 1
                 over_time = max_minutes is not None and (time.monotonic() - t_start) / 60 >= max_minutes
                 stop = any_rank(dist, over_time)  # stopping early still validates, so the checkpoint has a score
-                if self.val_ids and ((epoch + 1) % config.validate_every == 0 or last_epoch or stop):
+                due = budget.should_validate(epoch) if budget is not None else (epoch + 1) % config.validate_every == 0
+                if self.val_ids and (due or last_epoch or stop):
                     val_dice, best_state = self.validate_epoch(epoch, metrics)
                 elif self.fold is None and dist.is_main:
                     best_state = self._weights()  # no validation: last is best
+                if budget is not None:  # measured costs in, the epochs (and LR schedule) re-sized when due
+                    budget_glue.after_epoch(self, budget, epoch, metrics)
                 rng_per_rank = gather_objects(dist, ckpt.rng_states())
                 if dist.is_main:
                     self.tracker.log_metrics(metrics, step=epoch)
                     self.checkpoints.write(epoch, best_state, rng_per_rank, history=self.history, best_ema=self.best_ema,
                                            ema=self.ema, run_id=self.run_id)
-                    dice_text = f", val Dice {val_dice['mean']:.4f} (EMA {self.ema:.4f})" if "val_dice_mean" in metrics else ""
-                    echo(f"epoch {epoch + 1}/{config.epochs}: loss {metrics['train_loss']:.4f}, lr {metrics['lr']:.2e}, "
+                    dice_text = f", val Dice {val_dice['mean']:.4f} (smoothed {self.ema:.4f}, picks the best checkpoint)" if "val_dice_mean" in metrics else ""
+                    echo(f"epoch {epoch + 1}/{self.config.epochs}: loss {metrics['train_loss']:.4f}, lr {metrics['lr']:.2e}, "
                          f"{metrics['epoch_time_s']:.1f} s, {metrics['samples_per_s']:.1f} samples/s{dice_text}")
-                if stop and epoch < config.epochs - 1:
+                if stop and epoch < self.config.epochs - 1:
                     stopped = True
                     if dist.is_main:
                         echo(f"--max-minutes {max_minutes} reached: stopped after epoch {epoch + 1} with a checkpoint; continue with --resume")
@@ -312,6 +328,8 @@ class Trainer:
                                     self.precision, self.device, echo)
                 log_artifacts(self.tracker, self.workdir, self.out_dir, self.history, self.model, self.val_ids,
                               self.run_plan, config, self.precision, self.device)
+                if budget is not None:
+                    self.budget_summary = budget_glue.finish(self, budget)
                 self.tracker.end()
         except KeyboardInterrupt:
             if self.tracker is not None:

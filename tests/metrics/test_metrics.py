@@ -72,12 +72,13 @@ def test_empty_mask_conventions():
     empty = np.zeros((10, 10, 10), np.uint8)
     (both,) = array_metrics(empty, empty, (1, 1, 1), labels=[1])
     assert both["dice"] == both["iou"] == both["nsd"] == both["boundary_f1"] == 1.0
-    assert math.isnan(both["hd95"]) and math.isnan(both["assd"])
+    assert both["hd95"] == both["assd"] == 0.0 and both["both_empty"] == 1
     for pred, ref in ((empty, cube((10, 10, 10), (2, 2, 2), 3)), (cube((10, 10, 10), (2, 2, 2), 3), empty)):
         (row,) = array_metrics(pred, ref, (1, 1, 1), labels=[1])
         assert row["dice"] == row["iou"] == row["nsd"] == row["boundary_f1"] == 0.0
         assert row["precision"] == row["recall"] == 0.0
-        assert math.isnan(row["hd95"]) and math.isnan(row["assd"])
+        assert row["hd95"] == row["assd"] == pytest.approx(math.sqrt(300))  # the 10 x 10 x 10 mm image's diagonal
+        assert row["both_empty"] == 0
         assert abs(row["volume_diff_ml"]) == pytest.approx(27 / 1000)
 
 
