@@ -212,6 +212,8 @@ def evaluate(
     tolerance_mm: float = 1.0,
     ignore_index: int | None = 255,
     label_names: dict[int, str] | None = None,
+    count_empty: bool = False,
+    distance_penalty_mm: float | None = None,
 ) -> "EvaluationReport":
     """Dice, IoU, precision, recall, HD95, ASSD, NSD and boundary F1 of predictions against references.
 
@@ -221,6 +223,8 @@ def evaluate(
         distances are in mm.
     labels: which label values to score (default every non-zero value present, and every
         foreground label of `label_names`).
+    count_empty: count labels absent from both in the means (default: left out, as nnU-Net does).
+    distance_penalty_mm: HD95/ASSD of a missed or false structure (default: the image diagonal, mm).
     Returns an `EvaluationReport` (`.rows` one per case and label, `.summary`, `.flat_metrics()`).
     """
     from medseg.evaluation import EvaluationReport
@@ -231,18 +235,20 @@ def evaluate(
         label_names = label_names or pred.label_names
         pred = pred.labels
     if not isinstance(pred, Volume) and not isinstance(ref, Volume):
-        return evaluate_files(pred, ref, labels=labels, tolerance_mm=tolerance_mm, ignore_index=ignore_index, label_names=label_names)
+        return evaluate_files(pred, ref, labels=labels, tolerance_mm=tolerance_mm, ignore_index=ignore_index, label_names=label_names,
+                              count_empty=count_empty, distance_penalty_mm=distance_penalty_mm)
     if not (isinstance(pred, Volume) and isinstance(ref, Volume)):
         raise ConfigError("evaluate: give two paths, or two in-memory label maps (Segmentation or Volume); not one of each")
     import numpy as np
 
-    from medseg.metrics.case import case_metrics, summarise
+    from medseg.evaluation import summary_of
+    from medseg.metrics.case import case_metrics
 
     if labels is None:
         found = {int(v) for v in np.union1d(np.unique(pred.array), np.unique(ref.array))} | set(label_names or {})
         labels = sorted(v for v in found if v != 0 and v != ignore_index)
-    rows = [{"case_id": "case", **row} for row in case_metrics(pred, ref, labels, tolerance_mm, ignore_index)]
+    rows = [{"case_id": "case", **row} for row in case_metrics(pred, ref, labels, tolerance_mm, ignore_index, distance_penalty_mm)]
     return EvaluationReport(
-        rows=rows, summary=summarise(rows) if rows else {"per_class": {}, "mean": {}, "miou": float("nan")},
-        tolerance_mm=tolerance_mm, pairs={}, label_names=dict(label_names or {}),
+        rows=rows, summary=summary_of(rows, count_empty), tolerance_mm=tolerance_mm, pairs={},
+        label_names=dict(label_names or {}), count_empty=count_empty, distance_penalty_mm=distance_penalty_mm,
     )
