@@ -20,6 +20,8 @@ from medseg.cli import train as train_cmd
 from medseg.cli import evaluate as evaluate_cmd
 from medseg.cli import ui as ui_cmd
 from medseg.cli import infer as infer_cmd
+from medseg.cli import export as export_cmd
+from medseg.cli import pacs as pacs_cli
 
 app = typer.Typer(
     name="medseg",
@@ -37,6 +39,8 @@ app.command("train")(train_cmd.command)
 app.command("infer")(infer_cmd.command)
 app.command("evaluate")(evaluate_cmd.command)
 app.command("ui")(ui_cmd.command)
+app.command("export")(export_cmd.command)
+app.add_typer(pacs_cli.app, name="pacs")
 
 
 def _version(value: bool) -> None:

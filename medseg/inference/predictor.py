@@ -14,13 +14,13 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from medseg.bundle import Bundle, load_bundle
+from medseg.bundle import Bundle
 from medseg.errors import BundleError, ConfigError, InputError
+from medseg.inference.backends import load_networks
 from medseg.inference.invert import labels_on_original, probabilities_on_original
 from medseg.inference.sliding_window import sliding_window_predict, sliding_window_predict_2d
 from medseg.inference.tta import mirrored
@@ -130,12 +130,17 @@ class Predictor:
         extra_steps: list[dict] | None = None,
         accumulate_dtype: torch.dtype = torch.float32,
         crf: dict | None = None,
+        runtime: str = "auto",
     ):
         if not bundle_paths:
             raise BundleError("no model given; pass at least one bundle with --model")
         if not 0 <= overlap < 1:
             raise ConfigError(f"overlap {overlap} is out of range; expected a value in [0, 1), e.g. 0.5")
-        self.bundles: list[Bundle] = [load_bundle(Path(p)) for p in bundle_paths]
+        self.device = resolve_device(device)
+        self.precision: PrecisionPlan = resolve_precision(precision, self.device.type)
+        # bundles run in torch; export folders on `runtime` (medseg.inference.backends)
+        loaded = [load_networks(p, runtime, device=self.device, precision=self.precision) for p in bundle_paths]
+        self.bundles: list[Bundle] = [b for b, _ in loaded]
         first = self.bundles[0]
         for other in self.bundles[1:]:
             if other.plan != first.plan or other.labels != first.labels or other.configuration != first.configuration:
@@ -143,8 +148,6 @@ class Predictor:
                     f"{other.path}: its plan, labels or configuration differ from {first.path}'s; "
                     "ensemble only folds of the same training"
                 )
-        self.device = resolve_device(device)
-        self.precision: PrecisionPlan = resolve_precision(precision, self.device.type)
         heads = {model_head(b.model_name).name for b in self.bundles}
         if len(heads) > 1:
             raise BundleError(f"the bundles' models have different output heads ({', '.join(sorted(heads))}); ensemble models of one kind")
@@ -157,8 +160,7 @@ class Predictor:
         self.accumulate_dtype = accumulate_dtype
         self.crf = crf  # None, or keyword arguments of medseg.postprocess.crf.crf_refine
         self.steps = (list(first.postprocessing) if postprocess else []) + list(extra_steps or [])
-        fmt = self.precision.memory_format(self.spatial_dims)
-        self.networks = [b.build_network("best", device=str(self.device)).to(memory_format=fmt) for b in self.bundles]
+        self.networks = [network for _, network in loaded]  # torch modules or `Backend`s: called alike
 
     @property
     def bundle(self) -> Bundle:
