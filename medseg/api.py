@@ -59,6 +59,7 @@ def load_model(
     postprocess: bool = True,
     instances: bool = False,
     crf: bool | dict = False,
+    runtime: str = "auto",
 ) -> "Predictor":
     """A `Predictor` for a trained model; call `.segment(...)` on it for each case.
 
@@ -74,6 +75,8 @@ def load_model(
     postprocess: run the bundle's post-processing steps; instances: then label connected
         components (instance ids instead of classes); crf: refine with a mean-field CRF (True, or
         keyword arguments of `medseg.postprocess.crf.crf_refine`).
+    runtime: for an export folder (`medseg export`): "onnxruntime" | "openvino" | "torch" (TorchScript) |
+        "auto" (the fastest measured for that export on this CPU); a bundle runs in torch.
     """
     import torch
 
@@ -90,7 +93,7 @@ def load_model(
         bundles, device=device, precision=getattr(precision, "value", precision), tta=tta, overlap=overlap,
         batch_size=batch_size, accumulate_dtype=torch.float16 if fp16_buffer else torch.float32,
         postprocess=postprocess, extra_steps=[{"name": "instances", "params": {}}] if instances else [],
-        crf=(crf if isinstance(crf, dict) else {}) if crf else None,
+        crf=(crf if isinstance(crf, dict) else {}) if crf else None, runtime=runtime,
     )
 
 

@@ -4,6 +4,7 @@
     plots     matplotlib                          learning curves, overlays, evaluation box plots
     rtstruct  rt-utils (opencv), scikit-image     RTSTRUCT writing and reading
     itk       SimpleITK                           NRRD and MetaImage (.nrrd, .nhdr, .mha, .mhd)
+    export    onnx, onnxruntime, openvino         `medseg export`, `--runtime onnxruntime|openvino`
     all       every extra above (what `make` installs)
 
 Each edge imports its package through `require`, so a missing one is one line naming the pip
@@ -25,6 +26,9 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "cv2": ("opencv-python", "rtstruct"),
     "skimage": ("scikit-image", "rtstruct"),
     "SimpleITK": ("SimpleITK", "itk"),
+    "onnx": ("onnx", "export"),
+    "onnxruntime": ("onnxruntime", "export"),
+    "openvino": ("openvino", "export"),
 }
 
 
