@@ -1,13 +1,13 @@
 """medseg: segmentation of volumetric medical scans, from DICOM or NIfTI in to masks out.
 
 The Python API (docs/api.md): `medseg.read`, `medseg.load_model` -> `Predictor.segment`,
-`medseg.write`, `medseg.plan_and_preprocess`, `medseg.train`, `medseg.evaluate`. They live in `medseg.api`
+`medseg.write`, `medseg.infer` (many scans, several formats), `medseg.plan_and_preprocess`, `medseg.train`, `medseg.evaluate`. They live in `medseg.api`
 and are imported on first use, so `import medseg` (and `medseg --help`) loads no torch.
 """
 
 __version__ = "0.1.0"
 
-_API = ("read", "read_scan", "load_model", "write", "plan_and_preprocess", "train", "evaluate", "Scan", "Segmentation")
+_API = ("read", "read_scan", "load_model", "write", "infer", "plan_and_preprocess", "train", "evaluate", "Scan", "Segmentation")
 __all__ = ["__version__", *_API, "Volume"]
 
 

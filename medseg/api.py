@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from medseg.batch import infer  # many scans in, every format out (medseg/batch.py imports this module lazily)
 from medseg.errors import ConfigError, OutputError
 from medseg.inference.segmentation import Scan, Segmentation, read_scan
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from medseg.training.loop import TrainResult
     from medseg.volume import Volume
 
-__all__ = ["FORMATS", "Scan", "Segmentation", "evaluate", "load_model", "plan_and_preprocess", "read", "read_scan", "train", "write"]
+__all__ = ["FORMATS", "Scan", "Segmentation", "evaluate", "infer", "load_model", "plan_and_preprocess", "read", "read_scan", "train", "write"]
 
 FORMATS = {"nifti": ".nii.gz", "dicom-seg": ".dcm", "rtstruct": ".dcm"}  # format -> default file suffix
 
@@ -135,9 +136,10 @@ def write(segmentation: Segmentation, path: str | os.PathLike | None = None, for
 
         build, save = (dicom.build_dicom_seg, dicom.write_dicom_seg) if format == "dicom-seg" else (dicom.build_rtstruct, dicom.write_rtstruct)
         args = (segmentation.label_names, segmentation.label_codes)
+        labels = dicom.to_source_slices(segmentation.labels, segmentation.datasets)  # a resampled tilted/gapped series: back onto its slices
         if path is None:
-            return build(segmentation.labels, segmentation.datasets, *args, model_name=segmentation.model_name)
-        written = save(segmentation.labels, segmentation.datasets, path, *args, model_name=segmentation.model_name)
+            return build(labels, segmentation.datasets, *args, model_name=segmentation.model_name)
+        written = save(labels, segmentation.datasets, path, *args, model_name=segmentation.model_name)
     if probabilities and segmentation.probabilities is not None:
         write_volume(segmentation.probabilities, probabilities_path(written))
     return Path(written)

@@ -1,0 +1,260 @@
+"""Many scans through one predictor: every output path checked before any work, one inference per
+case written in every asked format, one failing case never losing the rest.
+
+API level (it calls `medseg.api.read_scan`, `load_model` and `write`; `medseg.api.infer` is `infer`
+here). `medseg infer` and `medseg run` pipelines call `infer`; front ends that loop themselves
+(a PACS worker, a sharded job) call `plan_outputs` and `segment_case`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from medseg.errors import ConfigError, InputError, MedsegError, OutputError
+
+log = logging.getLogger(__name__)
+
+# With several formats each gets its own name, so a SEG and an RTSTRUCT of one case never collide.
+MULTI_FORMAT_NAMES = {"nifti": "{case}.nii.gz", "dicom-seg": "{case}_seg.dcm", "rtstruct": "{case}_rtstruct.dcm"}
+FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+
+Cases = list[tuple[str, list[Path]]]
+Outputs = dict[str, Path]  # format -> the file it is written to
+
+
+def parse_formats(formats: str | Sequence[str]) -> list[str]:
+    """["nifti", "rtstruct"] from "nifti,rtstruct" (or a list); unknown or repeated names are errors."""
+    from medseg.api import FORMATS
+
+    names = [f.strip() for f in formats.split(",")] if isinstance(formats, str) else [str(getattr(f, "value", f)) for f in formats]
+    names = [n for n in names if n]
+    unknown = [n for n in names if n not in FORMATS]
+    if unknown or not names:
+        raise ConfigError(f"--format {','.join(names) or '(empty)'}: unknown format {unknown[0] if unknown else ''!r}; "
+                          f"use one or more of {', '.join(FORMATS)} separated by commas, e.g. --format nifti,dicom-seg")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--format {','.join(names)}: a format is named twice; name each once")
+    return names
+
+
+def check_formats_apply(cases: Cases, formats: list[str]) -> None:
+    """DICOM outputs reference the source series: refuse non-DICOM inputs (and a missing extra) up front."""
+    from medseg.data.cases import is_image_file
+
+    if "rtstruct" in formats:
+        from medseg.extras import require
+
+        require("rt_utils")
+    dicom_formats = [f for f in formats if f != "nifti"]
+    if dicom_formats:
+        non_dicom = [p for _, paths in cases for p in paths if is_image_file(p)]
+        if non_dicom:
+            raise InputError(
+                f"{non_dicom[0]}: --format {dicom_formats[0]} needs a DICOM series as input (to reference), "
+                "but this is a NIfTI/NRRD/MHA file; use --format nifti or give the DICOM folder"
+            )
+
+
+def plan_outputs(input: Path, cases: Cases, many: bool, output: Path | None, formats: list[str],
+                 probabilities: bool) -> list[Outputs]:
+    """The output file of each case and format, checked before any work.
+
+    One scan, one format: `output` is the file (default `<case>_seg<suffix>` here). Many scans or
+    several formats: `output` is a folder (default: the current folder for one scan), holding
+    `<case><suffix>` (one format) or `MULTI_FORMAT_NAMES` (several). Checked: an `-o` that names a
+    file (by its suffix) is never made a folder; case ids are plain names (a manifest's "../x" would
+    write outside -o); no two outputs collide; no output is an input or lies inside an input DICOM folder.
+    """
+    from medseg.api import FORMATS, probabilities_path
+    from medseg.io.atomic import check_output_dir, check_output_folder, check_plain_name, full_suffix
+
+    into_folder = many or len(formats) > 1
+    if into_folder and output is not None and full_suffix(output) in FILE_SUFFIXES:
+        why = f"{len(cases)} scans" if many else f"{len(formats)} formats ({','.join(formats)})"
+        raise OutputError(f"-o {output}: names a file, but {input} gives {why}, which need an output folder; "
+                          f"give a folder path, e.g. -o {output.parent / 'predictions'}")
+    if into_folder:
+        folder = output if output is not None else Path(".")
+        check_output_folder(folder, "-o")
+        if many:
+            for case_id, _ in cases:
+                check_plain_name(case_id, "case_id", input)
+        names = MULTI_FORMAT_NAMES if len(formats) > 1 else {formats[0]: "{case}" + FORMATS[formats[0]]}
+        outputs = [{f: folder / names[f].format(case=case_id) for f in formats} for case_id, _ in cases]
+    else:
+        outputs = [{formats[0]: output or Path(f"{cases[0][0]}_seg{FORMATS[formats[0]]}")}]
+        check_output_dir(outputs[0][formats[0]])
+
+    seen: dict[str, str] = {}
+    for (case_id, _), targets in zip(cases, outputs):
+        for target in targets.values():
+            key = os.path.realpath(target)
+            if key in seen:
+                raise InputError(f"{input}: cases '{seen[key]}' and '{case_id}' would both be written to {target}; give the scans distinct names")
+            seen[key] = case_id
+    inputs = {os.path.realpath(p) for _, paths in cases for p in paths}
+    series_folders = [os.path.realpath(p) for _, paths in cases for p in paths if Path(p).is_dir()]
+    for targets in outputs:
+        written = list(targets.values()) + ([probabilities_path(first_output(targets))] if probabilities else [])
+        for path in written:
+            if os.path.realpath(path) in inputs:
+                raise OutputError(f"{path}: this output is also an input scan and would be overwritten by its mask; "
+                                  "choose another output path (-o) for the masks")
+            inside = [f for f in series_folders if os.path.realpath(path).startswith(f + os.sep)]
+            if inside:
+                raise OutputError(f"{path}: this output lies inside the input DICOM folder {inside[0]}, which would then "
+                                  "hold a second series; choose an output path (-o) outside it")
+    return outputs
+
+
+def first_output(targets: Outputs) -> Path:
+    """The file the probability maps sit beside: the NIfTI mask when there is one."""
+    return targets.get("nifti", next(iter(targets.values())))
+
+
+def segment_case(predictor, paths: list[Path], targets: Outputs, *, series: str | None = None,
+                 probabilities: bool = False) -> None:
+    """Predict one case (one path per channel) once and write it in every format of `targets`.
+    DICOM outputs reference the first channel's series."""
+    from medseg.api import read_scan, write
+    from medseg.io.atomic import check_output_dir
+
+    for target in targets.values():
+        check_output_dir(target)  # fail before a long prediction
+    scan = read_scan(paths, series=series)
+    if "rtstruct" in targets and scan.datasets is not None:  # refuse before a long prediction
+        from medseg.io.dicom import refuse_multiframe
+
+        refuse_multiframe(scan.datasets)
+    segmentation = predictor.segment(scan, probabilities=probabilities)
+    beside = first_output(targets)
+    for format, target in targets.items():
+        write(segmentation, target, format, probabilities=target == beside)
+
+
+@dataclass
+class CaseResult:
+    case_id: str
+    seconds: float
+    outputs: Outputs
+
+
+@dataclass
+class BatchResult:
+    done: list[CaseResult] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (case id, one-line error)
+    peak_memory_mb: float = 0.0
+    many: bool = False  # the input named many scans (a table is printed, failures do not raise)
+
+
+def segment_cases(predictor, cases: Cases, outputs: list[Outputs], *, series: str | None = None,
+                  probabilities: bool = False, stop_on_error: bool = False,
+                  progress: Callable[[str], None] | None = None) -> BatchResult:
+    """Segment every case into its outputs. A failing case is recorded and the rest go on, unless
+    `stop_on_error` (one scan: its error is raised as is). `progress` receives one line per case."""
+    result = BatchResult()
+    say = progress or (lambda line: None)
+    for n, ((case_id, paths), targets) in enumerate(zip(cases, outputs), start=1):
+        start = time.perf_counter()
+        try:
+            segment_case(predictor, paths, targets, series=series, probabilities=probabilities)
+        except MedsegError as exc:
+            if stop_on_error:
+                raise
+            result.failures.append((case_id, str(exc)))
+            say(f"[{n}/{len(cases)}] {case_id}: FAILED: {exc}")
+            continue
+        except Exception as exc:  # a bug on one case must not lose the rest of a batch
+            if stop_on_error:
+                raise
+            log.debug("case failed", exc_info=True)
+            result.failures.append((case_id, f"internal error: {type(exc).__name__}: {exc}"))
+            say(f"[{n}/{len(cases)}] {case_id}: FAILED: internal error {type(exc).__name__}")
+            continue
+        seconds = time.perf_counter() - start
+        result.done.append(CaseResult(case_id, seconds, targets))
+        say(f"[{n}/{len(cases)}] {case_id}: {seconds:.1f} s -> {', '.join(map(str, targets.values()))}")
+    result.peak_memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def summary_lines(result: BatchResult) -> list[str]:
+    """The table printed after a batch: one row per case, then the counts."""
+    lines = [f"{'case':<40} {'result':<8} seconds"]
+    lines += [f"{r.case_id:<40} {'ok':<8} {r.seconds:.1f}" for r in result.done]
+    lines += [f"{case_id:<40} {'FAILED':<8} {message}" for case_id, message in result.failures]
+    lines.append(f"{len(result.done)} ok, {len(result.failures)} failed")
+    return lines
+
+
+def log_infer_run(predictor, model_refs, workdir: Path | None, result: BatchResult, options: dict) -> None:
+    """One MLflow run per `medseg infer`, in the dataset's experiment beside training and evaluation.
+
+    Logged to `workdir`'s store, else to the store of the workdir the first bundle was trained in
+    (bundles live in WORKDIR/models/<preset>/fold_k), else only when MLFLOW_TRACKING_URI is set.
+    """
+    from medseg import tracking
+
+    if workdir is None:
+        parents = Path(predictor.bundles[0].path).resolve().parents
+        candidate = parents[2] if len(parents) > 2 else None
+        if candidate is not None and (candidate / "plan.json").is_file():
+            workdir = candidate
+    if workdir is None and not os.environ.get("MLFLOW_TRACKING_URI"):
+        return
+    dataset = predictor.bundle.plan.dataset_name
+    with tracking.open_tracker(workdir, dataset, run_name="infer", tags={"medseg.command": "infer", "dataset": dataset}) as tracker:
+        tracker.log_params({"infer.model": ",".join(map(str, model_refs))[:500], **{f"infer.{k}": v for k, v in options.items()}})
+        seconds = [r.seconds for r in result.done]
+        tracker.log_metrics({
+            "cases_ok": len(result.done), "cases_failed": len(result.failures), "peak_memory_mb": result.peak_memory_mb,
+            **({"seconds_per_case": sum(seconds) / len(seconds)} if seconds else {}),
+        })
+
+
+def infer(input: str | os.PathLike, model, output: str | os.PathLike | None = None, *,
+          format: str | Sequence[str] = "nifti", series: str | None = None, probabilities: bool = False,
+          workdir: str | os.PathLike | None = None, progress: Callable[[str], None] | None = None,
+          **model_options) -> BatchResult:
+    """Segment one scan or many (a folder, a manifest) with a model, writing each in every format.
+
+    input: as `medseg infer` takes it (see `medseg.data.cases.discover_cases`); model: what
+    `medseg.load_model` takes (bundle folder, run id, runs:/ URI, registered name, or a list);
+    format: "nifti", "dicom-seg", "rtstruct" or several ("nifti,rtstruct"); model_options: the
+    keyword arguments of `medseg.load_model` (folds, device, precision, tta, overlap, ...).
+    One scan: its error is raised. Many: failures are collected in the result.
+    """
+    from medseg.api import load_model
+    from medseg.data.cases import discover_cases
+    from medseg.io.atomic import make_output_folder
+
+    input = Path(input)
+    output = Path(output) if output is not None else None
+    workdir = Path(workdir) if workdir is not None else None
+    formats = parse_formats(format)
+    cases, many = discover_cases(input)
+    if many and output is None:
+        raise InputError(f"{input} holds {len(cases)} scans; give an output folder with -o OUT_DIR")
+    check_formats_apply(cases, formats)
+    outputs = plan_outputs(input, cases, many, output, formats, probabilities)  # checked before any model loads
+    predictor = load_model(model, workdir=workdir, **model_options)
+    if progress:
+        progress(f"precision: {predictor.precision.describe()}; {len(predictor.bundles)} model(s); device {predictor.device}")
+    if many or len(formats) > 1:
+        make_output_folder(output if output is not None else Path("."), "-o")
+    result = segment_cases(predictor, cases, outputs, series=series, probabilities=probabilities,
+                           stop_on_error=not many, progress=progress)
+    result.many = many
+    refs = [model] if isinstance(model, (str, os.PathLike)) else list(model)
+    log_infer_run(predictor, refs, workdir, result, {
+        "precision": predictor.precision.resolved.value, "overlap": predictor.overlap, "tta": predictor.tta,
+        "format": ",".join(formats), "batch_size": predictor.batch_size,
+        "fp16_buffer": bool(model_options.get("fp16_buffer", False)),
+    })
+    return result
