@@ -1,19 +1,33 @@
-"""Shared fixtures. Golden tests read the real files in ../shared/data (see its README)."""
+"""Shared fixtures. Golden tests read the small real DICOM, SEG and RTSTRUCT files shipped in
+tests/data (`real_data`, see tests/data/ATTRIBUTION.md); only the large Hippocampus set is read from
+../shared/data (`shared_data`)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL_DATA = Path(__file__).resolve().parent / "data"
+# MEDSEG_SHARED_DATA moves (or, pointed at a missing folder, hides) the large data beside the clone
+SHARED_DATA = Path(os.environ.get("MEDSEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """Root of the real files shipped with the repository, laid out as ../shared/data is
+    (dicom/<source>/..., volumes/totalsegmentator/...): always present, never skipped."""
+    return REAL_DATA
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """Root of the real test data; tests that need it skip (with this reason) when it is absent."""
+    """Root of the large real data (the 208 Hippocampus cases, the full DICOM collections); tests
+    that need it skip (with this reason) when it is absent, as in a user's fresh clone."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real test data not found at {SHARED_DATA} (it sits beside the repository on developer machines and CI)")
+        pytest.skip(f"large real data not found at {SHARED_DATA} (it sits beside the repository on developer machines and CI; "
+                    "set MEDSEG_SHARED_DATA to move it)")
     return SHARED_DATA
 
 

@@ -651,12 +651,12 @@ def test_evaluate_without_a_workdir_creates_no_tracking_store(tmp_path, capfd, m
     assert "m.csv" in names and not any(n.startswith(("mlruns", "mlartifacts")) for n in names), names
 
 
-def test_a_flipped_mask_is_refused_by_the_seg_writer_in_one_line(shared_data, tmp_path):
+def test_a_flipped_mask_is_refused_by_the_seg_writer_in_one_line(real_data, tmp_path):
     """No command writes a SEG from a user's mask, so this row calls the writer as the API would."""
     from medseg.errors import GeometryError
     from medseg.io.dicom import load_dicom_series, write_dicom_seg
 
-    source = load_dicom_series(shared_data / "dicom" / "tcia_mr_oblique" / "11_HCropVolume")
+    source = load_dicom_series(real_data / "dicom" / "tcia_mr_oblique" / "11_HCropVolume")
     array = np.zeros(source.volume.spatial_shape, np.uint8)
     array[1:5, 2:6, :2] = 1
     mask = source.volume.with_array(array)

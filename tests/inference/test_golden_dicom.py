@@ -18,10 +18,8 @@ from medseg.io.dicom import read_rtstruct
 SERIES = [
     "tcia_mr_oblique/11-T1post-18670",
     "tcia_mr_oblique/11_HCropVolume",
-    "tcia_mr_oblique/26401-T1prereg-52906",
-    "tcia_mr_oblique/36468-FLAIRreg-58706",
-    "tcia_mr_oblique/37830-T2reg-78532",
-    "totalsegmentator/ct_series",
+    "totalsegmentator/ct_series_4slices",
+    "dicom2nifti/philips/anatomical/001",
 ]
 
 
@@ -34,8 +32,8 @@ def dciodvfy_errors(path) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("series", SERIES)
-def test_infer_writes_masks_on_the_source_grid(shared_data, tiny_bundle, tmp_path, series):
-    folder = shared_data / "dicom" / series
+def test_infer_writes_masks_on_the_source_grid(real_data, tiny_bundle, tmp_path, series):
+    folder = real_data / "dicom" / series
     src = load_dicom_series(folder)
     common = ["--model", tiny_bundle, "--device", "cpu", "--precision", "fp32"]
     assert run("infer", folder, "-o", tmp_path / "mask.nii.gz", *common) == 0
@@ -71,12 +69,12 @@ def test_infer_writes_masks_on_the_source_grid(shared_data, tiny_bundle, tmp_pat
 
 
 @pytest.mark.slow
-def test_infer_on_enhanced_multiframe_source(shared_data, tiny_bundle, tmp_path, capsys):
+def test_infer_on_enhanced_multiframe_source(real_data, tiny_bundle, tmp_path, capsys):
     """A real Enhanced CT whose stored frame order runs against the slice normal: the SEG's frames sit
     on the NIfTI mask's voxels by position; RTSTRUCT is refused in one line."""
     import highdicom as hd
 
-    source = shared_data / "dicom" / "multiframe" / "eCT_Supplemental.dcm"
+    source = real_data / "dicom" / "multiframe" / "eCT_Supplemental.dcm"
     common = ["--model", tiny_bundle, "--device", "cpu", "--precision", "fp32"]
     assert run("infer", source, "-o", tmp_path / "mask.nii.gz", *common) == 0
     assert run("infer", source, "-o", tmp_path / "seg.dcm", "--format", "dicom-seg", *common) == 0
@@ -100,8 +98,8 @@ def test_infer_on_enhanced_multiframe_source(shared_data, tiny_bundle, tmp_path,
     assert not (tmp_path / "rt.dcm").exists()
 
 
-def test_seg_from_nifti_and_bad_model_give_one_line(shared_data, tiny_bundle, tmp_path, capsys):
-    scan = shared_data / "volumes" / "totalsegmentator" / "example_ct_sm.nii.gz"
+def test_seg_from_nifti_and_bad_model_give_one_line(real_data, tiny_bundle, tmp_path, capsys):
+    scan = real_data / "volumes" / "totalsegmentator" / "example_ct_sm.nii.gz"
     assert run("infer", scan, "--model", tiny_bundle, "--format", "dicom-seg", "-o", tmp_path / "s.dcm") == 1
     err = capsys.readouterr().err.strip()
     assert "needs a DICOM series" in err and len(err.splitlines()) == 1
@@ -111,10 +109,10 @@ def test_seg_from_nifti_and_bad_model_give_one_line(shared_data, tiny_bundle, tm
     assert not (tmp_path / "s.dcm").exists() and not (tmp_path / "m.nii.gz").exists()
 
 
-def test_many_scans_one_failing_are_reported_and_exit_nonzero(shared_data, tiny_bundle, tmp_path, capsys):
+def test_many_scans_one_failing_are_reported_and_exit_nonzero(real_data, tiny_bundle, tmp_path, capsys):
     cases = tmp_path / "cases"
     cases.mkdir()
-    shutil.copy(shared_data / "volumes" / "totalsegmentator" / "example_ct_sm.nii.gz", cases / "good.nii.gz")
+    shutil.copy(real_data / "volumes" / "totalsegmentator" / "example_ct_sm.nii.gz", cases / "good.nii.gz")
     (cases / "broken.nii.gz").write_bytes(b"not a nifti")
     out = tmp_path / "out"
     code = run("infer", cases, "--model", tiny_bundle, "-o", out, "--device", "cpu", "--precision", "fp32")

@@ -13,8 +13,8 @@ from medseg.io.dicom import build_dicom_seg, read_dicom_seg
 
 
 @pytest.mark.slow
-def test_datasets_to_predicted_seg_dataset_without_the_file_system(shared_data, tiny_bundle, forbid_file_writes):
-    folder = shared_data / "dicom" / "tcia_mr_oblique" / "11-T1post-18670"
+def test_datasets_to_predicted_seg_dataset_without_the_file_system(real_data, tiny_bundle, forbid_file_writes):
+    folder = real_data / "dicom" / "tcia_mr_oblique" / "11-T1post-18670"
     datasets = [pydicom.dcmread(f) for f in sorted(folder.iterdir())][::-1]  # any order
     volume = read_volume(datasets)
     predictor = Predictor([tiny_bundle], device="cpu", precision="fp32")

@@ -179,10 +179,10 @@ def test_one_hot_of_the_preprocessed_label_inverts_to_the_original_label_exactly
 
 
 @pytest.mark.slow
-def test_real_oblique_mr_series_inverts_onto_exactly_its_own_grid(shared_data):
+def test_real_oblique_mr_series_inverts_onto_exactly_its_own_grid(real_data):
     from medseg.io import read_volume
 
-    image = read_volume(shared_data / "dicom" / "tcia_mr_oblique" / "11-T1post-18670")  # 280x320x22, tilted, 0.69 x 0.69 x 6.5 mm
+    image = read_volume(real_data / "dicom" / "tcia_mr_oblique" / "11-T1post-18670")  # 280x320x22, tilted, 0.69 x 0.69 x 6.5 mm
     assert not np.allclose(np.abs(image.affine[:3, :3]) > 1e-3, np.eye(3, dtype=bool))  # oblique
     smooth = ndimage.uniform_filter(image.array.astype(np.float32), size=(9, 9, 1))
     label = np.digitize(smooth, np.percentile(smooth, [60, 85])).astype(np.uint8)  # two nested bright regions

@@ -26,11 +26,11 @@ def _rotation(a: float, b: float) -> np.ndarray:
     return np.array([[1, 0, 0], [0, ca, -sa], [0, sa, ca]]) @ np.array([[cb, -sb, 0], [sb, cb, 0], [0, 0, 1]])
 
 
-def enhanced_mr(shared_data, path, slots=SHUFFLED, keep: int | None = None):
+def enhanced_mr(real_data, path, slots=SHUFFLED, keep: int | None = None):
     """emri_small.dcm (a real Enhanced MR, 10 frames of 64x64, shipped without any geometry) given an
     oblique geometry in functional groups, stored frame f lying at slice position slots[f].
     keep: write only that frame (a one-frame enhanced object). Returns (path, pixels (F, rows, cols))."""
-    ds = pydicom.dcmread(shared_data / "dicom" / "multiframe" / "emri_small.dcm")
+    ds = pydicom.dcmread(real_data / "dicom" / "multiframe" / "emri_small.dcm")
     pixels = ds.pixel_array.copy()
     rot = np.round(_rotation(0.35, 0.2), 8)
     row, col = rot[:, 0], rot[:, 1]
@@ -70,14 +70,14 @@ def two_label_mask(shape) -> np.ndarray:
     return labels
 
 
-def test_enhanced_frames_placed_by_position_and_one_frame_object_reads_its_frame(shared_data, tmp_path):
-    path, pixels = enhanced_mr(shared_data, tmp_path / "emr.dcm")
+def test_enhanced_frames_placed_by_position_and_one_frame_object_reads_its_frame(real_data, tmp_path):
+    path, pixels = enhanced_mr(real_data, tmp_path / "emr.dcm")
     volume = load_dicom_series(path).volume
     assert volume.spatial_shape == (64, 64, 10)
     for f, slot in enumerate(SHUFFLED):
         np.testing.assert_array_equal(volume.array[:, :, slot], pixels[f].T)
     for keep in (0, 6):
-        one, frame = enhanced_mr(shared_data, tmp_path / f"one_{keep}.dcm", keep=keep)
+        one, frame = enhanced_mr(real_data, tmp_path / f"one_{keep}.dcm", keep=keep)
         loaded = load_dicom_series(one).volume
         assert loaded.spatial_shape == (64, 64, 1)
         np.testing.assert_array_equal(loaded.array[:, :, 0], frame[0].T)  # the whole frame, not its first row
@@ -112,13 +112,13 @@ def seg_on_nifti_grid(seg_path, nifti) -> np.ndarray:
 
 
 @pytest.mark.parametrize("source", ["synthetic oblique emri_small, frames shuffled", "real eCT_Supplemental"])
-def test_seg_on_multiframe_source_reads_back_onto_the_nifti_voxels(shared_data, tmp_path, source):
+def test_seg_on_multiframe_source_reads_back_onto_the_nifti_voxels(real_data, tmp_path, source):
     import highdicom as hd
 
     if source.startswith("real"):
-        path = shared_data / "dicom" / "multiframe" / "eCT_Supplemental.dcm"  # stored frame order is against the normal
+        path = real_data / "dicom" / "multiframe" / "eCT_Supplemental.dcm"  # stored frame order is against the normal
     else:
-        path, _ = enhanced_mr(shared_data, tmp_path / "emr.dcm")
+        path, _ = enhanced_mr(real_data, tmp_path / "emr.dcm")
     src = load_dicom_series(path)
     mask = src.volume.with_array(two_label_mask(src.volume.spatial_shape))
     write_volume(mask, tmp_path / "mask.nii.gz")
@@ -147,8 +147,8 @@ def _flipped(volume: Volume, axis: int) -> Volume:
 
 
 @pytest.mark.parametrize("writer", ["seg", "rtstruct"])
-def test_mask_in_another_voxel_order_or_shifted_is_refused(shared_data, tmp_path, writer):
-    src = load_dicom_series(shared_data / "dicom" / "tcia_mr_oblique" / "11_HCropVolume")
+def test_mask_in_another_voxel_order_or_shifted_is_refused(real_data, tmp_path, writer):
+    src = load_dicom_series(real_data / "dicom" / "tcia_mr_oblique" / "11_HCropVolume")
     mask = src.volume.with_array(two_label_mask(src.volume.spatial_shape))
     names = {0: "bg", 1: "a", 4: "b"}
     write = write_dicom_seg if writer == "seg" else write_rtstruct
@@ -164,8 +164,8 @@ def test_mask_in_another_voxel_order_or_shifted_is_refused(shared_data, tmp_path
     assert (tmp_path / "out.dcm").is_file()
 
 
-def test_rtstruct_on_multiframe_source_is_refused_in_one_line(shared_data, tmp_path):
-    path, _ = enhanced_mr(shared_data, tmp_path / "emr.dcm")
+def test_rtstruct_on_multiframe_source_is_refused_in_one_line(real_data, tmp_path):
+    path, _ = enhanced_mr(real_data, tmp_path / "emr.dcm")
     src = load_dicom_series(path)
     mask = src.volume.with_array(two_label_mask(src.volume.spatial_shape))
     with pytest.raises(InputError, match="multi-frame object .*write a DICOM SEG") as exc:
@@ -174,9 +174,9 @@ def test_rtstruct_on_multiframe_source_is_refused_in_one_line(shared_data, tmp_p
     assert not (tmp_path / "rt.dcm").exists()
 
 
-def test_single_segment_seg_on_multiframe_source_reads_back(shared_data, tmp_path):
+def test_single_segment_seg_on_multiframe_source_reads_back(real_data, tmp_path):
     """One segment: highdicom moves the segment identification into the shared functional groups."""
-    src = load_dicom_series(shared_data / "dicom" / "multiframe" / "eCT_Supplemental.dcm")
+    src = load_dicom_series(real_data / "dicom" / "multiframe" / "eCT_Supplemental.dcm")
     labels = np.zeros(src.volume.spatial_shape, np.uint8)
     labels[100:300, 50:120, 1] = 3  # only on sorted slice 1, which is stored frame 1 (frames run against the normal)
     mask = src.volume.with_array(labels)

@@ -19,19 +19,14 @@ from medseg.io.dicom import list_series, load_dicom_series, read_dicom
 from medseg.io.nifti import read_nifti
 from medseg.volume import Volume
 
+# the dicom2nifti cases shipped in tests/data (tests/data/ATTRIBUTION.md says which were left out and why)
 DICOM2NIFTI_CASES = [
-    "anatomical/001",
-    "anatomical/001_implicit",
-    "ge/anatomical/001",
     "ge/anatomical/001_single_slice",
-    "generic/anatomical/001",
-    "generic/compressed/001",
     "generic/compressed_j2k/001",
     "generic/compressed_jpeg/001",
     "philips/anatomical/001",
-    "siemens/anatomical/001",
 ]
-TCIA_SERIES = ["11-T1post-18670", "11_HCropVolume", "26401-T1prereg-52906", "36468-FLAIRreg-58706", "37830-T2reg-78532"]
+TCIA_SERIES = ["11-T1post-18670", "11_HCropVolume"]
 
 
 def assert_same_volume(ours: Volume, reference: Volume, exact: bool = True) -> None:
@@ -56,25 +51,25 @@ def dcm2niix(series_dir: Path, out_dir: Path) -> dict[str, Volume]:
     return volumes
 
 
-def test_every_dicom2nifti_case_is_tested(shared_data):
-    root = shared_data / "dicom" / "dicom2nifti"
+def test_every_dicom2nifti_case_is_tested(real_data):
+    root = real_data / "dicom" / "dicom2nifti"
     found = sorted(str(p.relative_to(root)).replace("_ground_truth.nii.gz", "") for p in root.rglob("*_ground_truth.nii.gz"))
     assert sorted(DICOM2NIFTI_CASES + ["failing/slicecount/001"]) == found
 
 
 @pytest.mark.parametrize("case", DICOM2NIFTI_CASES)
-def test_dicom2nifti_series_match_ground_truth(shared_data, case):
-    root = shared_data / "dicom" / "dicom2nifti"
+def test_dicom2nifti_series_match_ground_truth(real_data, case):
+    root = real_data / "dicom" / "dicom2nifti"
     assert_same_volume(read_dicom(root / case), read_nifti(root / f"{case}_ground_truth.nii.gz"))
 
 
-def test_dicom2nifti_failing_two_slice_series_converts_correctly(shared_data):
-    root = shared_data / "dicom" / "dicom2nifti" / "failing" / "slicecount"
+def test_dicom2nifti_failing_two_slice_series_converts_correctly(real_data):
+    root = real_data / "dicom" / "dicom2nifti" / "failing" / "slicecount"
     assert_same_volume(read_dicom(root / "001"), read_nifti(root / "001_ground_truth.nii.gz"))
 
 
-def test_dicom2nifti_failing_gantry_tilt_refused_then_matches_dcm2niix(shared_data, tmp_path):
-    series = shared_data / "dicom" / "dicom2nifti" / "failing" / "gantrytilting" / "001"
+def test_dicom2nifti_failing_gantry_tilt_refused_then_matches_dcm2niix(real_data, tmp_path):
+    series = real_data / "dicom" / "dicom2nifti" / "failing" / "gantrytilting" / "001"
     with pytest.raises(DicomError, match=r"gantry tilt of 14\.00 degrees.*--resample-irregular"):
         read_dicom(series)
     ours = read_dicom(series, resample_irregular=True).reoriented("RAS")
@@ -86,10 +81,10 @@ def test_dicom2nifti_failing_gantry_tilt_refused_then_matches_dcm2niix(shared_da
     np.testing.assert_allclose(ours.array, overlap, atol=0.5)  # dcm2niix rounds to integers
 
 
-def test_totalsegmentator_jpeg2000_series_lands_on_the_reference_grid(shared_data):
-    root = shared_data / "dicom" / "totalsegmentator"
-    volume = read_dicom(root / "ct_series")
-    reference = read_nifti(root / "ct_series_reference_seg.nii.gz")
+def test_totalsegmentator_jpeg2000_series_lands_on_the_reference_grid(real_data):
+    root = real_data / "dicom" / "totalsegmentator"
+    volume = read_dicom(root / "ct_series_4slices")
+    reference = read_nifti(root / "ct_series_4slices_reference_seg.nii.gz")
     # the reference is stored LAS (rows flipped); our array follows the DICOM rows (LPS)
     assert volume.reoriented(reference.orientation).geometry_differences(reference) == []
     np.testing.assert_allclose(volume.reoriented(reference.orientation).affine, reference.affine, atol=1e-3)
@@ -97,15 +92,15 @@ def test_totalsegmentator_jpeg2000_series_lands_on_the_reference_grid(shared_dat
     assert volume.meta.modality == "CT" and volume.meta.series_uid is None  # its SeriesInstanceUID is empty
 
 
-def test_totalsegmentator_series_voxels_match_dcm2niix(shared_data, tmp_path):
-    series = shared_data / "dicom" / "totalsegmentator" / "ct_series"
+def test_totalsegmentator_series_voxels_match_dcm2niix(real_data, tmp_path):
+    series = real_data / "dicom" / "totalsegmentator" / "ct_series_4slices"
     (theirs,) = dcm2niix(series, tmp_path / "out").values()
     assert_same_volume(read_dicom(series), theirs)
 
 
 @pytest.mark.parametrize("name", TCIA_SERIES)
-def test_tcia_oblique_series_match_dcm2niix(shared_data, tmp_path, name):
-    series = shared_data / "dicom" / "tcia_mr_oblique" / name
+def test_tcia_oblique_series_match_dcm2niix(real_data, tmp_path, name):
+    series = real_data / "dicom" / "tcia_mr_oblique" / name
     (theirs,) = dcm2niix(series, tmp_path / "out").values()
     ours = read_dicom(series)
     assert_same_volume(ours, theirs)
@@ -122,10 +117,10 @@ def test_tcia_oblique_series_match_dcm2niix(shared_data, tmp_path, name):
     np.testing.assert_array_equal(again.affine, ours.affine)
 
 
-def test_enhanced_multiframe_equals_its_legacy_source(shared_data, tmp_path):
+def test_enhanced_multiframe_equals_its_legacy_source(real_data, tmp_path):
     import highdicom as hd
 
-    series = shared_data / "dicom" / "tcia_mr_oblique" / "11-T1post-18670"
+    series = real_data / "dicom" / "tcia_mr_oblique" / "11-T1post-18670"
     legacy = [pydicom.dcmread(f) for f in sorted(series.iterdir())]
     enhanced = hd.legacy.LegacyConvertedEnhancedMRImage(
         legacy_datasets=legacy,
@@ -142,8 +137,8 @@ def test_enhanced_multiframe_equals_its_legacy_source(shared_data, tmp_path):
 
 
 @pytest.mark.parametrize("syntax", [pydicom.uid.RLELossless, pydicom.uid.JPEGLSLossless, pydicom.uid.JPEG2000Lossless])
-def test_recompressed_real_series_decodes_to_the_same_voxels(shared_data, tmp_path, syntax):
-    series = shared_data / "dicom" / "tcia_mr_oblique" / "11_HCropVolume"
+def test_recompressed_real_series_decodes_to_the_same_voxels(real_data, tmp_path, syntax):
+    series = real_data / "dicom" / "tcia_mr_oblique" / "11_HCropVolume"
     for f in series.iterdir():
         ds = pydicom.dcmread(f)
         ds.compress(syntax)
@@ -152,8 +147,8 @@ def test_recompressed_real_series_decodes_to_the_same_voxels(shared_data, tmp_pa
     assert_same_volume(read_dicom(tmp_path), read_dicom(series))
 
 
-def test_datasets_follow_k_and_reference_source_instances(shared_data):
-    series = shared_data / "dicom" / "tcia_mr_oblique" / "26401-T1prereg-52906"
+def test_datasets_follow_k_and_reference_source_instances(real_data):
+    series = real_data / "dicom" / "tcia_mr_oblique" / "11-T1post-18670"
     loaded = load_dicom_series(series)
     assert len(loaded.datasets) == loaded.volume.spatial_shape[2]
     lps = np.diag([-1, -1, 1, 1]) @ loaded.volume.affine
@@ -162,11 +157,11 @@ def test_datasets_follow_k_and_reference_source_instances(shared_data):
     assert len({ds.SOPInstanceUID for ds in loaded.datasets}) == len(loaded.datasets)
 
 
-def test_mixed_folder_lists_image_series_only(shared_data, tmp_path):
+def test_mixed_folder_lists_image_series_only(real_data, tmp_path):
     # the rtstruct mock folder holds CT slices and three RTSTRUCTs: one image series
-    summaries = list_series(shared_data / "dicom" / "rtstruct" / "mock_data")
+    summaries = list_series(real_data / "dicom" / "rtstruct" / "mock_data")
     assert [(s.modality, s.num_slices) for s in summaries] == [("CT", 2)]
     # a SEG beside its CT slices is not an image series either
-    shutil.copytree(shared_data / "dicom" / "dcmqi" / "ct-3slice", tmp_path / "ct")
-    shutil.copy(shared_data / "dicom" / "dcmqi" / "liver.dcm", tmp_path / "liver.dcm")
+    shutil.copytree(real_data / "dicom" / "dcmqi" / "ct-3slice", tmp_path / "ct")
+    shutil.copy(real_data / "dicom" / "dcmqi" / "liver.dcm", tmp_path / "liver.dcm")
     assert read_dicom(tmp_path).spatial_shape == (512, 512, 3)

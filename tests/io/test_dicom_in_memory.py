@@ -33,9 +33,9 @@ def read_datasets(folder, shuffle_seed=0) -> list:
     return datasets
 
 
-@pytest.mark.parametrize("series", [OBLIQUE, "totalsegmentator/ct_series", "multiframe/eCT_Supplemental.dcm"])
-def test_datasets_read_exactly_like_the_files(shared_data, series):
-    source = shared_data / "dicom" / series
+@pytest.mark.parametrize("series", [OBLIQUE, "totalsegmentator/ct_series_4slices", "multiframe/eCT_Supplemental.dcm"])
+def test_datasets_read_exactly_like_the_files(real_data, series):
+    source = real_data / "dicom" / series
     from_files = load_dicom_series(source)
     datasets = read_datasets(source) if source.is_dir() else pydicom.dcmread(source)  # a list, or one multi-frame Dataset
     from_memory = load_dicom_series(datasets)
@@ -52,8 +52,8 @@ def test_datasets_read_exactly_like_the_files(shared_data, series):
     assert [s.num_slices for s in list_series(datasets)] == [from_files.volume.spatial_shape[2]]
 
 
-def test_bad_in_memory_input_is_one_line(shared_data):
-    folder = shared_data / "dicom" / "tcia_mr_oblique" / "11_HCropVolume"
+def test_bad_in_memory_input_is_one_line(real_data):
+    folder = real_data / "dicom" / "tcia_mr_oblique" / "11_HCropVolume"
     headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in sorted(folder.iterdir())]
     with pytest.raises(DicomError, match=r"holds no pixel data.*pydicom.dcmread without stop_before_pixels") as err:
         read_volume(headers)
@@ -67,11 +67,11 @@ def test_bad_in_memory_input_is_one_line(shared_data):
 
 
 # the CT series lacks UIDs and type-2 tags that the writers fill in (on copies, not on the caller's Datasets)
-@pytest.mark.parametrize("series", [OBLIQUE, "totalsegmentator/ct_series"])
-def test_series_datasets_to_seg_and_rtstruct_without_the_file_system(shared_data, forbid_file_writes, series):
+@pytest.mark.parametrize("series", [OBLIQUE, "totalsegmentator/ct_series_4slices"])
+def test_series_datasets_to_seg_and_rtstruct_without_the_file_system(real_data, forbid_file_writes, series):
     """Datasets in memory -> Volume -> SEG Dataset -> labels back, with every file write refused;
     the read-back lands on the mask's voxels; the caller's Datasets are left as they were."""
-    datasets = read_datasets(shared_data / "dicom" / series)  # reading is allowed
+    datasets = read_datasets(real_data / "dicom" / series)  # reading is allowed
     before = copy.deepcopy(datasets)
     series = load_dicom_series(datasets)
     labels = asymmetric_mask(series.volume.spatial_shape)

@@ -143,14 +143,14 @@ def test_preprocess_puts_codes_in_the_plan(tmp_path, caplog):
     assert plan.label_codes[1].type[0] == codes.SCT.Kidney.value and plan.label_codes[3].type[0] == codes.SCT.Spleen.value
 
 
-def test_seg_segments_and_rtstruct_rois_carry_the_codes(shared_data, tmp_path, caplog):
+def test_seg_segments_and_rtstruct_rois_carry_the_codes(real_data, tmp_path, caplog):
     import highdicom as hd
 
     from medseg.io.dicom import load_dicom_series
     from medseg.io.dicom import write_dicom_seg
     from medseg.io.dicom import write_rtstruct
 
-    src = load_dicom_series(shared_data / "dicom" / "tcia_mr_oblique" / "11_HCropVolume")
+    src = load_dicom_series(real_data / "dicom" / "tcia_mr_oblique" / "11_HCropVolume")
     labels = np.zeros(src.volume.spatial_shape, np.uint8)
     labels[2:12, 3:15, 4:20], labels[16:30, 20:40, 10:30], labels[5:15, 30:45, 25:38] = 1, 2, 7
     names = {0: "background", 1: "kidney", 2: "ball", 7: "gizmo"}

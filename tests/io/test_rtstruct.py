@@ -16,9 +16,9 @@ def dice(a, b):
     return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
 
 
-@pytest.mark.parametrize("series", ["tcia_mr_oblique/11_HCropVolume", "tcia_mr_oblique/37830-T2reg-78532"])
-def test_round_trip_dice_and_validation(shared_data, tmp_path, series):
-    src = load_dicom_series(shared_data / "dicom" / series)
+@pytest.mark.parametrize("series", ["tcia_mr_oblique/11_HCropVolume", "tcia_mr_oblique/11-T1post-18670"])
+def test_round_trip_dice_and_validation(real_data, tmp_path, series):
+    src = load_dicom_series(real_data / "dicom" / series)
     shape = src.volume.spatial_shape
     grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1) / np.array(shape)
     labels = np.zeros(shape, np.uint8)

@@ -91,12 +91,12 @@ def test_cached_case_layout(msd_factory, tmp_path):
 
 
 @pytest.mark.slow
-def test_dicom_series_manifest_with_label_in_other_voxel_order(shared_data, tmp_path):
+def test_dicom_series_manifest_with_label_in_other_voxel_order(real_data, tmp_path):
     from medseg.io import read_volume
     from medseg.inference.invert import invert_to_original
 
-    series = shared_data / "dicom" / "totalsegmentator" / "ct_series"
-    seg = shared_data / "dicom" / "totalsegmentator" / "ct_series_reference_seg.nii.gz"
+    series = real_data / "dicom" / "totalsegmentator" / "ct_series_4slices"
+    seg = real_data / "dicom" / "totalsegmentator" / "ct_series_4slices_reference_seg.nii.gz"
     (tmp_path / "m.csv").write_text(f"case_id,image,label,modality\nct1,{series},{seg},CT\n")
     run_preprocess(tmp_path / "m.csv", tmp_path / "w")
     case = load_case(tmp_path / "w", "ct1")
