@@ -18,9 +18,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from medseg.data.cases import case_id_of
 from medseg.errors import InputError
 from medseg.extras import require
-from medseg.io.atomic import atomic_output, full_suffix
+from medseg.io.atomic import atomic_output
 from medseg.metrics.case import EXTRA_COLUMNS, FLAG_COLUMNS, METRIC_COLUMNS, case_metrics, summarise
 
 log = logging.getLogger(__name__)
@@ -66,12 +67,6 @@ class EvaluationReport:
         return {k: v for k, v in flat.items() if v is not None and math.isfinite(v)}
 
 
-def case_id(path: Path) -> str:
-    """'case_001' for 'case_001.nii.gz'."""
-    suffix = full_suffix(path)
-    return path.name[: len(path.name) - len(suffix)] if suffix else path.name
-
-
 def list_case_files(path: Path, what: str) -> dict[str, Path]:
     """case_id -> file, for one image file or a folder of them."""
     from medseg.io import is_readable_image_path
@@ -80,11 +75,11 @@ def list_case_files(path: Path, what: str) -> dict[str, Path]:
     if not path.exists():
         raise InputError(f"{path}: no such {what} file or folder; check the path")
     if path.is_file():
-        return {case_id(path): path}
+        return {case_id_of(path): path}
     cases: dict[str, Path] = {}
     for file in sorted(path.iterdir()):
         if file.is_file() and not file.name.startswith(".") and is_readable_image_path(file):
-            cid = case_id(file)
+            cid = case_id_of(file)
             if cid in cases:
                 raise InputError(
                     f"{path}: case '{cid}' appears twice ({cases[cid].name}, {file.name}); keep one file per case"
@@ -99,7 +94,7 @@ def match_cases(pred_path: Path, ref_path: Path) -> tuple[dict[str, tuple[Path, 
     """(case_id -> (pred, ref), unmatched prediction ids, unmatched reference ids)."""
     preds, refs = list_case_files(pred_path, "prediction"), list_case_files(ref_path, "reference")
     if Path(pred_path).is_file() and Path(ref_path).is_file():
-        return {case_id(Path(ref_path)): (Path(pred_path), Path(ref_path))}, [], []
+        return {case_id_of(Path(ref_path)): (Path(pred_path), Path(ref_path))}, [], []
     common = sorted(set(preds) & set(refs))
     if not common:
         raise InputError(

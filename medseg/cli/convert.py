@@ -17,10 +17,6 @@ def command(
     ] = False,
 ) -> None:
     """Convert a scan to another format, keeping its exact voxel grid."""
-    from medseg.io import read_volume, write_volume
-    from medseg.io.atomic import check_output_dir
+    from medseg.commands import convert_command
 
-    check_output_dir(output)  # fail before a long read
-    volume = read_volume(input, series=series, resample_irregular=resample_irregular)
-    write_volume(volume, output)
-    typer.echo(f"wrote {output}: shape {volume.array.shape}, orientation {volume.orientation}")
+    convert_command(input, output, series=series, resample_irregular=resample_irregular, echo=typer.echo)

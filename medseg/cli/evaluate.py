@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -31,114 +30,8 @@ def command(
     HD95 = ASSD = the diagonal of the image's extent in mm (--distance-penalty-mm to set it), so no
     mean drops it. A label absent from both is left out of the means (--count-empty counts it).
     """
-    from medseg.errors import ConfigError
-    from medseg import evaluation, tracking
+    from medseg.commands import evaluate_command
 
-    if run and experiment:
-        raise ConfigError("--run and --experiment exclude each other: log into an existing run, or start one in an experiment")
-    bundle_dir = Path(run) if run and Path(run).is_dir() else None
-    if run and Path(run).is_dir():
-        if workdir is None:
-            workdir = _workdir_of(Path(run))
-        run = _training_run_of(Path(run))
-    if run and not tracking.has_store(workdir):
-        raise ConfigError(f"--run {run}: no tracking store to find the run in; pass --workdir WORKDIR (its mlruns.db) or set MLFLOW_TRACKING_URI")
-    label_list = _parse_labels(labels)
-    label_names = _label_names(bundle_dir, workdir)
-    from medseg.api import evaluate
-
-    report = evaluate(pred, ref, labels=label_list, tolerance_mm=tolerance_mm, label_names=label_names,
-                      count_empty=count_empty, distance_penalty_mm=distance_penalty_mm)
-    for cid in report.unmatched_references:
-        typer.echo(f"warning: reference {cid} has no prediction (not scored)", err=True)
-    for cid in report.unmatched_predictions:
-        typer.echo(f"warning: prediction {cid} has no reference (not scored)", err=True)
-
-    csv_path = evaluation.write_csv(report, output)
-    stem = output.name[: -len(output.suffix)] if output.suffix else output.name
-    json_path = evaluation.write_json(report, output.with_name(f"{stem}.json"))
-    plots = output.with_name(f"{stem}_plots")
-    from medseg.extras import available, missing_message
-
-    boxplots, overlays = [], []
-    if available("matplotlib"):  # the `plots` extra; the metrics do not need it
-        boxplots = evaluation.plot_boxplots(report, plots)
-        overlays = evaluation.plot_overlays(report, plots, images=images)
-    else:
-        typer.echo(f"warning: {missing_message('matplotlib')}; no plots written", err=True)
-
-    typer.echo(evaluation.format_report(report))
-    typer.echo(f"wrote {csv_path}, {json_path} and {len(boxplots) + len(overlays)} plots in {plots}")
-
-    if not tracking.has_store(workdir):  # never a store in the current folder by accident
-        typer.echo("not logged to MLflow: pass --workdir WORKDIR or set MLFLOW_TRACKING_URI", err=True)
-        return
-    name = experiment or _dataset_name(workdir) or report.dataset_name or "medseg-evaluate"
-    tags = {"medseg.command": "evaluate"}
-    if report.dataset_name:
-        tags["dataset"] = report.dataset_name
-    with tracking.open_tracker(workdir, name, run_name=None if run else "evaluate", run_id=run, tags=tags) as tracker:
-        tracker.log_params(
-            {"evaluate.tolerance_mm": tolerance_mm, "evaluate.count_empty": count_empty,
-             "evaluate.distance_penalty_mm": "image diagonal" if distance_penalty_mm is None else distance_penalty_mm,
-             "evaluate.labels": ",".join(map(str, report.summary["per_class"])), "evaluate.num_cases": len(report.pairs)}
-        )
-        tracker.log_metrics({f"eval_{k}" if run else k: v for k, v in report.flat_metrics().items()})
-        tracker.log_artifact(csv_path, "evaluation")
-        tracker.log_artifact(json_path, "evaluation")
-        if plots.is_dir():
-            tracker.log_artifacts(plots, "evaluation/plots")
-        if tracker.run_id:
-            typer.echo(f"MLflow run {tracker.run_id} in experiment '{name}' ({tracking.redact(tracking.tracking_uri(workdir))})")
-
-
-def _training_run_of(bundle_dir: Path) -> str:
-    """The MLflow run id recorded in a bundle's bundle.json (the run that trained it)."""
-    from medseg.bundle import load_bundle
-    from medseg.errors import ConfigError
-
-    run_id = load_bundle(bundle_dir).mlflow_run_id
-    if not run_id:
-        raise ConfigError(f"{bundle_dir}: the bundle records no MLflow run (trained without tracking); pass --run RUN_ID or --experiment")
-    return run_id
-
-
-def _workdir_of(bundle_dir: Path) -> Path | None:
-    """WORKDIR for a bundle in WORKDIR/models/<preset>/fold_k (it holds plan.json), else None."""
-    parents = bundle_dir.resolve().parents
-    return parents[2] if len(parents) > 2 and (parents[2] / "plan.json").is_file() else None
-
-
-def _label_names(bundle_dir: Path | None, workdir: Path | None) -> dict[int, str] | None:
-    """{value: name} of the --run bundle, else of WORKDIR/plan.json, else None (dataset.json beside REF)."""
-    if bundle_dir is not None:
-        from medseg.bundle import load_bundle
-
-        return load_bundle(bundle_dir).labels
-    if workdir is not None and (workdir / "plan.json").is_file():
-        from medseg.preprocess.plan import Plan
-
-        return Plan.load(workdir / "plan.json").labels
-    return None
-
-
-def _parse_labels(text: str | None) -> list[int] | None:
-    from medseg.errors import ConfigError
-
-    if not text:
-        return None
-    try:
-        values = [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise ConfigError(f"--labels '{text}': expected comma-separated integers such as '1,2'") from None
-    if not values or any(v <= 0 for v in values):
-        raise ConfigError(f"--labels '{text}': expected positive label numbers such as '1,2' (0 is background)")
-    return values
-
-
-def _dataset_name(workdir: Path | None) -> str | None:
-    plan = (workdir or Path.cwd()) / "plan.json"
-    try:
-        return json.loads(plan.read_text()).get("dataset_name") or None
-    except (OSError, ValueError, AttributeError):
-        return None
+    evaluate_command(pred=pred, ref=ref, output=output, tolerance_mm=tolerance_mm, labels=labels, count_empty=count_empty,
+                     distance_penalty_mm=distance_penalty_mm, images=images, run=run, experiment=experiment, workdir=workdir,
+                     echo=typer.echo)

@@ -1,4 +1,4 @@
-"""`medseg run PIPELINE.yaml`: run a pipeline of medseg commands stored as data."""
+"""`medseg run PIPELINE.yaml`: run a pipeline of medseg steps stored as data (medseg/pipelines.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def command(
 ) -> None:
     """Run the steps of a pipeline (preprocess, train, infer, evaluate ...) one after the other."""
     from medseg.errors import ConfigError
-    from medseg.pipelines import check_steps, load_pipeline, run_pipeline
+    from medseg.pipelines import load_pipeline, run_pipeline
 
     overrides = {}
     for item in set_ or []:
@@ -25,32 +25,4 @@ def command(
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected NAME=VALUE, e.g. --set workdir=/tmp/run")
         overrides[key] = value
-    loaded = load_pipeline(pipeline, overrides)
-    check_steps(loaded, _options_of)
-    step = iter(range(1, len(loaded.steps) + 1))
-
-    def run_command(argv: list[str]) -> None:
-        number = next(step)
-        if dry_run:
-            return
-        from medseg.cli.main import run_argv
-
-        try:
-            run_argv(argv)
-        except ConfigError as exc:
-            prefix = f"medseg {argv[0]}: "
-            if str(exc).startswith(prefix):  # a usage error (run_argv): say where, in which pipeline file
-                raise ConfigError(f"{pipeline}: step {number} ({argv[0]}): {str(exc)[len(prefix):]}") from None
-            raise
-
-    run_pipeline(loaded, run_command, typer.echo)
-
-
-def _options_of(command_name: str) -> set[str] | None:
-    """The option names `medseg COMMAND_NAME` accepts (None: no such command)."""
-    from medseg.cli.main import click_command
-
-    command = click_command(command_name)
-    if command is None:
-        return None
-    return {opt for param in command.params for opt in (*getattr(param, "opts", []), *getattr(param, "secondary_opts", [])) if opt.startswith("-")}
+    run_pipeline(load_pipeline(pipeline, overrides), typer.echo, dry_run=dry_run)

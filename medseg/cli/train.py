@@ -33,21 +33,6 @@ class _Progress:
         sys.stderr.flush()
 
 
-def _parse_folds(text: str) -> list[int | None]:
-    """'all' -> the five folds in turn; 'none' -> [None] (every case, no validation: fold_none);
-    '0' -> [0]; '0,2' -> [0, 2]."""
-    from medseg.errors import ConfigError
-
-    if text == "all":
-        return list(range(5))
-    if text == "none":
-        return [None]
-    parts = [p.strip() for p in text.split(",")]
-    if not all(p.isdigit() and int(p) < 5 for p in parts):
-        raise ConfigError(f"--fold {text!r}: expected 0-4, a comma-separated list of them, 'all' (five folds) or 'none' (every case)")
-    return [int(p) for p in parts]
-
-
 def command(
     workdir: Path = typer.Argument(..., help="The folder `medseg preprocess` wrote (plan.json, preprocessed/)."),
     config: Path = typer.Option(..., "--config", "-c", help="A YAML preset, e.g. configs/unet3d.yaml."),
@@ -63,35 +48,13 @@ def command(
     """Train a model on a preprocessed WORKDIR; each fold's bundle goes to WORKDIR/models/<preset>/fold_<k>/."""
     import os
 
-    from medseg.api import train
-    from medseg.errors import ConfigError
-    from medseg.training.config import load_train_config
+    from medseg.commands import train_command
 
-    folds = _parse_folds(fold)
-    overrides = {"seed": seed,
-                 "iterations_per_epoch": iterations_per_epoch, "deterministic": True if deterministic else None}
-    cfg = load_train_config(config, overrides)
-    rank = int(os.environ.get("RANK", "0"))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    echo = (lambda s: typer.echo(s)) if rank == 0 else (lambda s: None)
-    stopped_any = False
-    for k in folds:
-        try:
-            result = train(workdir, cfg, k, preset_name=config.stem, resume=resume, epochs=epochs,
-                           precision=precision.value if precision else None, max_minutes=max_minutes,
-                           echo=echo, progress=_Progress())
-        except KeyboardInterrupt:  # Ctrl-C: the run is marked KILLED and the last epoch's checkpoint stays
-            if rank == 0:
-                typer.echo("medseg: interrupted; resume with --resume", err=True)
-            raise SystemExit(130) from None
-        if world > 1:  # lets users (and the tests) check that every rank ended with the same weights
-            typer.echo(f"rank {rank}/{world}: final weights sha256 {result.weights_sha256}", err=True)
-        if rank == 0:
-            if result.val_dice:
-                typer.echo("validation Dice: " + ", ".join(f"{n} {v:.4f}" for n, v in result.val_dice.items()))
-            typer.echo(f"bundle: {result.bundle_dir}")
-        stopped_any = stopped_any or result.stopped_early
-    if fold == "all" and rank == 0 and not stopped_any:  # one post-processing choice over every fold's validation
-        from medseg.postprocess.select import select_pooled
-
-        select_pooled(workdir, config.stem, folds, echo=echo)
+    try:
+        train_command(workdir, config=config, fold=fold, resume=resume, epochs=epochs, max_minutes=max_minutes, seed=seed,
+              deterministic=deterministic, precision=precision.value if precision else None,
+              iterations_per_epoch=iterations_per_epoch, echo=typer.echo, progress=_Progress())
+    except KeyboardInterrupt:  # Ctrl-C: the run is marked KILLED and the last epoch's checkpoint stays
+        if int(os.environ.get("RANK", "0")) == 0:
+            typer.echo("medseg: interrupted; resume with --resume", err=True)
+        raise SystemExit(130) from None

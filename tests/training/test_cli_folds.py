@@ -1,6 +1,6 @@
 import pytest
 
-from medseg.cli.train import _parse_folds
+from medseg.commands import parse_folds as _parse_folds
 from medseg.errors import ConfigError
 
 
