@@ -2,7 +2,7 @@
 
 ```
 <bundle>/bundle.json     bundle_version (1), medseg_version, model, configuration ("2d"|"3d"), fold, model_options,
-                         labels {int: name}, label_codes, activation, postprocessing, precision
+                         labels {int: name}, label_codes, head (the output head's name), postprocessing, precision
 <bundle>/plan.json       the Plan
 <bundle>/config.yaml     the resolved training config
 <bundle>/model_best.pt   state_dict (loaded with torch.load(weights_only=True))
@@ -29,6 +29,8 @@ WEIGHTS = {"best": "model_best.pt", "last": "model_last.pt"}
 TRAINING_STATE = "training_state.pt"
 REQUIRED_KEYS = ("medseg_version", "model", "configuration", "labels")
 BUNDLE_VERSION = 1  # the bundle layout this code writes and the newest it reads; bundles without one are 1
+# Bundles written before output heads recorded "activation" instead of "head": its value -> the head.
+LEGACY_ACTIVATION_HEADS = {"softmax": "semantic_softmax"}
 
 
 def write_bundle(
@@ -45,6 +47,7 @@ def write_bundle(
     postprocessing: list[dict] | None = None,
     precision: str | None = None,
     mlflow_run_id: str | None = None,
+    head: str | None = None,
     state_dict_best: dict | None,
     state_dict_last: dict | None = None,
     training_state: dict | None = None,
@@ -55,6 +58,7 @@ def write_bundle(
     label_codes: per label {"category": [code, scheme, meaning], "type": [...]} (SNOMED CT);
     postprocessing: [{"name", "params"}] as in `medseg.postprocess`;
     mlflow_run_id: the run that trained the weights, so evaluations can be logged beside it;
+    head: the name of the network's output head (`medseg.models.heads`; default: the model's own);
     state_dict_best None: keep the folder's model_best.pt (the last weights when it has none).
     """
     import yaml
@@ -62,6 +66,10 @@ def write_bundle(
     from medseg import __version__
     from medseg.io.atomic import atomic_output
 
+    if head is None:
+        from medseg.models import model_head
+
+        head = model_head(model_name).name
     root = Path(dir)
     root.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -73,7 +81,7 @@ def write_bundle(
         "model_options": dict(model_options or {}),
         "labels": {str(int(k)): str(v) for k, v in labels.items()},
         "label_codes": {str(int(k)): v for k, v in (label_codes or {}).items()},
-        "activation": "softmax",
+        "head": head,
         "postprocessing": list(postprocessing or []),
         "precision": precision,
         "mlflow_run_id": mlflow_run_id,
@@ -130,6 +138,13 @@ class Bundle:
         return self.meta["model"]
 
     @property
+    def head(self) -> str:
+        """The output head the network was trained with (old bundles: from their "activation")."""
+        if self.meta.get("head") is not None:
+            return self.meta["head"]
+        return LEGACY_ACTIVATION_HEADS[self.meta.get("activation") or "softmax"]
+
+    @property
     def configuration(self) -> str:
         return self.meta["configuration"]
 
@@ -155,10 +170,16 @@ class Bundle:
         """The network in eval mode with `model_{which}.pt` loaded (float32 weights) on `device`."""
         import torch
 
-        from medseg.models import build_model
+        from medseg.models import build_model, model_head
 
         if which not in WEIGHTS:
             raise BundleError(f"weights '{which}' do not exist; use one of {sorted(WEIGHTS)}")
+        registered = model_head(self.model_name).name
+        if self.head != registered:  # its channels would be read with another head's meaning
+            raise BundleError(
+                f"{self.path / BUNDLE_JSON}: the network was trained with output head '{self.head}', but model "
+                f"'{self.model_name}' here has head '{registered}'; use the medseg version that trained it ({self.meta.get('medseg_version', '?')})"
+            )
         cfg = self.configuration_plan
         # built on the meta device and given the loaded tensors: no random initialisation and no
         # second copy of the weights (not memory-mapped: the mapping would stay resident beside
@@ -194,10 +215,13 @@ def _meta_type_problem(meta: dict) -> str | None:
         return f"\"labels\" is {type(labels).__name__} {str(labels)[:60]}; expected {{\"0\": \"background\", \"1\": name, ...}}"
     if not all(str(k).strip().isdigit() for k in labels):
         return f"\"labels\" has keys {sorted(map(str, labels))[:5]}; expected non-negative integer label values"
-    for key, kind in (("model", str), ("configuration", str), ("model_options", dict), ("postprocessing", list), ("label_codes", dict)):
+    for key, kind in (("model", str), ("configuration", str), ("model_options", dict), ("postprocessing", list),
+                      ("label_codes", dict), ("head", str)):
         value = meta.get(key)
         if value is not None and not isinstance(value, kind):
             return f"\"{key}\" is {type(value).__name__}; expected a {kind.__name__}"
+    if meta.get("head") is None and (meta.get("activation") or "softmax") not in LEGACY_ACTIVATION_HEADS:
+        return f"\"activation\" is {meta['activation']!r}; expected \"softmax\" (or a \"head\" name, as bundles now record)"
     return None
 
 
@@ -252,7 +276,7 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
 
 def resolve_model_reference(ref: str | os.PathLike, dst: str | os.PathLike | None = None, workdir: str | os.PathLike | None = None) -> Path:
     """A bundle folder for `ref`: a local folder, or an MLflow run id, `runs:/` URI or registered
-    model name, downloaded through `medseg.tracking.download_bundle` into `dst` or a temp folder from
+    model name, downloaded through `medseg.tracking_lookup.download_bundle` into `dst` or a temp folder from
     `workdir`'s store (or MLFLOW_TRACKING_URI's); no store is created by a lookup."""
     local = Path(ref)
     if local.is_dir():
@@ -262,7 +286,7 @@ def resolve_model_reference(ref: str | os.PathLike, dst: str | os.PathLike | Non
     if looks_like_path or text.endswith((".json", ".pt")):
         raise BundleError(f"{ref}: no such bundle folder; pass the folder that holds bundle.json")
     try:
-        from medseg.tracking import download_bundle
+        from medseg.tracking_lookup import download_bundle
     except ImportError:
         raise BundleError(f"{ref}: not a bundle folder, and MLflow references are unavailable in this install; pass a bundle folder") from None
     temporary = dst is None

@@ -1,7 +1,8 @@
-"""Experiment tracking in MLflow: the only module that imports mlflow (lazily, inside functions).
+"""Experiment tracking in MLflow: the store, its URI and the run tracker (mlflow imported lazily, inside functions).
 
 mlflow is the `tracking` extra: without it, `open_tracker` warns once and returns a no-op tracker (as
-for a dead server) and `download_bundle` says which `pip install` adds it.
+for a dead server). Fetching a bundle by run id, runs:/ URI or registered name is
+`medseg.tracking_lookup.download_bundle` (the other module that imports mlflow, on this store).
 
 Store: `MLFLOW_TRACKING_URI` when set (e.g. a team server), otherwise SQLite `WORKDIR/mlruns.db`
 with artifacts under `WORKDIR/mlartifacts`. One experiment per dataset. Without a workdir and without
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 import urllib.error
 import urllib.parse
@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Mapping
 
-from medseg.errors import BundleError, InputError
+from medseg.errors import InputError
 from medseg.extras import available, missing_message, require
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,6 @@ PROBE_TIMEOUT_S = 3.0
 MAX_PARAM_LENGTH = 500  # MLflow 2 accepts 500 characters, MLflow 3 6000: stay within both
 _BATCH = 100  # MLflow's log_batch accepts at most 1000 metrics / 100 params per call
 _warned = False
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 # MLflow's defaults (7 retries, backoff factor 2, 120 s timeout) stall a run about 4 minutes per call on
 # a dead server. These give at most 2 tries of 4 s, 1-1.5 s apart: ~10 s worst case on a hanging server.
 HTTP_DEFAULTS = {
@@ -333,81 +332,3 @@ def _get_run(client, run_id: str, uri: str):
                 f"run {run_id} not found in the tracking store {redact(uri)}; check the run id or MLFLOW_TRACKING_URI"
             ) from None
         raise
-
-
-def download_bundle(model_ref: str, dst: str | os.PathLike, workdir: Path | None = None) -> Path:
-    """Download a model bundle folder (the one holding bundle.json) into `dst`; return its path.
-
-    model_ref: an MLflow run id (its artifact path "bundle"), a `runs:/RUN_ID/PATH` URI, a
-    `models:/NAME/VERSION` URI, or a registered model name (its latest version).
-    The store is the one `open_tracker(workdir, ...)` would use; it is never created here (no workdir
-    and no MLFLOW_TRACKING_URI, or a workdir without mlruns.db: BundleError). Raises BundleError on failure.
-    """
-    if not has_store(workdir):
-        raise BundleError(
-            f"'{model_ref}' is not a bundle folder, and there is no MLflow store to look it up in; "
-            "pass the bundle folder, or --workdir WORKDIR (its mlruns.db) or set MLFLOW_TRACKING_URI"
-        )
-    _check_local_store(workdir, model_ref)
-    require("mlflow")  # one line naming `pip install medseg[tracking]` when it is missing
-    import mlflow.artifacts
-
-    configure_http()
-    uri = tracking_uri(workdir)
-    problem = _reachable(uri)
-    if problem is not None:
-        raise BundleError(f"cannot fetch model '{model_ref}': tracking server {redact(uri)} is unreachable ({problem})")
-    if _RUN_ID.match(model_ref):
-        artifact_uri = f"runs:/{model_ref}/bundle"
-    elif model_ref.startswith("runs:/"):
-        artifact_uri = model_ref
-    else:
-        artifact_uri = _model_version_uri(model_ref, workdir)
-    dst = Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(dst), tracking_uri=uri))
-    except Exception as exc:
-        raise BundleError(
-            f"cannot fetch model '{model_ref}' ({artifact_uri}) from {redact(uri)}: {type(exc).__name__}: {exc}"
-        ) from None
-    if not (local / "bundle.json").is_file():
-        found = next((p.parent for p in sorted(local.rglob("bundle.json"))), None) if local.is_dir() else None
-        if found is None:
-            raise BundleError(
-                f"model '{model_ref}' ({artifact_uri}) holds no bundle.json; expected a bundle folder logged as artifact 'bundle'"
-            )
-        local = found
-    return local
-
-
-def _check_local_store(workdir: Path | None, model_ref: str) -> None:
-    """A lookup in the default local store needs WORKDIR/mlruns.db to exist (a lookup never creates it)."""
-    if os.environ.get("MLFLOW_TRACKING_URI", "").strip() or workdir is None:
-        return
-    if not _db_path(workdir).is_file():
-        raise BundleError(
-            f"'{model_ref}' is not a bundle folder, and {workdir} has no MLflow store (mlruns.db) to look it up in; "
-            "pass the bundle folder, the workdir that trained it, or set MLFLOW_TRACKING_URI"
-        )
-
-
-def _model_version_uri(model_ref: str, workdir: Path | None) -> str:
-    """Artifact URI of `models:/NAME/VERSION` or of registered model NAME's latest version."""
-    client, uri = _client(workdir)
-    name, version = model_ref, None
-    if model_ref.startswith("models:/"):
-        name, _, version = model_ref[len("models:/") :].partition("/")
-    try:
-        if not version or version == "latest":
-            versions = client.search_model_versions(f"name = '{name}'")
-            if not versions:
-                raise BundleError(
-                    f"'{model_ref}' is neither a run id, a runs:/ or models:/ URI, nor a registered model in {redact(uri)}"
-                )
-            version = str(max(int(v.version) for v in versions))
-        return client.get_model_version_download_uri(name, version)
-    except BundleError:
-        raise
-    except Exception as exc:
-        raise BundleError(f"cannot look up registered model '{model_ref}' in {redact(uri)}: {exc}") from None

@@ -82,3 +82,56 @@ def test_damaged_bundle_gives_one_line(tmp_path, damage, message):
     with pytest.raises(BundleError, match=message) as info:
         load_bundle(root)
     assert "\n" not in str(info.value)
+
+
+def _real_weights():
+    from medseg.models import build_model
+
+    network = build_model("unet3d", tiny_plan().configurations["3d"], in_channels=1, num_classes=2,
+                          spacing=[1.0, 1.0, 1.0], deep_supervision=False)
+    return network.state_dict()
+
+
+def _edit_meta(root, **changes):
+    meta = json.loads((root / "bundle.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = value
+    (root / "bundle.json").write_text(json.dumps(meta))
+
+
+def test_bundle_records_the_output_head_and_old_bundles_with_activation_still_load(tmp_path):
+    root = write_tiny(tmp_path / "b", state_dict_best=_real_weights())
+    meta = json.loads((root / "bundle.json").read_text())
+    assert meta["head"] == "semantic_softmax" and "activation" not in meta  # the head's name, from medseg/models/heads.py
+    assert load_bundle(root).head == "semantic_softmax"
+    _edit_meta(root, head=None, activation="softmax")  # a bundle written before heads were recorded
+    old = load_bundle(root)
+    assert old.head == "semantic_softmax"
+    assert old.build_network().training is False  # it still builds and loads its weights
+    _edit_meta(root, activation=None)  # neither key: the only head there was, softmax
+    assert load_bundle(root).head == "semantic_softmax"
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"head": None, "activation": "sigmoid"}, r"\"activation\" is 'sigmoid'; expected \"softmax\""),
+        ({"head": 3}, r"\"head\" is int; expected a str"),
+    ],
+)
+def test_unknown_activation_or_bad_head_gives_one_line(tmp_path, changes, message):
+    root = write_tiny(tmp_path / "b")
+    _edit_meta(root, **changes)
+    with pytest.raises(BundleError, match=message) as info:
+        load_bundle(root)
+    assert "\n" not in str(info.value)
+
+
+def test_a_head_the_model_does_not_have_is_refused_before_decoding(tmp_path):
+    root = write_tiny(tmp_path / "b", state_dict_best=_real_weights(), head="instances")
+    bundle = load_bundle(root)
+    with pytest.raises(BundleError, match=r"trained with output head 'instances', but model 'unet3d' here has head 'semantic_softmax'"):
+        bundle.build_network()

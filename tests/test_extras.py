@@ -106,7 +106,7 @@ def test_evaluation_plots_without_matplotlib(monkeypatch, tmp_path):
 
 
 def test_a_model_by_run_id_without_mlflow(monkeypatch, tmp_path):
-    from medseg.tracking import download_bundle
+    from medseg.tracking_lookup import download_bundle
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "mlruns.db").touch()  # a workdir with a store: only the missing package stops the lookup

@@ -12,7 +12,8 @@ import pytest
 
 from medseg.errors import BundleError, InputError
 from medseg import tracking
-from medseg.tracking import NullTracker, download_bundle, flatten_params, open_tracker
+from medseg.tracking import NullTracker, flatten_params, open_tracker
+from medseg.tracking_lookup import download_bundle
 
 
 @pytest.fixture(scope="module")
