@@ -59,13 +59,16 @@ def _is_dataset(value: Any) -> bool:
     return isinstance(value, Dataset)
 
 
-def read_scan(inputs: Any, series: str | None = None) -> Scan:
+def read_scan(inputs: Any, series: str | None = None, *, resample_irregular: bool = False, volume: int | None = None) -> Scan:
     """Any input `segment` accepts -> a `Scan`.
 
     inputs: a Scan; a Volume; a path (scan file or DICOM folder); a list of paths or of Volumes
         (one per channel, in the model's channel order); one pydicom Dataset (multi-frame) or a list
         of one series' Datasets (with pixel data: nothing is read from disk).
     series: DICOM only, the SeriesInstanceUID or index when a folder holds several series.
+    resample_irregular: DICOM only, read a gantry-tilted or gapped series onto a regular grid
+        (SEG/RTSTRUCT written from it go back onto the source slices); volume: DICOM only, the
+        3D volume (0-based) of a 4D series. See `medseg.io.dicom.load_dicom_series`.
     NaN or Inf voxels are refused, naming the channel's source.
     """
     if isinstance(inputs, Scan):
@@ -73,16 +76,16 @@ def read_scan(inputs: Any, series: str | None = None) -> Scan:
     if isinstance(inputs, Volume):
         scan = Scan([inputs], None, ["volume 0"])
     elif isinstance(inputs, (str, os.PathLike)):
-        scan = _from_paths([Path(inputs)], series)
+        scan = _from_paths([Path(inputs)], series, resample_irregular, volume)
     elif _is_dataset(inputs):
-        scan = _from_datasets([inputs], series)
+        scan = _from_datasets([inputs], series, resample_irregular, volume)
     elif isinstance(inputs, (list, tuple)) and inputs:
         if all(isinstance(v, Volume) for v in inputs):
             scan = Scan(list(inputs), None, [f"volume {i}" for i in range(len(inputs))])
         elif all(isinstance(v, (str, os.PathLike)) for v in inputs):
-            scan = _from_paths([Path(p) for p in inputs], series)
+            scan = _from_paths([Path(p) for p in inputs], series, resample_irregular, volume)
         elif all(_is_dataset(v) for v in inputs):
-            scan = _from_datasets(list(inputs), series)
+            scan = _from_datasets(list(inputs), series, resample_irregular, volume)
         else:
             kinds = sorted({type(v).__name__ for v in inputs})
             raise InputError(f"segment: the input list mixes {', '.join(kinds)}; give Volumes, paths or one series' Datasets")
@@ -96,29 +99,30 @@ def read_scan(inputs: Any, series: str | None = None) -> Scan:
     return scan
 
 
-def _from_paths(paths: list[Path], series: str | None) -> Scan:
+def _from_paths(paths: list[Path], series: str | None, resample_irregular: bool = False, volume: int | None = None) -> Scan:
     from medseg.data.cases import is_image_file
-    from medseg.io import read_volume
+    from medseg.io import read_volume, refuse_dicom_options
 
     volumes, datasets = [], None
     for path in paths:
         if not path.exists():
             raise InputError(f"{path}: no such file or folder; check the path")
         if is_image_file(path):
+            refuse_dicom_options(path, series=series, resample_irregular=resample_irregular, volume=volume)
             volumes.append(read_volume(path))
         else:
             from medseg.io.dicom import load_dicom_series
 
-            loaded = load_dicom_series(path, series=series)
+            loaded = load_dicom_series(path, series=series, resample_irregular=resample_irregular, volume=volume)
             volumes.append(loaded.volume)
             datasets = datasets if datasets is not None else loaded.datasets
     return Scan(volumes, datasets, [str(p) for p in paths])
 
 
-def _from_datasets(datasets: list[Any], series: str | None) -> Scan:
+def _from_datasets(datasets: list[Any], series: str | None, resample_irregular: bool = False, volume: int | None = None) -> Scan:
     from medseg.io.dicom import load_dicom_series
 
-    loaded = load_dicom_series(datasets, series=series)
+    loaded = load_dicom_series(datasets, series=series, resample_irregular=resample_irregular, volume=volume)
     return Scan([loaded.volume], loaded.datasets, ["Datasets"])
 
 

@@ -19,18 +19,21 @@ ITK_READ_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 
-def read_volume(path_or_datasets: str | os.PathLike | Any, series: str | None = None, resample_irregular: bool = False) -> Volume:
+def read_volume(path_or_datasets: str | os.PathLike | Any, series: str | None = None, resample_irregular: bool = False,
+                volume: int | None = None) -> Volume:
     """Read a NIfTI/NRRD/MetaImage file, a DICOM folder (or single DICOM file), or in-memory pydicom
     Datasets (one, or a list of one series' slices) as a `Volume`.
 
     series: for DICOM input with several image series, the SeriesInstanceUID or index to load.
     resample_irregular: DICOM only; resample gantry-tilted or unevenly spaced series onto a
         regular grid instead of refusing them.
+    volume: DICOM only; the 3D volume (0-based) of a 4D series.
+    These DICOM options given for a NIfTI/NRRD/MHA file are an InputError (never silently ignored).
     """
     if not isinstance(path_or_datasets, (str, os.PathLike)):  # Datasets (anything else is refused there, in one line)
         from medseg.io.dicom import read_dicom
 
-        return read_dicom(path_or_datasets, series=series, resample_irregular=resample_irregular)
+        return read_dicom(path_or_datasets, series=series, resample_irregular=resample_irregular, volume=volume)
     path = Path(path_or_datasets)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder; check the path")
@@ -38,7 +41,8 @@ def read_volume(path_or_datasets: str | os.PathLike | Any, series: str | None = 
     if path.is_dir() or suffix in (".dcm", ".ima", "") or suffix not in NIFTI_SUFFIXES + ITK_READ_SUFFIXES:
         from medseg.io.dicom import read_dicom
 
-        return read_dicom(path, series=series, resample_irregular=resample_irregular)
+        return read_dicom(path, series=series, resample_irregular=resample_irregular, volume=volume)
+    refuse_dicom_options(path, series=series, resample_irregular=resample_irregular, volume=volume)
     if suffix in NIFTI_SUFFIXES:
         from medseg.io.nifti import read_nifti
 
@@ -65,6 +69,18 @@ def write_volume(volume: Volume, path: str | os.PathLike) -> Path:
             f"{path}: cannot write '{suffix or 'no suffix'}' files; use one of {', '.join(WRITE_SUFFIXES)}"
         )
     return path
+
+
+def refuse_dicom_options(path: Path, *, series: str | None = None, resample_irregular: bool = False,
+                         volume: int | None = None) -> None:
+    """InputError (one line) when an option that only applies to DICOM is given for an image file."""
+    given = [name for name, value in (("--series", series), ("--resample-irregular", resample_irregular or None),
+                                      ("--volume", volume)) if value is not None]
+    if given:
+        raise InputError(
+            f"{path}: {', '.join(given)} applies only to DICOM input, but this is a {full_suffix(path) or 'non-DICOM'} file; "
+            f"leave {', '.join(given)} out for it"
+        )
 
 
 def is_readable_image_path(path: Path) -> bool:

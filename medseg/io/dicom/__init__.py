@@ -13,6 +13,7 @@ disk, `write_*` save them atomically.
 """
 
 from medseg.io.dicom.geometry import SourceGrid, check_on_source_grid, source_grid
+from medseg.io.dicom.reslice import to_source_slices
 from medseg.io.dicom.rtstruct import build_rtstruct, read_rtstruct, refuse_multiframe, write_rtstruct
 from medseg.io.dicom.seg import build_dicom_seg, read_dicom_seg, write_dicom_seg
 from medseg.io.dicom.series import (
@@ -39,6 +40,7 @@ __all__ = [
     "refuse_multiframe",
     "source_datasets",
     "source_grid",
+    "to_source_slices",
     "write_dicom_seg",
     "write_rtstruct",
 ]

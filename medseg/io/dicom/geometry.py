@@ -55,10 +55,18 @@ class SourceGrid:
     affine: np.ndarray
     datasets: list[Any]
     frames: list[int] | None
+    positions: np.ndarray | None = None
+    """For an irregular series (tilt, gaps, uneven spacing): the (K, 3) LPS position of each k's
+    slice; `affine` is then the acquisition grid (`acquisition_affine`), exact for the first and
+    last slice only. None for a regular series."""
 
     @property
     def multiframe(self) -> bool:
         return self.frames is not None
+
+    @property
+    def regular(self) -> bool:
+        return self.positions is None
 
     def as_volume(self) -> Volume:
         """A `Volume` on this grid holding no data (a zero-stride view), for geometry comparisons."""
@@ -69,8 +77,10 @@ def source_grid(datasets: list[Any], what: str = "the source series") -> SourceG
     """The grid of a loaded series' headers (pixel data not needed), by the same geometry rules as
     `load_dicom_series`: slices sorted along the normal, never by file order or frame number.
 
-    Raises GeometryError when the slices do not form a regular grid (tilt, gaps, uneven spacing):
-    a mask resampled onto a regular grid cannot reference such a series slice by slice.
+    Slices that do not form a regular grid (tilt, gaps, uneven spacing) give the acquisition grid
+    (`acquisition_affine`, `positions` set): one k per source slice, which a mask resampled onto a
+    regular grid reaches through `medseg.io.dicom.reslice.to_source_slices`. Raises GeometryError
+    for an irregular enhanced multi-frame object.
     """
     if not datasets:
         raise GeometryError(f"{what}: no source DICOM headers given; load the series with load_dicom_series")
@@ -80,16 +90,20 @@ def source_grid(datasets: list[Any], what: str = "the source series") -> SourceG
         frames += frames_of(path, ds)
     frames, positions, d, normal = sort_frames(dedupe(frames), Path(what))
     problems = irregularities(positions, d, normal)
-    if problems:
-        raise GeometryError(
-            f"{what}: its slices do not form a regular grid ({' and '.join(problems)}); "
-            "a DICOM SEG/RTSTRUCT must lie on the source slices; write NIfTI instead"
-        )
-    affine = LPS_TO_RAS @ affine_lps(frames[0], positions[0], normal, slice_spacing(d, frames[0].header))
-    shape = (int(frames[0].header.Columns), int(frames[0].header.Rows), len(frames))
     multiframe = frames[0].frame is not None
+    if problems and multiframe:
+        raise GeometryError(
+            f"{what}: its frames do not form a regular grid ({' and '.join(problems)}); "
+            "a DICOM SEG/RTSTRUCT must lie on the source frames; write NIfTI instead"
+        )
+    if problems:
+        affine = LPS_TO_RAS @ acquisition_affine(frames[0], positions)
+    else:
+        affine = LPS_TO_RAS @ affine_lps(frames[0], positions[0], normal, slice_spacing(d, frames[0].header))
+    shape = (int(frames[0].header.Columns), int(frames[0].header.Rows), len(frames))
     ordered = [frames[0].header] if multiframe else [fr.header for fr in frames]
-    return SourceGrid(shape, affine, ordered, [fr.frame for fr in frames] if multiframe else None)
+    return SourceGrid(shape, affine, ordered, [fr.frame for fr in frames] if multiframe else None,
+                      positions=positions if problems else None)
 
 
 def check_on_source_grid(mask: Volume, datasets: list[Any], what: str) -> SourceGrid:
@@ -107,6 +121,11 @@ def check_on_source_grid(mask: Volume, datasets: list[Any], what: str) -> Source
         raise GeometryError(f"{what}: needs an (X, Y, Z) label map, got an array of shape {mask.array.shape}")
     grid = source_grid(datasets, f"{what} source series")
     problems = mask.geometry_differences(grid.as_volume(), atol_mm=1e-3, atol_dir=1e-4)
+    if problems and not grid.regular:
+        raise GeometryError(
+            f"{what}: the mask is not on the source series' own slices ({'; '.join(problems)}); the series is irregular "
+            "(tilt or gaps): bring a mask on its resampled grid back with medseg.io.dicom.to_source_slices (medseg.write does)"
+        )
     if problems:
         raise GeometryError(
             f"{what}: the mask is not on the source series' voxel grid ({'; '.join(problems)}); "
@@ -124,6 +143,18 @@ def affine_lps(first: Frame, position: np.ndarray, normal: np.ndarray, slice_spa
     affine[:3, 1] = col * row_spacing
     affine[:3, 2] = normal * slice_spacing
     affine[:3, 3] = position
+    return affine
+
+
+def acquisition_affine(first: Frame, positions: np.ndarray) -> np.ndarray:
+    """Voxel (i, j, k) -> LPS mm of an irregular series' own slices: in-plane as `affine_lps`, the k
+    axis from the first to the last slice position (sheared for a gantry tilt; exact at every slice
+    for a tilt with even steps, at the end slices only for gaps)."""
+    step = (positions[-1] - positions[0]) / max(len(positions) - 1, 1)
+    if np.linalg.norm(step) < 1e-6:  # one slice
+        step = np.cross(first.orientation[:3], first.orientation[3:])
+    affine = affine_lps(first, positions[0], np.array([1.0, 0, 0]), 1.0)
+    affine[:3, 2] = step
     return affine
 
 
@@ -166,6 +197,75 @@ def sort_frames(frames: list[Frame], path: Path):
     return frames, positions, d, normal
 
 
+def select_volume(frames: list[Frame], volume: int | None, path: Path) -> list[Frame]:
+    """The frames of volume `volume` (0-based) of a 4D acquisition (several images per slice
+    position); a 3D series is returned as it is (only volume None or 0 accepted).
+
+    At each position the images are ordered by the tags that tell the volumes apart (FOURD_TAGS,
+    numerically where they are numbers), then InstanceNumber and frame number; volume v is the
+    v-th image of every position. Raises DicomError for a 4D series without a choice, a volume out
+    of range, or positions holding different numbers of images.
+    """
+    groups = volume_groups(frames)
+    if len(groups) == 1:
+        if volume not in (None, 0):
+            raise DicomError(f"{path}: --volume {volume} given, but the series is one 3D volume; leave --volume out")
+        return frames
+    if volume is None:
+        _refuse_4d_message(groups, path)
+    if not 0 <= volume < len(groups):
+        raise DicomError(f"{path}: --volume {volume} is out of range; this 4D series holds volumes 0 to {len(groups) - 1}")
+    return groups[volume]
+
+
+def volume_groups(frames: list[Frame]) -> list[list[Frame]]:
+    """The volumes of a 4D acquisition (one list of frames per volume); one group for a 3D series."""
+    first = frames[0]
+    normal = np.cross(first.orientation[:3], first.orientation[3:])
+    d = np.array([fr.position @ normal for fr in frames])
+    order = np.argsort(d, kind="stable")
+    positions: list[list[Frame]] = []
+    last = None
+    for i in order:
+        if last is None or d[i] - last >= POSITION_TOL_MM:
+            positions.append([])
+        positions[-1].append(frames[i])
+        last = d[i]
+    counts = {len(p) for p in positions}
+    if counts == {1}:
+        return [frames]
+    if len(counts) > 1:
+        raise DicomError(
+            f"4D acquisition with {min(counts)} to {max(counts)} images per slice position; expected the same number "
+            "at every position (an incomplete acquisition?); split the series by hand"
+        )
+    at_each = [sorted(p, key=_volume_key) for p in positions]
+    return [[p[v] for p in at_each] for v in range(len(at_each[0]))]
+
+
+def _volume_key(fr: Frame) -> tuple:
+    def value(tag):
+        raw = fr.header.get(tag, "")
+        try:
+            return (0, float(raw), "")
+        except (TypeError, ValueError):
+            return (1, 0.0, str(raw))
+
+    instance = fr.header.get("InstanceNumber", 0)
+    return (*[value(t) for t in FOURD_TAGS], int(instance or 0), fr.frame or 0)
+
+
+def _refuse_4d_message(groups: list[list[Frame]], path: Path) -> None:
+    a, b = groups[0][0].header, groups[1][0].header
+    num_volumes, num_positions = len(groups), len(groups[0])
+    varying = [t for t in FOURD_TAGS if str(a.get(t, "")) != str(b.get(t, ""))]
+    by = f"differing in {', '.join(varying)}" if varying else "with no tag telling them apart"
+    raise DicomError(
+        f"{path}: 4D acquisition: {num_volumes * num_positions} images at only {num_positions} slice positions ({by}), {num_volumes} volumes; "
+        f"choose one with --volume N (0 to {num_volumes - 1}), or write each with medseg convert DIR OUT.nii.gz --split-volumes"
+    )
+
+
 def _refuse_4d(frames: list[Frame], d: np.ndarray, path: Path) -> None:
     same = np.diff(d) < POSITION_TOL_MM
     if not same.any():
@@ -176,8 +276,8 @@ def _refuse_4d(frames: list[Frame], d: np.ndarray, path: Path) -> None:
     varying = [t for t in FOURD_TAGS if str(a.get(t, "")) != str(b.get(t, ""))]
     by = f"differing in {', '.join(varying)}" if varying else "with no tag telling them apart"
     raise DicomError(
-        f"{path}: 4D acquisition: {len(frames)} images at only {num_positions} slice positions ({by}); "
-        "medseg reads one 3D volume per series; split the series into one folder per volume"
+        f"{path}: 4D acquisition: {num_volumes * num_positions} images at only {num_positions} slice positions ({by}); "
+        "choose one 3D volume with --volume N, or write each with medseg convert DIR OUT.nii.gz --split-volumes"
     )
 
 
@@ -234,6 +334,15 @@ def slice_spacing(d: np.ndarray, header: Any) -> float:
     return 1.0
 
 
+def regular_targets(d: np.ndarray) -> tuple[np.ndarray, float]:
+    """The offsets along the normal (mm) of the regular grid an irregular series is resampled onto
+    (see `load_dicom_series`), and its step."""
+    step, _ = _regular_step(np.diff(d))
+    count = int(round((d[-1] - d[0]) / step)) + 1
+    spacing = float((d[-1] - d[0]) / (count - 1))
+    return d[0] + np.arange(count) * spacing, spacing
+
+
 def resample(pixels, positions, d, normal, row, col, row_spacing, col_spacing) -> tuple[np.ndarray, float]:
     """Regular grid from irregular slices (see `load_dicom_series`). Returns (K', rows, cols) float32 and the step."""
     from scipy import ndimage
@@ -246,11 +355,8 @@ def resample(pixels, positions, d, normal, row, col, row_spacing, col_spacing) -
             # output pixel (j, i) of slice k sees the source at (j - dj, i - di)
             dj, di = lateral[k] @ col / row_spacing, lateral[k] @ row / col_spacing
             out[k] = ndimage.shift(out[k], (dj, di), order=1, mode="constant", cval=fill)
-    step, _ = _regular_step(np.diff(d))
-    count = int(round((d[-1] - d[0]) / step)) + 1
-    spacing = float((d[-1] - d[0]) / (count - 1))
-    targets = d[0] + np.arange(count) * spacing
-    if len(d) == count and np.allclose(targets, d, atol=POSITION_TOL_MM):
+    targets, spacing = regular_targets(d)
+    if len(d) == len(targets) and np.allclose(targets, d, atol=POSITION_TOL_MM):
         return out, spacing
     lower = np.clip(np.searchsorted(d, targets, side="right") - 1, 0, len(d) - 2)
     weight = ((targets - d[lower]) / (d[lower + 1] - d[lower])).astype(np.float32)[:, None, None]

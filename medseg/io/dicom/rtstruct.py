@@ -1,10 +1,14 @@
-"""RTSTRUCT: one ROI per label, planar contours per slice in patient coordinates (rt-utils).
+"""RTSTRUCT: one ROI per label, planar contours per slice in patient coordinates.
 
 The mask is a `Volume` whose affine must equal the source series' grid recomputed from the
-headers (`geometry.check_on_source_grid`); the builder hands rt-utils the headers sorted into
-that grid's k order, so its (rows, cols, slices) mask is array[i, j, k] -> mask[j, i, k]. The
-reader does not use rt-utils: it rasterises the contours itself through the volume's affine, an
-independent check.
+headers (`geometry.check_on_source_grid`). rt-utils makes the structure set's dataset (patient,
+study, referenced series); the contours are medseg's own (`contours.mask_contours`): they follow
+the voxel BOUNDARIES (a hair inside), so a planning system that counts a pixel when its centre is
+inside gets the mask back, where contours through the boundary pixels' centres (rt-utils' own)
+lose 8-12% of the volume. Each contour lies on, and references, the source slice at its k:
+through the grid's full affine (oblique and flipped series alike), or for an irregular (tilted,
+gapped) series through that slice's own position. The reader does not use rt-utils: it
+rasterises the contours itself (pixel centres inside, even-odd rule) through the volume's affine.
 
 `build_rtstruct` returns the RTSTRUCT as an in-memory Dataset; `write_rtstruct` saves it
 atomically. `read_rtstruct` takes a path or a Dataset.
@@ -48,8 +52,8 @@ def build_rtstruct(
         RT ROI Interpreted Type (as declared, else ORGAN for anatomical structures, else empty).
     ROI names are the label names. Empty labels are omitted with a warning.
     """
-    require("rt_utils")  # the `rtstruct` extra (rt-utils, with opencv): one line when missing
-    from rt_utils import RTStruct
+    require("rt_utils")  # the `rtstruct` extra (rt-utils, with opencv, scikit-image): one line when missing
+    require("skimage")
     from rt_utils.ds_helper import create_rtstruct_dataset
 
     from medseg import __version__
@@ -58,7 +62,7 @@ def build_rtstruct(
     refuse_multiframe(datasets)
     grid = check_on_source_grid(mask, datasets, "RTSTRUCT")
     labels = np.asarray(mask.array)
-    sources = source_datasets(grid.datasets)  # in k order: rt-utils pairs mask[:, :, k] with sources[k]
+    sources = source_datasets(grid.datasets)  # in k order: contours of mask[:, :, k] reference sources[k]
     ds = create_rtstruct_dataset(sources)
     ds.SeriesDescription = f"medseg {model_name}"[:64]
     ds.Manufacturer = "medseg"
@@ -69,29 +73,21 @@ def build_rtstruct(
             setattr(ds, key, sources[0].get(key, ""))
     if not str(ds.get("FrameOfReferenceUID", "") or ""):
         ds.FrameOfReferenceUID = sources[0].FrameOfReferenceUID
-    rtstruct = RTStruct(sources, ds)
     present = [int(k) for k in sorted(label_names) if int(k) != 0 and (labels == int(k)).any()]
     coded = codes_for_writing({k: label_names[k] for k in present}, label_codes, "RTSTRUCT")
     for k in sorted(label_names):
         if int(k) != 0 and int(k) not in present:
             log.warning("label %d (%s) is empty and is left out of the RTSTRUCT", k, label_names[k])
-    for number, k in enumerate(present):
-        rtstruct.add_roi(
-            mask=np.ascontiguousarray((labels == k).transpose(1, 0, 2)),
-            color=COLOURS[number % len(COLOURS)],
-            name=str(label_names[k])[:64],
-            description=f"medseg {__version__}, model {model_name}",
-            roi_generation_algorithm="AUTOMATIC",
-        )
-        observation = rtstruct.ds.RTROIObservationsSequence[-1]
-        observation.RTROIInterpretedType = coded[k].interpreted_type()
-        observation.RTROIIdentificationCodeSequence = [_coded(coded[k])]
     if not present:
         raise OutputError("RTSTRUCT: the mask is empty (no label present); write NIfTI instead")
-    for roi in rtstruct.ds.ROIContourSequence:  # DS values hold at most 16 characters
-        for contour in roi.ContourSequence:
-            contour.ContourData = [f"{v:.4f}"[:16] for v in contour.ContourData]
-    return rtstruct.ds
+    affine_lps = LPS_TO_RAS @ np.asarray(grid.affine, float)
+    # tilted or gapped series: each slice's contours go out through that slice's own position
+    positions = None if grid.regular else np.asarray(grid.positions, float)
+    for number, k in enumerate(present, start=1):
+        _add_roi(ds, number, labels == k, affine_lps, positions, sources, name=str(label_names[k])[:64],
+                 colour=COLOURS[(number - 1) % len(COLOURS)], description=f"medseg {__version__}, model {model_name}",
+                 code=coded[k])
+    return ds
 
 
 def write_rtstruct(
@@ -122,6 +118,72 @@ def refuse_multiframe(datasets: list[Any]) -> None:
             )
 
 
+def _add_roi(ds, number: int, mask: np.ndarray, affine_lps: np.ndarray, positions: np.ndarray | None,
+             sources: list[Any], *, name: str, colour: list[int], description: str, code) -> None:
+    """One ROI (X, Y, Z bool mask) into the three RTSTRUCT sequences: its structure set entry, its
+    boundary contours (one CLOSED_PLANAR item per contour, referencing the slice it lies on) and its
+    observation (interpreted type and identification code)."""
+    from pydicom.dataset import Dataset
+
+    from medseg.io.dicom.contours import mask_contours
+
+    roi = Dataset()
+    roi.ROINumber = number
+    roi.ReferencedFrameOfReferenceUID = ds.FrameOfReferenceUID
+    roi.ROIName = name
+    roi.ROIDescription = description[:64]
+    roi.ROIGenerationAlgorithm = "AUTOMATIC"
+    ds.StructureSetROISequence.append(roi)
+
+    items = []
+    for k, points in mask_contours(mask, affine_lps, positions=positions):
+        image = Dataset()
+        image.ReferencedSOPClassUID = sources[k].SOPClassUID
+        image.ReferencedSOPInstanceUID = sources[k].SOPInstanceUID
+        item = Dataset()
+        item.ContourImageSequence = [image]
+        item.ContourGeometricType = "CLOSED_PLANAR"
+        item.NumberOfContourPoints = len(points)
+        item[CONTOUR_DATA] = _raw_ds(points.ravel())
+        items.append(item)
+    contour = Dataset()
+    contour.ROIDisplayColor = list(colour)
+    contour.ContourSequence = items
+    contour.ReferencedROINumber = number
+    ds.ROIContourSequence.append(contour)
+
+    observation = Dataset()
+    observation.ObservationNumber = number
+    observation.ReferencedROINumber = number
+    observation.RTROIInterpretedType = code.interpreted_type()
+    observation.ROIInterpreter = ""
+    observation.RTROIIdentificationCodeSequence = [_coded(code)]
+    ds.RTROIObservationsSequence.append(observation)
+
+
+CONTOUR_DATA = 0x30060050
+
+
+def _raw_ds(values: np.ndarray):
+    """A Contour Data element (DS, VM 3n) from floats, kept raw: pydicom's per-value DS objects cost
+    ~50 us each, minutes for the 10^6 values of a CT's body contour. Each value fits DS's 16 characters."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    text = "\\".join(f"{v:.4f}"[:16] for v in values.tolist()).encode("ascii")
+    if len(text) % 2:
+        text += b" "  # DICOM values have even length; DS pads with a space
+    return RawDataElement(Tag(CONTOUR_DATA), "DS", len(text), text, 0, True, True)
+
+
+def _contour_points(contour) -> np.ndarray:
+    """(N, 3) float LPS mm of a contour item, parsed from the raw bytes when they are still raw."""
+    element = contour.get_item(CONTOUR_DATA)
+    if element is not None and isinstance(element.value, bytes):
+        return np.array(element.value.split(b"\\"), dtype=float).reshape(-1, 3)
+    return np.asarray(contour.ContourData, dtype=float).reshape(-1, 3)
+
+
 def _coded(code) -> Any:
     """RT ROI Identification Code Sequence item: the label's segmented property type code (the
     modifier, e.g. laterality, is kept in the ROI name and the SEG; this item has no place for it)."""
@@ -136,13 +198,16 @@ def read_rtstruct(rtstruct: str | os.PathLike | Any, volume: Volume) -> dict[str
     """Rasterise every ROI of an RTSTRUCT (a path or an in-memory Dataset) on `volume`'s grid:
     {ROI name: (X, Y, Z) bool}.
 
-    Contours are mapped from patient LPS mm to voxel indices through the volume's affine and
-    filled with the even-odd rule (holes are contours inside contours).
+    Contours are mapped from patient LPS mm to voxel indices through the volume's affine; a voxel
+    belongs to a contour when its centre lies inside (the RTSTRUCT convention: a contour encloses
+    the area inside it), and a slice's contours are combined with the even-odd rule (holes are
+    contours inside contours). Contours drawn through the centres of the boundary voxels (older
+    writers) therefore read back without those voxels, as in a planning system.
     """
     import pydicom
     from pydicom.dataset import Dataset
     require("skimage")  # the `rtstruct` extra (scikit-image)
-    from skimage.draw import line, polygon
+    from skimage.draw import polygon
 
     if isinstance(rtstruct, Dataset):
         name, ds = "the RTSTRUCT Dataset", rtstruct
@@ -156,9 +221,8 @@ def read_rtstruct(rtstruct: str | os.PathLike | Any, volume: Volume) -> dict[str
     masks = {}
     for roi in ds.ROIContourSequence:
         mask = np.zeros(shape, bool)
-        perimeter = np.zeros(shape, bool)
         for contour in roi.get("ContourSequence", []):
-            points = np.asarray(contour.ContourData, dtype=float).reshape(-1, 3)
+            points = _contour_points(contour)
             ijk = (to_voxel @ np.c_[points, np.ones(len(points))].T)[:3].T
             k = int(round(float(np.median(ijk[:, 2]))))
             if not 0 <= k < shape[2]:
@@ -166,11 +230,5 @@ def read_rtstruct(rtstruct: str | os.PathLike | Any, volume: Volume) -> dict[str
             fill = np.zeros(shape[:2], bool)
             fill[polygon(ijk[:, 0], ijk[:, 1], shape[:2])] = True
             mask[:, :, k] ^= fill
-            # contours run through the centres of the ROI's own boundary pixels: add them back
-            vertices = np.round(ijk[:, :2]).astype(int)
-            lines = [line(*a, *b) for a, b in zip(vertices, np.roll(vertices, -1, axis=0))]
-            pr, pc = np.concatenate([l[0] for l in lines]), np.concatenate([l[1] for l in lines])
-            inside = (pr >= 0) & (pr < shape[0]) & (pc >= 0) & (pc < shape[1])
-            perimeter[pr[inside], pc[inside], k] = True
-        masks[names[int(roi.ReferencedROINumber)]] = mask | perimeter
+        masks[names[int(roi.ReferencedROINumber)]] = mask
     return masks

@@ -104,7 +104,10 @@ def build_dicom_seg(
             description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [_code(code.modifier)]
         descriptions.append(description)
     sources = source_datasets(grid.datasets)
-    volume = _highdicom_volume(remap[labels], grid, str(sources[0].FrameOfReferenceUID))
+    if grid.regular:
+        volume = _highdicom_volume(remap[labels], grid, str(sources[0].FrameOfReferenceUID))
+    else:  # tilted or gapped series: one frame per source slice, placed by that slice's own header
+        volume = np.ascontiguousarray(remap[labels].transpose(2, 1, 0))
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=volume,

@@ -16,13 +16,23 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Union
 
 from medseg.errors import DicomError, InputError, SeriesSelectionError
-from medseg.io.dicom.geometry import affine_lps, dedupe, irregularities, resample, slice_spacing, sort_frames
+from medseg.io.dicom.geometry import (
+    affine_lps,
+    dedupe,
+    irregularities,
+    resample,
+    select_volume,
+    slice_spacing,
+    sort_frames,
+    volume_groups,
+)
 from medseg.io.dicom.pixels import frames_of, num_frames, read_pixels
 from medseg.volume import LPS_TO_RAS, Volume, VolumeMeta
 
@@ -117,13 +127,22 @@ def list_series(path_or_datasets: PathOrDatasets) -> list[SeriesSummary]:
     return [g.summary(i) for i, g in enumerate(groups)]
 
 
-def read_dicom(path_or_datasets: PathOrDatasets, series: str | None = None, resample_irregular: bool = False) -> Volume:
+def read_dicom(path_or_datasets: PathOrDatasets, series: str | None = None, resample_irregular: bool = False,
+               volume: int | None = None) -> Volume:
     """Read one DICOM image series as a `Volume` (X, Y, Z), RAS mm. See `load_dicom_series`."""
-    return load_dicom_series(path_or_datasets, series=series, resample_irregular=resample_irregular).volume
+    return load_dicom_series(path_or_datasets, series=series, resample_irregular=resample_irregular, volume=volume).volume
+
+
+def count_volumes(path_or_datasets: PathOrDatasets, series: str | None = None) -> int:
+    """How many 3D volumes the chosen series holds (1, or the volumes of a 4D acquisition); headers only."""
+    where, groups = _series_of(path_or_datasets)
+    chosen = _choose(groups, series, where)
+    return len(volume_groups(dedupe([fr for p, ds in chosen.files for fr in frames_of(p, ds)])))
 
 
 def load_dicom_series(
-    path_or_datasets: PathOrDatasets, series: str | None = None, resample_irregular: bool = False
+    path_or_datasets: PathOrDatasets, series: str | None = None, resample_irregular: bool = False,
+    volume: int | None = None,
 ) -> DicomSeries:
     """Load one image series from a folder (searched recursively), a single file, or in-memory Datasets.
 
@@ -149,10 +168,11 @@ def load_dicom_series(
     chosen = _choose(groups, series, where)
     _log_skipped(groups)
     frames = dedupe([fr for p, ds in chosen.files for fr in frames_of(p, ds, ds if chosen.in_memory else None)])
+    frames = select_volume(frames, volume, where)
     frames, positions, d, normal = sort_frames(frames, where)
     problems = irregularities(positions, d, normal)  # before decoding: refuse fast
     if problems and not resample_irregular:
-        raise DicomError(f"{where}: {' and '.join(problems)}; rerun with --resample-irregular to resample onto a regular grid")
+        raise DicomError(f"{where}: {' and '.join(problems)}; rerun with --resample-irregular (resample_irregular=True in Python) to resample onto a regular grid")
     pixels = read_pixels(frames)  # (K, rows, cols)
 
     row, col = frames[0].orientation[:3], frames[0].orientation[3:]
@@ -180,7 +200,7 @@ def source_datasets(datasets: list[Any]) -> list[Any]:
     """Copies of the source headers with empty identifying UIDs filled in, so they can be referenced.
 
     Some anonymised series keep SOPClassUID / SOPInstanceUID only in the file meta and have empty
-    Study/Series UIDs: the former are taken from the file meta, the latter derived
+    Study/Series/FrameOfReference UIDs: the former are taken from the file meta, the latter derived
     deterministically from the series' content (the same for every write from the same series).
     The given Datasets are left untouched.
     """
@@ -188,7 +208,7 @@ def source_datasets(datasets: list[Any]) -> list[Any]:
 
     fixed = [_detached_copy(ds) for ds in datasets]
     seed = [str(fixed[0].get("FrameOfReferenceUID", "")), *(str(ds.file_meta.get("MediaStorageSOPInstanceUID", "")) for ds in fixed if hasattr(ds, "file_meta"))]
-    for key in ("StudyInstanceUID", "SeriesInstanceUID"):
+    for key in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
         if not str(fixed[0].get(key, "") or ""):
             log.warning("the source series has no %s; a UID derived from its instances is used", key)
             uid = generate_uid(entropy_srcs=[key, *seed])
@@ -201,7 +221,30 @@ def source_datasets(datasets: list[Any]) -> list[Any]:
         for key, meta_key in (("SOPClassUID", "MediaStorageSOPClassUID"), ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
             if not str(ds.get(key, "") or "") and hasattr(ds, "file_meta"):
                 setattr(ds, key, ds.file_meta.get(meta_key))
+    _fill_slice_thickness(fixed)
+    for ds in fixed:  # an Age String is nnnD/W/M/Y; some anonymisers write "0Y", which every derived object would copy
+        age = str(ds.get("PatientAge", "") or "")
+        if re.fullmatch(r"\d{1,2}[DWMY]", age):
+            ds.PatientAge = age.zfill(4)
     return fixed
+
+
+def _fill_slice_thickness(datasets: list[Any]) -> None:
+    """SliceThickness, when single-frame headers lack it, from the median step between their
+    positions along the normal (a SEG's pixel measures need one; some anonymised series drop it)."""
+    import numpy as np
+
+    missing = [ds for ds in datasets if "ImagePositionPatient" in ds and not str(ds.get("SliceThickness", "") or "")]
+    if not missing or len(datasets) < 2 or any("ImageOrientationPatient" not in ds for ds in datasets):
+        return
+    orientation = np.asarray(datasets[0].ImageOrientationPatient, float)
+    normal = np.cross(orientation[:3], orientation[3:])
+    d = np.sort([np.asarray(ds.ImagePositionPatient, float) @ normal for ds in datasets])
+    steps = np.diff(d)[np.diff(d) > 1e-3]
+    if len(steps):
+        log.warning("the source series has no SliceThickness; the slice step %.4g mm is used", float(np.median(steps)))
+        for ds in missing:
+            ds.SliceThickness = f"{float(np.median(steps)):.6g}"
 
 
 def _detached_copy(ds: Any) -> Any:
