@@ -28,6 +28,7 @@ class CheckpointWriter:
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
         self.config, self.run_plan, self.labels, self.fold = config, run_plan, labels, fold
         self.precision, self.world_size, self.best_sha = precision, world_size, best_sha
+        self.budget = None  # a time budget's planner (`medseg.training.budget`): its state is saved too
 
     def write(self, epoch: int, best_state: dict | None, rng_per_rank: list, *, history: dict, best_ema: float,
               ema: float | None, run_id: str | None) -> None:
@@ -56,6 +57,7 @@ class CheckpointWriter:
             "ema": ema,
             "run_id": run_id,
             "config": config.model_dump(mode="json"),
+            "budget": self.budget.state_dict() if self.budget is not None else None,
         }
         write_bundle(
             out_dir,

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from medseg.errors import ConfigError, first_validation_problem
 from medseg.precision import Precision
@@ -69,7 +69,7 @@ class TrainConfig(StrictModel):
     loss: LossConfig = Field(default_factory=LossConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    epochs: int = Field(1000, ge=1)
+    epochs: int = Field(1000, ge=1)  # with time_budget: only the warm-up's schedule length (the budget sizes the run)
     iterations_per_epoch: int = Field(250, ge=1)
     batch_size: Optional[int] = Field(None, ge=1)  # null: the plan's
     patch_size: Optional[list[Positive]] = Field(None, min_length=2, max_length=3)  # null: the plan's
@@ -83,6 +83,21 @@ class TrainConfig(StrictModel):
     deterministic: bool = False
     compile: bool = False  # torch.compile the training forward/backward (see docs/benchmarks.md for the gain)
     val_overlap: float = Field(0.5, ge=0.0, lt=1.0)
+    # minutes of wall clock for the whole run, final validation and bundle included ("90s", "60m",
+    # "1.5h" or plain minutes): the epochs are sized and re-sized to it (medseg.training.budget)
+    time_budget: Optional[float] = Field(None, gt=0)
+
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _budget_minutes(cls, value):
+        if value is None:
+            return None
+        from medseg.training.budget import parse_minutes
+
+        try:
+            return parse_minutes(value, "time_budget")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
     def resolve_with_plan(self, plan) -> "TrainConfig":
         """A copy with batch size, patch size and features filled from `plan`."""

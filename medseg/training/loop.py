@@ -33,6 +33,7 @@ class TrainResult:
     precision: str = ""
     weights_sha256: str = ""
     stopped_early: bool = False
+    budget: dict | None = None  # with a time budget: minutes budgeted and used, epochs, every plan made
 
 
 def default_workers(device_type: str) -> int:
@@ -88,6 +89,7 @@ def train(
     max_minutes: float | None = None,
     echo: Callable[[str], None] = lambda s: None,
     progress: Callable[[int, int, float], None] | None = None,
+    time_budget: float | str | None = None,
 ) -> TrainResult:
     """Train one fold (`fold=None`: every case, no validation); return where the bundle went.
 
@@ -95,11 +97,18 @@ def train(
     used instead. `epochs` and `precision` override either (more epochs extend a finished run). The bundle goes to
     WORKDIR/models/<preset_name>/fold_<k>/ (fold_none when fold is None).
     echo: receives one-line messages (epoch summaries); progress(iteration, total, loss) per step.
+    time_budget: minutes (or "90s", "60m", "1.5h") for the whole run; it overrides the config's
+        `time_budget` and sizes the epochs (`medseg.training.budget`), so it excludes `epochs` and
+        `max_minutes`, and a resumed budgeted run continues with the budget it has left.
     """
+    import time
+
     from medseg.preprocess.plan import Plan
+    from medseg.training import budget as budget_mod
     from medseg.training import checkpoint as ckpt
     from medseg.training.trainer import Trainer
 
+    t_start = time.monotonic()  # a time budget counts set-up too
     workdir = Path(workdir)
     if not (workdir / "plan.json").is_file():
         raise InputError(f"{workdir}: no plan.json; run `medseg preprocess` with this folder as output first")
@@ -118,6 +127,14 @@ def train(
             config = TrainConfig.model_validate(saved["config"])
         except ValidationError as exc:
             raise ConfigError(f"{state_path}: its saved config is invalid ({first_validation_problem(exc)}); train without --resume") from None
+    if time_budget is not None:
+        if resume:
+            raise ConfigError("--time-budget with --resume: a resumed run continues with the budget it has left; drop --time-budget")
+        config = config.model_copy(update={"time_budget": budget_mod.parse_minutes(time_budget)})
+    if config.time_budget is not None and (epochs is not None or max_minutes is not None):
+        given = "--epochs" if epochs is not None else "--max-minutes"
+        raise ConfigError(f"{given} with a time budget ({config.time_budget:g} min): the budget sizes the epochs and ends "
+                          f"the schedule in time; drop {given}, or drop --time-budget / time_budget for a fixed schedule")
     if epochs is not None:
         config = config.model_copy(update={"epochs": epochs})
     if precision is not None:
@@ -125,4 +142,9 @@ def train(
     config = config.resolve_with_plan(plan)
     trainer = Trainer(workdir, plan, effective_plan(plan, config), config, out_dir, saved=saved, preset_name=preset_name,
                       fold=fold, echo=echo, progress=progress)
-    return trainer.fit(max_minutes)
+    planner = budget_mod.make_planner(config, saved, has_validation=bool(trainer.val_ids),
+                                      started_at=t_start)
+    result = trainer.fit(max_minutes, budget=planner)
+    if planner is not None:
+        result.budget = getattr(trainer, "budget_summary", None)
+    return result

@@ -1,0 +1,236 @@
+"""The time-budget planner (`medseg.training.budget`): sized to the budget with a fake clock and step
+timer, re-sized when the step time doubles or halves, a schedule that ends at its final LR without
+jumps, a real tiny run inside its budget, and a resume that honours the budget left."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+
+from medseg.errors import ConfigError
+from medseg.training.budget import BudgetPlanner, parse_minutes
+from medseg.training.schedule import LrSchedule
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def simulate(budget_s, step_s, *, iters=10, val_s=5.0, overhead_s=0.5, final_s=None, kind="cosine", warmup_epochs=1,
+             planner=None, clock=None, start_epoch=0, schedule=None, stop_after=None):
+    """Run the planner as the trainer does: each epoch costs iters * step_s(epoch) (+ validation,
+    + overhead); the LR schedule is re-sized at each re-plan. Returns (planner, clock, per-step LR
+    factors, schedule, epochs run)."""
+    clock = clock or FakeClock()
+    planner = planner or BudgetPlanner(budget_s, iters, initial_epochs=4, validate_every=4, has_validation=val_s > 0,
+                                       min_epochs=warmup_epochs + 1, clock=clock)
+    schedule = schedule or LrSchedule(kind, planner.total_epochs * iters, warmup=warmup_epochs * iters)
+    lrs, epoch = [], start_epoch
+    while epoch < planner.total_epochs:
+        lrs += [schedule(s) for s in range(epoch * iters, (epoch + 1) * iters)]
+        train_s = iters * step_s(epoch)
+        clock.now += train_s
+        validated = planner.should_validate(epoch)
+        if validated:
+            clock.now += val_s
+        plan = planner.epoch_done(epoch, train_s, val_s if validated else None)
+        if plan is not None:
+            before = schedule((epoch + 1) * iters)
+            schedule.retarget((epoch + 1) * iters, plan.total_epochs * iters)
+            planner.lr_jumps = getattr(planner, "lr_jumps", []) + [schedule((epoch + 1) * iters) - before]
+        clock.now += overhead_s
+        epoch += 1
+        if stop_after is not None and epoch == stop_after:
+            return planner, clock, lrs, schedule, epoch
+    clock.now += final_s if final_s is not None else 1.1 * val_s + 3.0  # post-processing choice, artifacts
+    lrs.append(schedule(planner.total_epochs * iters))  # the LR after the last step
+    return planner, clock, lrs, schedule, epoch
+
+
+def test_parse_minutes_units_and_one_line_errors():
+    assert parse_minutes("90s") == 1.5 and parse_minutes("60m") == 60 and parse_minutes("1.5h") == 90
+    assert parse_minutes("45") == 45 and parse_minutes(2.5) == 2.5 and parse_minutes("10 min") == 10
+    for bad in ("soon", "0", "-5m", "5 days"):
+        with pytest.raises(ConfigError, match="--time-budget") as info:
+            parse_minutes(bad)
+        assert "\n" not in str(info.value)
+
+
+def test_planner_sizes_the_schedule_to_the_budget():
+    planner, clock, lrs, schedule, epochs = simulate(600.0, lambda e: 1.0)
+    plan = planner.history[0]  # made after the warm-up epoch, from its measured step and validation
+    assert plan["made_after_epoch"] == 0 and plan["epoch_s"] == 10.0 and plan["val_s"] == 5.0
+    # at a constant speed the only re-plan is the one when the per-epoch checkpoint cost is first seen
+    assert [h["made_after_epoch"] for h in planner.history[1:]] in ([], [1])
+    assert clock.now <= 600.0  # schedule, validations, final steps: all inside the budget
+    assert clock.now >= 0.9 * 600.0  # and the budget is used (at most one epoch + the safety left over)
+    assert epochs == planner.total_epochs == planner.history[-1]["total_epochs"]
+    # one more epoch would not have fitted in the budget less its safety margin
+    assert clock.now + 10.5 > 600.0 * (1 - planner.safety)
+
+
+@pytest.mark.parametrize("factor", [2.0, 0.5])
+def test_planner_resizes_when_the_step_time_doubles_or_halves(factor):
+    step = lambda e: 1.0 if e < 10 else factor  # noqa: E731  another process arrives (x2) or leaves (x0.5)
+    steady, *_ = simulate(900.0, lambda e: 1.0)
+    planner, clock, lrs, schedule, epochs = simulate(900.0, step)
+    replans = [h for h in planner.history if "step time" in h["reason"]]
+    assert replans and replans[0]["made_after_epoch"] == 10  # re-sized right after the first epoch at the new speed
+    if factor > 1:
+        assert planner.total_epochs < steady.total_epochs
+    else:
+        assert planner.total_epochs > steady.total_epochs
+    assert clock.now <= 900.0 and clock.now >= 0.9 * 900.0
+    assert epochs == planner.total_epochs  # the schedule completed: nothing cut
+
+
+def test_small_speed_noise_does_not_replan():
+    planner, clock, *_ = simulate(600.0, lambda e: 1.0 + 0.05 * (-1) ** e)  # +-5%, inside the 15% margin
+    assert not any("step time" in h["reason"] for h in planner.history)
+    assert clock.now <= 600.0
+
+
+@pytest.mark.parametrize("kind", ["cosine", "poly"])
+def test_the_resized_schedule_is_continuous_and_ends_at_its_final_lr(kind):
+    step = lambda e: 1.0 if e < 8 else (3.0 if e < 14 else 0.7)  # noqa: E731
+    planner, clock, lrs, schedule, epochs = simulate(900.0, step, kind=kind, warmup_epochs=1 if kind == "cosine" else 0)
+    assert len(planner.history) >= 3
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)  # the final LR (factor 0: the base LR times 0)
+    # at every re-plan the next step's LR is the one the old plan would have used: no jump
+    assert len(planner.lr_jumps) == len(planner.history) and max(map(abs, planner.lr_jumps)) < 1e-12
+    after_warmup = lrs[10:] if kind == "cosine" else lrs
+    assert all(b <= a + 1e-12 for a, b in zip(after_warmup, after_warmup[1:]))  # still decaying, never rising
+    assert epochs == planner.total_epochs and len(lrs) == epochs * 10 + 1  # every planned step ran
+
+
+def test_retarget_during_warmup_is_the_plain_curve_and_never_ends_early():
+    a, b = LrSchedule("cosine", 100, warmup=10), LrSchedule("cosine", 200, warmup=10)
+    a.retarget(5, 200)
+    assert [a(s) for s in range(0, 200, 7)] == pytest.approx([b(s) for s in range(0, 200, 7)])
+    with pytest.raises(ValueError):
+        a.retarget(50, 50)
+
+
+def test_expensive_validation_is_thinned():
+    planner, clock, *_ = simulate(900.0, lambda e: 1.0, val_s=40.0)  # one validation = 4 epochs of training
+    plan = planner.history[-1]
+    assert plan["validate_every"] > 4
+    mids = planner._mid_validations(1, plan["total_epochs"] - 1, plan["validate_every"])
+    assert mids * 40.0 <= planner.max_val_fraction * 900.0
+    assert clock.now <= 900.0
+
+
+def test_no_validation_cases_never_validates():
+    planner, clock, *_ = simulate(300.0, lambda e: 1.0, val_s=0.0, final_s=3.0)
+    assert not any(planner.should_validate(e) for e in range(planner.total_epochs))
+    assert 0.9 * 300.0 <= clock.now <= 300.0
+
+
+def test_slowest_rank_sets_the_pace():
+    """Under DDP every rank feeds the planner the maximum over ranks (`max_over_ranks`): the plan
+    made from the slowest rank's times is the one a single slow process would get."""
+    from medseg.training.budget import max_over_ranks
+    from medseg.training.distributed import DistInfo
+
+    assert max_over_ranks(DistInfo(), [1.5, -1.0, 3.0]) == [1.5, -1.0, 3.0]
+    fast = BudgetPlanner(600, 10, initial_epochs=4, validate_every=4, has_validation=False, clock=FakeClock())
+    slow = BudgetPlanner(600, 10, initial_epochs=4, validate_every=4, has_validation=False, clock=FakeClock())
+    assert fast.epoch_done(0, 10.0, elapsed_s=10.0).total_epochs > slow.epoch_done(0, 20.0, elapsed_s=20.0).total_epochs
+
+
+def test_resume_honours_the_remaining_budget():
+    clock = FakeClock()
+    first, clock, _, schedule, stopped = simulate(600.0, lambda e: 1.0, clock=clock, stop_after=20)
+    state = first.state_dict()
+    assert state["spent_s"] == pytest.approx(clock.now)
+    # a new process (its clock starts at 0) on a machine twice as slow
+    clock2 = FakeClock()
+    resumed = BudgetPlanner(600, 10, initial_epochs=4, validate_every=4, has_validation=True, clock=clock2)
+    resumed.load_state_dict(state)
+    assert resumed.elapsed() == pytest.approx(state["spent_s"])
+    planner, clock2, lrs, _, epochs = simulate(600.0, lambda e: 2.0, planner=resumed, clock=clock2, start_epoch=stopped,
+                                               schedule=schedule)
+    assert planner.history[-1]["reason"] == "resume" or len(planner.history) > len(first.history)
+    assert state["spent_s"] + clock2.now <= 600.0  # the time before the interruption counted
+    assert epochs == planner.total_epochs and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+
+
+# -- a real tiny run ------------------------------------------------------------------------------------
+
+BUDGET_S = 10.0
+SLACK_S = 3.0  # "within the budget plus a small margin": the final steps are estimated, not measured
+
+
+@pytest.fixture
+def warm_imports():
+    """A process's first optimizer imports torch._dynamo and the first loss monai (10-40 s on a loaded
+    2-core machine): real set-up a CLI run pays inside its budget, paid here before the clock starts."""
+    import monai.losses  # noqa: F401
+    import torch
+
+    torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
+
+
+@pytest.mark.slow
+def test_a_real_run_finishes_its_schedule_within_the_budget(tiny_config, tiny_workdir, dead_tracking_uri, warm_imports):
+    import torch
+
+    from medseg.training import checkpoint as ckpt
+    from medseg.training.loop import train
+
+    lines: list[str] = []
+    t0 = time.monotonic()
+    cfg = tiny_config("unet3d_cpu", epochs=3, iterations_per_epoch=2, validate_every=2)
+    result = train(tiny_workdir, cfg, preset_name="unet3d_cpu", fold=0, time_budget=f"{BUDGET_S}s", echo=lines.append)
+    wall = time.monotonic() - t0
+    assert wall <= BUDGET_S + SLACK_S, lines
+    assert result.budget["used_min"] * 60 <= BUDGET_S + SLACK_S
+    planned = result.budget["epochs"]
+    assert result.epochs_done == planned > 3  # sized to the budget, not the config's 3 epochs
+    assert any(line.startswith("time budget plan after epoch 1") for line in lines)
+    state = ckpt.load_state(result.bundle_dir / ckpt.STATE_FILE)
+    assert state["config"]["epochs"] == planned and state["config"]["time_budget"] == pytest.approx(BUDGET_S / 60)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.optimizer.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    sched.load_state_dict(state["scheduler"])
+    assert sched.last_epoch == planned * cfg.iterations_per_epoch
+    assert f"epoch {planned}/{planned}: " in "\n".join(lines)
+    last = next(line for line in reversed(lines) if line.startswith(f"epoch {planned}/"))
+    assert "lr 0.00e+00" in last  # the schedule ended at its final LR
+    assert result.val_dice  # the final validation ran
+
+
+@pytest.mark.slow
+def test_a_resumed_real_run_gets_only_the_budget_left(tiny_config, tiny_workdir, dead_tracking_uri, warm_imports):
+    from medseg.training import checkpoint as ckpt
+    from medseg.training.loop import train
+
+    cfg = tiny_config("unet3d_cpu", epochs=3, iterations_per_epoch=2, validate_every=2)
+
+    def interrupt_at_epoch_4(line: str) -> None:
+        if line.startswith("epoch 4/"):  # printed after epoch 4's checkpoint was written
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_workdir, cfg, preset_name="unet3d_cpu", fold=0, time_budget=f"{BUDGET_S}s", echo=interrupt_at_epoch_4)
+    spent = ckpt.load_state(tiny_workdir / "models/unet3d_cpu/fold_0" / ckpt.STATE_FILE)["budget"]["spent_s"]
+    assert 0 < spent < BUDGET_S
+    with pytest.raises(ConfigError, match="--time-budget with --resume"):
+        train(tiny_workdir, cfg, preset_name="unet3d_cpu", fold=0, resume=True, time_budget="1m")
+    with pytest.raises(ConfigError, match="--epochs with a time budget"):
+        train(tiny_workdir, cfg, preset_name="unet3d_cpu", fold=0, resume=True, epochs=9)
+    t0 = time.monotonic()
+    lines: list[str] = []
+    result = train(tiny_workdir, cfg, preset_name="unet3d_cpu", fold=0, resume=True, echo=lines.append)
+    wall = time.monotonic() - t0
+    assert wall <= BUDGET_S - spent + SLACK_S, lines  # only what was left, not a fresh budget
+    assert result.budget["used_min"] * 60 <= BUDGET_S + SLACK_S
+    assert result.epochs_done == result.budget["epochs"] > 4
+    assert any("re-plan" in line and "(resume)" in line for line in lines)
+    assert not math.isnan(result.val_dice["mean"])
