@@ -33,7 +33,8 @@ __all__ = ["FORMATS", "Scan", "Segmentation", "evaluate", "infer", "load_model",
 FORMATS = {"nifti": ".nii.gz", "dicom-seg": ".dcm", "rtstruct": ".dcm"}  # format -> default file suffix
 
 
-def read(path_or_datasets: str | os.PathLike | Any, series: str | None = None, resample_irregular: bool = False) -> "Volume":
+def read(path_or_datasets: str | os.PathLike | Any, series: str | None = None, resample_irregular: bool = False,
+         volume: int | None = None) -> "Volume":
     """A scan as a `Volume`: array (X, Y, Z) (or (C, X, Y, Z) for a 4D file), affine voxel -> RAS+ mm.
 
     path_or_datasets: a NIfTI/NRRD/MetaImage file, a DICOM folder or file, or in-memory pydicom
@@ -43,7 +44,7 @@ def read(path_or_datasets: str | os.PathLike | Any, series: str | None = None, r
     """
     from medseg.io import read_volume
 
-    return read_volume(path_or_datasets, series=series, resample_irregular=resample_irregular)
+    return read_volume(path_or_datasets, series=series, resample_irregular=resample_irregular, volume=volume)
 
 
 def load_model(
@@ -62,6 +63,8 @@ def load_model(
     crf: bool | dict = False,
     runtime: str = "auto",
 ) -> "Predictor":
+    resample_irregular: bool = False,
+    volume: int | None = None,
     """A `Predictor` for a trained model; call `.segment(...)` on it for each case.
 
     ref: a bundle folder (holds bundle.json); a folder of fold_* bundles (its cross-validation folds
@@ -79,6 +82,9 @@ def load_model(
     runtime: for an export folder (`medseg export`): "onnxruntime" | "openvino" | "torch" (TorchScript) |
         "auto" (the fastest measured for that export on this CPU); a bundle runs in torch.
     """
+    resample_irregular, volume: how `segment` reads DICOM paths and Datasets (`read_scan`): a tilted
+        or gapped series onto a regular grid (its SEG/RTSTRUCT go back onto the source slices), the
+        volume (0-based) of a 4D series.
     import torch
 
     from medseg.bundle import resolve_model_reference, select_fold_bundles
@@ -90,13 +96,15 @@ def load_model(
         raise ConfigError(f"overlap {overlap} is out of range; expected a value in [0, 1) (0.5 is the default), e.g. 0.5")
     refs = [ref] if isinstance(ref, (str, os.PathLike)) else list(ref)
     bundles = select_fold_bundles([resolve_model_reference(r, workdir=workdir) for r in refs], folds)
-    return Predictor(
+    predictor = Predictor(
         bundles, device=device, precision=getattr(precision, "value", precision), tta=tta, overlap=overlap,
         batch_size=batch_size, accumulate_dtype=torch.float16 if fp16_buffer else torch.float32,
         postprocess=postprocess, extra_steps=[{"name": "instances", "params": {}}] if instances else [],
         crf=(crf if isinstance(crf, dict) else {}) if crf else None, runtime=runtime,
     )
 
+    predictor.read_options = {"resample_irregular": resample_irregular, "volume": volume}
+    return predictor
 
 def probabilities_path(path: str | os.PathLike) -> Path:
     """Where `write` puts the probability maps of the mask written to `path`: <stem>_probabilities.nii.gz."""

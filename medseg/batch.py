@@ -127,7 +127,7 @@ def segment_case(predictor, paths: list[Path], targets: Outputs, *, series: str 
 
     for target in targets.values():
         check_output_dir(target)  # fail before a long prediction
-    scan = read_scan(paths, series=series)
+    scan = read_scan(paths, series=series, **predictor.read_options)
     if "rtstruct" in targets and scan.datasets is not None:  # refuse before a long prediction
         from medseg.io.dicom import refuse_multiframe
 

@@ -116,7 +116,10 @@ class Predictor:
     postprocess: run the bundle's post-processing steps; extra_steps run after them.
     crf: refine the probabilities with MONAI's CRF on the preprocessed grid before inversion
         (None: off; a dict of `medseg.postprocess.crf.crf_refine` keyword arguments: on).
+    read_options: keyword arguments of `read_scan` for paths and Datasets (resample_irregular, volume).
     """
+
+    read_options: dict = {}  # set per instance by medseg.load_model
 
     def __init__(
         self,
@@ -209,7 +212,7 @@ class Predictor:
         """
         from medseg.inference.segmentation import Segmentation, check_channels, read_scan
 
-        scan = read_scan(inputs, series=series)
+        scan = read_scan(inputs, series=series, **self.read_options)
         check_channels(scan, self.bundle.plan.channel_names)
         result = self.predict(scan.volumes, probabilities=probabilities)
         names = self.labels
