@@ -4,8 +4,8 @@ A gantry-tilted or gapped series is read onto a regular grid (`load_dicom_series
 resample_irregular=True)`); a DICOM SEG or RTSTRUCT must instead reference the acquisition's real
 slices. `to_source_slices` resamples the mask (nearest neighbour) onto each source slice, giving a
 Volume on the series' acquisition grid (`geometry.source_grid`: one k per source slice), which the
-SEG/RTSTRUCT writers accept. `contours_onto_source_slices` moves contours drawn on that grid's
-nominal slice planes onto the real ones.
+SEG/RTSTRUCT writers accept (the SEG places one frame per source slice by its header; the
+RTSTRUCT draws each slice's contours through that slice's position, `SourceGrid.positions`).
 """
 
 from __future__ import annotations
@@ -61,23 +61,3 @@ def to_source_slices(mask: Volume, datasets: list[Any]) -> Volume:
         out[dst_i, dst_j, k] = labels[src_i, src_j, kk]
     return Volume(out, LPS_TO_RAS @ acquisition_affine(frames[0], positions), mask.meta)
 
-
-def contours_onto_source_slices(ds: Any, grid: Any, generator_lps: np.ndarray) -> None:
-    """Move RTSTRUCT contours (in place) onto the real planes of an irregular series' slices.
-
-    ds: the RTSTRUCT Dataset; grid: the series' `SourceGrid` (irregular: `positions` set);
-    generator_lps: the (4, 4) voxel -> LPS mm matrix the contours were computed with (e.g.
-    rt-utils' from the first slice and the mean step along the normal). Each point goes back to
-    its (i, j, k) through that matrix, then out through slice k's own position.
-    """
-    if grid.regular:
-        return
-    axes = (LPS_TO_RAS @ grid.affine)[:3, :2]  # in-plane axes (LPS mm per voxel), shared by every slice
-    to_voxel = np.linalg.inv(np.asarray(generator_lps, float))
-    for roi in ds.ROIContourSequence:
-        for contour in roi.ContourSequence:
-            points = np.asarray(contour.ContourData, float).reshape(-1, 3)
-            ijk = (np.c_[points, np.ones(len(points))] @ to_voxel.T)[:, :3]
-            k = np.clip(np.rint(ijk[:, 2]).astype(int), 0, len(grid.positions) - 1)
-            moved = grid.positions[k] + ijk[:, :2] @ axes.T
-            contour.ContourData = [float(v) for v in moved.ravel()]
