@@ -191,6 +191,7 @@ def train(
     max_minutes: float | None = None,
     echo: Callable[[str], None] = lambda s: None,
     progress: Callable[[int, int, float], None] | None = None,
+    time_budget: float | str | None = None,
 ) -> "TrainResult":
     """Train one fold on a preprocessed `workdir`; the bundle goes to WORKDIR/models/<preset>/fold_<k>/.
 
@@ -199,6 +200,9 @@ def train(
         (e.g. {"seed": 1, "iterations_per_epoch": 10}).
     fold: 0-4 (validated on that fold of WORKDIR/splits.json), or None (every case, no
         validation: fold_none). epochs / precision: override the config's.
+    time_budget: minutes, or "90s" / "60m" / "1.5h": the whole run, final validation and bundle
+        included, ends within it, its schedule complete (overrides the config's `time_budget`;
+        excludes `epochs` and `max_minutes`; a resumed budgeted run keeps the budget it has left).
     echo: receives one-line messages (epoch summaries); progress(iteration, total, loss) per step.
     Returns a `TrainResult` (bundle_dir, epochs_done, per-epoch losses, last validation Dice).
     """
@@ -214,7 +218,8 @@ def train(
         preset_name = preset_name or Path(config).stem
         config = load_train_config(config, overrides)
     return train_fold(workdir, config, preset_name=preset_name, fold=fold, resume=resume, epochs=epochs,
-                      precision=getattr(precision, "value", precision), max_minutes=max_minutes, echo=echo, progress=progress)
+                      precision=getattr(precision, "value", precision), max_minutes=max_minutes, echo=echo, progress=progress,
+                      time_budget=time_budget)
 
 
 def evaluate(

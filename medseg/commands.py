@@ -105,7 +105,8 @@ def parse_folds(text: Union[str, int, None]) -> list[Optional[int]]:
 def train_command(workdir: Union[str, Path], *, config: Union[str, Path], fold: str = "0", resume: bool = False,
           epochs: Optional[int] = None, max_minutes: Optional[float] = None, seed: Optional[int] = None,
           deterministic: bool = False, precision: Optional[str] = None, iterations_per_epoch: Optional[int] = None,
-          echo: Echo = _quiet, progress: Optional[Callable[[int, int, float], None]] = None) -> list:
+          echo: Echo = _quiet, progress: Optional[Callable[[int, int, float], None]] = None,
+          time_budget: Optional[Union[str, float]] = None) -> list:
     """`medseg train WORKDIR --config PRESET --fold F`: `medseg.api.train` for each fold of `fold`
     ('0', '0,2', 'all', 'none'); after 'all', one post-processing choice over every fold's validation.
     Only rank 0 of a distributed run echoes. Returns the folds' `TrainResult`s."""
@@ -129,7 +130,7 @@ def train_command(workdir: Union[str, Path], *, config: Union[str, Path], fold: 
     results, stopped_any = [], False
     for k in folds:
         result = train_fold(workdir, cfg, k, preset_name=config.stem, resume=resume, epochs=epochs, precision=precision,
-                            max_minutes=max_minutes, echo=say, progress=progress)
+                            max_minutes=max_minutes, echo=say, progress=progress, time_budget=time_budget)
         if world > 1:  # lets users (and the tests) check that every rank ended with the same weights
             echo(f"rank {rank}/{world}: final weights sha256 {result.weights_sha256}", err=True)
         if result.val_dice:

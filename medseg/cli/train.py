@@ -40,6 +40,7 @@ def command(
     resume: bool = typer.Option(False, "--resume", help="Continue from the fold's training_state.pt, exactly."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Total epochs (on a finished run: extend it)."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", min=0, help="Stop after the epoch that passes this many minutes, with a checkpoint."),
+    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Wall clock for the whole run (90s, 60m, 1.5h or plain minutes): epochs sized and re-sized so the LR schedule, final validation and bundle end within it. Not with --epochs/--max-minutes."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     deterministic: bool = typer.Option(False, "--deterministic", help="Deterministic kernels, so resumed runs repeat exactly."),
     precision: Optional[Precision] = typer.Option(None, "--precision", help="auto picks bf16 + channels-last on CPUs with bf16 units."),
@@ -53,7 +54,7 @@ def command(
     try:
         train_command(workdir, config=config, fold=fold, resume=resume, epochs=epochs, max_minutes=max_minutes, seed=seed,
               deterministic=deterministic, precision=precision.value if precision else None,
-              iterations_per_epoch=iterations_per_epoch, echo=typer.echo, progress=_Progress())
+              iterations_per_epoch=iterations_per_epoch, echo=typer.echo, progress=_Progress(), time_budget=time_budget)
     except KeyboardInterrupt:  # Ctrl-C: the run is marked KILLED and the last epoch's checkpoint stays
         if int(os.environ.get("RANK", "0")) == 0:
             typer.echo("medseg: interrupted; resume with --resume", err=True)
