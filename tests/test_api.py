@@ -3,6 +3,7 @@ evaluate) on tiny synthetic volumes and the tiny trained blob bundle of tests/in
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import subprocess
@@ -312,3 +313,146 @@ def test_discover_cases_groups_channel_files_as_the_manifest_does(tmp_path):
     assert discover_cases(series) == ([("s1", [series / "s1"]), ("s2", [series / "s2"])], True)
     with pytest.raises(InputError, match="no such file"):
         discover_cases(tmp_path / "absent")
+
+
+# --- the commands as calls (medseg.commands: what each CLI command and pipeline step runs) ------------
+
+
+def test_convert_and_info_commands_as_calls(tmp_path):
+    from medseg.commands import convert_command, info_command
+
+    image, _ = blob_image(shape=(6, 5, 4))
+    write_volume(Volume(image, oblique_affine()), tmp_path / "scan.nii.gz")
+    lines = []
+    volume = convert_command(tmp_path / "scan.nii.gz", tmp_path / "scan.nrrd", echo=lambda line, err=False: lines.append(line))
+    assert read_volume(tmp_path / "scan.nrrd").same_geometry(volume) and lines == [f"wrote {tmp_path / 'scan.nrrd'}: shape (6, 5, 4), orientation {volume.orientation}"]
+    report = info_command(tmp_path / "scan.nrrd", echo=lambda line, err=False: lines.append(line))
+    assert report["shape"] == [6, 5, 4] and report["spacing_mm"] == pytest.approx([2.5, 3.0, 3.5], abs=1e-5)
+    assert f"shape: [6, 5, 4]" in lines and f"orientation: {volume.orientation}" in lines
+
+    import pydicom
+
+    series = tmp_path / "dicom"
+    series.mkdir()
+    for k, ds in enumerate(synthetic_series(image)):
+        pydicom.dcmwrite(series / f"{k}.dcm", ds, enforce_file_format=True)
+    out = []
+    report = info_command(series, json=True, echo=lambda line, err=False: out.append(line))
+    assert len(out) == 1 and json.loads(out[0]) == report
+    assert len(report["series"]) == 1 and report["series"][0]["num_slices"] == 4 and report["shape"] == [6, 5, 4]
+    assert "Test^Api" not in out[0] and "API-1" not in out[0]  # never the patient's name or ID
+
+
+def _balls_dataset(root: Path, n: int = 3) -> Path:
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for i in range(n):
+        image, ball = blob_image(shape=(20, 18, 12), centre=(10, 9, 6), radius=4, seed=i)
+        write_volume(Volume(image, np.diag([1.5, 1.5, 2.0, 1.0])), root / "imagesTr" / f"case{i}_0000.nii.gz")
+        write_volume(Volume(ball.astype(np.uint8), np.diag([1.5, 1.5, 2.0, 1.0])), root / "labelsTr" / f"case{i}.nii.gz")
+    (root / "dataset.json").write_text(json.dumps({"name": "balls", "channel_names": {"0": "MR"}, "labels": {"background": 0, "ball": 1},
+                                                   "file_ending": ".nii.gz", "numTraining": n}))
+    return root
+
+
+def test_preprocess_command_checks_first_and_says_what_it_did(tmp_path):
+    from medseg.commands import preprocess_command
+
+    data = _balls_dataset(tmp_path / "data")
+    with pytest.raises(ConfigError, match="workers 0"):
+        preprocess_command(data, out=tmp_path / "work", workers=0)
+    manifest = tmp_path / "m" / "manifest.json"
+    manifest.parent.mkdir()
+    manifest.write_text("{}")
+    with pytest.raises(OutputError, match="would replace the dataset manifest"):
+        preprocess_command(manifest, out=manifest.parent)
+    assert not (tmp_path / "work").exists() and manifest.read_text() == "{}"
+    lines = []
+    summary = preprocess_command(data, out=tmp_path / "work", echo=lambda line, err=False: lines.append(line))
+    assert sorted(summary.processed) == ["case0", "case1", "case2"]
+    assert lines[0] == "labels (declared):" and "ball" in lines[2] and "in 3 case(s)" in lines[2]
+    assert lines[-1].startswith("3 case(s) preprocessed, 0 unchanged; target spacing [1.5, 1.5, 2.0] mm")
+
+
+def test_train_command_refuses_bad_options_before_training(tmp_path):
+    from medseg.commands import train_command
+
+    config = REPO / "configs" / "unet3d_cpu.yaml"
+    for kwargs, message in [({"fold": "7"}, "--fold '7'"), ({"epochs": 0}, "epochs 0"), ({"precision": "fp8"}, "precision 'fp8'"),
+                            ({"max_minutes": -1}, "max_minutes -1")]:
+        with pytest.raises(ConfigError, match=message):
+            train_command(tmp_path / "nowhere", config=config, **kwargs)
+    with pytest.raises(ConfigError, match="no such config file"):
+        train_command(tmp_path / "nowhere", config=tmp_path / "absent.yaml")
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_evaluate_command_writes_the_reports_and_no_store_without_a_workdir(tmp_path, monkeypatch):
+    from medseg.commands import evaluate_command, parse_labels
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    ref = np.zeros((20, 20, 10), np.uint8)
+    ref[5:15, 5:15, 2:8] = 1
+    pred = np.zeros_like(ref)
+    pred[5:15, 5:15, 4:8] = 1  # Dice 0.8
+    for folder, array in (("pred", pred), ("ref", ref)):
+        (tmp_path / folder).mkdir()
+        write_volume(Volume(array, np.diag([1.0, 1.0, 2.0, 1.0])), tmp_path / folder / "c1.nii.gz")
+    out, problems = [], []
+    (tmp_path / "scores").mkdir()
+    report = evaluate_command(pred=tmp_path / "pred", ref=tmp_path / "ref", output=tmp_path / "scores" / "m.csv",
+                              echo=lambda line, err=False: (problems if err else out).append(line))
+    assert report.rows[0]["dice"] == pytest.approx(0.8)
+    assert (tmp_path / "scores" / "m.csv").is_file() and json.loads((tmp_path / "scores" / "m.json").read_text())
+    assert any("wrote" in line for line in out) and any("not logged to MLflow" in line for line in problems)
+    assert not list(tmp_path.rglob("mlruns.db"))  # no store without a workdir or MLFLOW_TRACKING_URI
+    with pytest.raises(ConfigError, match="exclude each other"):
+        evaluate_command(pred=tmp_path / "pred", ref=tmp_path / "ref", run="0" * 32, experiment="x")
+    assert parse_labels("1, 2") == [1, 2] and parse_labels([3]) == [3] and parse_labels(None) is None
+    with pytest.raises(ConfigError, match="positive label"):
+        parse_labels("0")
+
+
+@pytest.mark.slow
+def test_a_pipeline_infers_and_evaluates_through_the_api(blob_bundle, tmp_path, monkeypatch):
+    """The infer step is `medseg.api.infer` (options mapped onto it and `load_model`, --no-postprocess
+    negated), the evaluate step `medseg.commands.evaluate_command`; no command line is parsed."""
+    import yaml
+
+    import medseg.api
+    import medseg.cli.main
+    from medseg.pipelines import load_pipeline, run_pipeline
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(medseg.cli.main, "run_argv", lambda argv: pytest.fail(f"argv chained: {argv}"))
+    real_load_model, asked = medseg.api.load_model, []
+
+    @functools.wraps(real_load_model)  # its signature: the infer step's model options are checked against it
+    def load_model(*args, **kwargs):
+        asked.append(kwargs)
+        return real_load_model(*args, **kwargs)
+
+    monkeypatch.setattr(medseg.api, "load_model", load_model)
+    for folder in ("scans", "refs"):
+        (tmp_path / folder).mkdir()
+    for i in range(2):
+        image, ball = blob_image(seed=i)
+        write_volume(Volume(image, np.diag([3.0, 3.0, 3.0, 1.0])), tmp_path / "scans" / f"b{i}.nii.gz")
+        write_volume(Volume(ball.astype(np.uint8), np.diag([3.0, 3.0, 3.0, 1.0])), tmp_path / "refs" / f"b{i}.nii.gz")
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({
+        "name": "blobs", "variables": {"dir": str(tmp_path)},
+        "steps": [
+            {"command": "infer", "args": ["${dir}/scans"],
+             "options": {"model": str(blob_bundle), "output": "${dir}/masks", "device": "cpu", "precision": "fp32", "no-postprocess": True}},
+            {"command": "evaluate", "options": {"pred": "${dir}/masks", "ref": "${dir}/refs", "output": "${dir}/masks/metrics.csv"}},
+        ],
+    }))
+    lines = []
+    run_pipeline(load_pipeline(tmp_path / "p.yaml"), lambda line="", err=False: lines.append(line))
+    assert asked and asked[0]["postprocess"] is False and asked[0]["device"] == "cpu" and asked[0]["precision"] == "fp32"
+    assert sorted(p.name for p in (tmp_path / "masks").glob("*.nii.gz")) == ["b0.nii.gz", "b1.nii.gz"]
+    assert any(line.startswith("2 ok, 0 failed") for line in lines)
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "masks" / "metrics.csv")))
+    assert len(rows) == 2 and min(float(r["dice"]) for r in rows) > 0.8
