@@ -236,6 +236,7 @@ class Trainer:
                 self.progress(it + 1, self.iters, losses[-1])
         train_loss = mean_over_ranks(self.dist, float(np.mean(losses)))
         self.history["train_loss"].append(train_loss)
+        self.history.setdefault("lr", []).append(float(self.optimizer.param_groups[0]["lr"]))  # for the learning curves
         epoch_time = time.monotonic() - t0
         return {"train_loss": train_loss, "lr": float(self.optimizer.param_groups[0]["lr"]), "epoch_time_s": epoch_time,
                 "samples_per_s": self.iters * config.batch_size / max(epoch_time, 1e-9)}
@@ -253,6 +254,7 @@ class Trainer:
         self.ema = smoothed(self.ema, mean, self.config.ema_alpha)  # lags the raw Dice: for the checkpoint choice only
         self.history["val_mean"].append([epoch, mean])
         self.history["ema"].append([epoch, self.ema])
+        self.history.setdefault("val_dice", []).append([epoch, {k: v for k, v in val_dice.items() if k != "mean"}])
         metrics.update({f"val_dice_{name}": v for name, v in val_dice.items()})
         metrics["val_dice_smoothed"] = self.ema  # the headline is val_dice_mean, the raw Dice
         best_state = None
