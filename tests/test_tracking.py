@@ -254,3 +254,15 @@ def test_server_that_accepts_and_never_answers_costs_bounded_time(tmp_path, capl
     assert t1 - t0 < 10 and t2 - t1 < 1 and t3 - t2 < 10
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
     assert not (tmp_path / "mlruns.db").exists()
+
+
+def test_store_location_is_the_workdirs_unless_mlflow_tracking_uri_says_otherwise(tmp_path, monkeypatch):
+    """What `medseg ui` and every command use to find the store; asking never creates it."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.tracking_uri(tmp_path) == f"sqlite:///{(tmp_path / 'mlruns.db').resolve()}"
+    assert tracking.artifact_root(tmp_path) == (tmp_path / "mlartifacts").resolve()
+    assert tracking.has_store(tmp_path) and not tracking.has_store(None)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://alice:s3cret@mlflow.example.org:8443/")
+    assert tracking.tracking_uri(tmp_path) == "https://alice:s3cret@mlflow.example.org:8443/" and tracking.has_store(None)
+    assert tracking.redact(tracking.tracking_uri(None)) == "https://mlflow.example.org:8443/"  # never the password in a message
