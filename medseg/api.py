@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = ["FORMATS", "Scan", "Segmentation", "evaluate", "infer", "load_model", "plan_and_preprocess", "read", "read_scan", "train", "write"]
 
-FORMATS = {"nifti": ".nii.gz", "dicom-seg": ".dcm", "rtstruct": ".dcm"}  # format -> default file suffix
+FORMATS = {"nifti": ".nii.gz", "dicom-seg": ".dcm", "rtstruct": ".dcm",  # format -> default file suffix
+           "instances": ".nii.gz", "panoptic": ".nii.gz"}  # object maps + a JSON beside (medseg/instances.py)
 
 
 def read(path_or_datasets: str | os.PathLike | Any, series: str | None = None, resample_irregular: bool = False,
@@ -41,6 +42,7 @@ def read(path_or_datasets: str | os.PathLike | Any, series: str | None = None, r
         Datasets (one, or a list of one series' slices, read with their pixel data).
     series: DICOM, the SeriesInstanceUID or index of the series when there are several.
     resample_irregular: DICOM, resample tilted or unevenly spaced series instead of refusing them.
+    volume: DICOM, the 3D volume (0-based) of a 4D series.
     """
     from medseg.io import read_volume
 
@@ -62,9 +64,9 @@ def load_model(
     instances: bool = False,
     crf: bool | dict = False,
     runtime: str = "auto",
-) -> "Predictor":
     resample_irregular: bool = False,
     volume: int | None = None,
+) -> "Predictor":
     """A `Predictor` for a trained model; call `.segment(...)` on it for each case.
 
     ref: a bundle folder (holds bundle.json); a folder of fold_* bundles (its cross-validation folds
@@ -81,10 +83,10 @@ def load_model(
         keyword arguments of `medseg.postprocess.crf.crf_refine`).
     runtime: for an export folder (`medseg export`): "onnxruntime" | "openvino" | "torch" (TorchScript) |
         "auto" (the fastest measured for that export on this CPU); a bundle runs in torch.
-    """
     resample_irregular, volume: how `segment` reads DICOM paths and Datasets (`read_scan`): a tilted
         or gapped series onto a regular grid (its SEG/RTSTRUCT go back onto the source slices), the
         volume (0-based) of a 4D series.
+    """
     import torch
 
     from medseg.bundle import resolve_model_reference, select_fold_bundles
@@ -102,9 +104,9 @@ def load_model(
         postprocess=postprocess, extra_steps=[{"name": "instances", "params": {}}] if instances else [],
         crf=(crf if isinstance(crf, dict) else {}) if crf else None, runtime=runtime,
     )
-
     predictor.read_options = {"resample_irregular": resample_irregular, "volume": volume}
     return predictor
+
 
 def probabilities_path(path: str | os.PathLike) -> Path:
     """Where `write` puts the probability maps of the mask written to `path`: <stem>_probabilities.nii.gz."""
@@ -121,7 +123,9 @@ def write(segmentation: Segmentation, path: str | os.PathLike | None = None, for
 
     format: "nifti" (any suffix `medseg.io.write_volume` knows: .nii.gz, .nii, .nrrd, .mha),
         "dicom-seg" or "rtstruct" (both need `segmentation.datasets`, i.e. a DICOM input; the mask
-        is checked to lie on that series' grid).
+        is checked to lie on that series' grid), "instances" (uint16 object ids of the thing
+        classes + <stem>.json: each object's class, volume in ml, centroid in mm, bounding box, mean
+        probability) or "panoptic" (value * 1000 + instance number + the same JSON); see `medseg.instances`.
     path None: for "dicom-seg"/"rtstruct", the pydicom Dataset is returned and nothing is written.
     probabilities: when the segmentation holds probabilities and a path is given, also write them
         to <stem>_probabilities.nii.gz beside the mask ((K, X, Y, Z) float32).
@@ -134,6 +138,12 @@ def write(segmentation: Segmentation, path: str | os.PathLike | None = None, for
         if path is None:
             raise OutputError("format nifti needs a path to write to; give one, e.g. write(segmentation, 'mask.nii.gz')")
         written = write_volume(segmentation.labels, path)
+    elif format in ("instances", "panoptic"):
+        from medseg.instances import write_instance_outputs
+
+        if path is None:
+            raise OutputError(f"format {format} needs a path to write to; give one, e.g. write(segmentation, 'objects.nii.gz', format={format!r})")
+        written = write_instance_outputs(segmentation, path, panoptic=format == "panoptic")
     else:
         if segmentation.datasets is None:
             raise OutputError(
@@ -161,6 +171,7 @@ def plan_and_preprocess(
     workers: int = 1,
     skip_invalid: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
+    resample_irregular: bool = False,
 ) -> "RunSummary":
     """Validate a dataset, plan it and write the preprocessed cache into `workdir`.
 
@@ -168,6 +179,8 @@ def plan_and_preprocess(
     workdir: receives manifest.json, fingerprint.json, plan.json and preprocessed/<case>/ (each case
         resampled to the plan's target spacing, normalised, in the plan's (C, X, Y, Z) layout).
     config: a preprocess YAML (configs/preprocess.yaml) or a `PreprocessConfig`; None: defaults.
+    resample_irregular: read gantry-tilted or gapped DICOM series onto a regular grid (as the
+        config's `resample_irregular: true`), instead of refusing them.
     Returns a `RunSummary` (plan, processed and unchanged case ids, invalid cases left out).
     Raises `ValidationFailed` listing every invalid case, unless `skip_invalid`.
     """
@@ -175,6 +188,8 @@ def plan_and_preprocess(
 
     if not isinstance(config, PreprocessConfig):
         config = load_preprocess_config(config)
+    if resample_irregular:
+        config = config.model_copy(update={"resample_irregular": True})
     return run_preprocess(dataset, workdir, config, workers=workers, skip_invalid=skip_invalid, progress=progress)
 
 
@@ -192,6 +207,7 @@ def train(
     echo: Callable[[str], None] = lambda s: None,
     progress: Callable[[int, int, float], None] | None = None,
     time_budget: float | str | None = None,
+    overwrite: bool = False,
 ) -> "TrainResult":
     """Train one fold on a preprocessed `workdir`; the bundle goes to WORKDIR/models/<preset>/fold_<k>/.
 
@@ -203,6 +219,8 @@ def train(
     time_budget: minutes, or "90s" / "60m" / "1.5h": the whole run, final validation and bundle
         included, ends within it, its schedule complete (overrides the config's `time_budget`;
         excludes `epochs` and `max_minutes`; a resumed budgeted run keeps the budget it has left).
+    overwrite: replace a model already trained in the fold's folder (refused otherwise, before any
+        work; `epochs` on an existing run extends it, as `resume` does).
     echo: receives one-line messages (epoch summaries); progress(iteration, total, loss) per step.
     Returns a `TrainResult` (bundle_dir, epochs_done, per-epoch losses, last validation Dice).
     """
@@ -219,7 +237,7 @@ def train(
         config = load_train_config(config, overrides)
     return train_fold(workdir, config, preset_name=preset_name, fold=fold, resume=resume, epochs=epochs,
                       precision=getattr(precision, "value", precision), max_minutes=max_minutes, echo=echo, progress=progress,
-                      time_budget=time_budget)
+                      time_budget=time_budget, overwrite=overwrite)
 
 
 def evaluate(

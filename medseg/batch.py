@@ -21,7 +21,9 @@ from medseg.errors import ConfigError, InputError, MedsegError, OutputError
 log = logging.getLogger(__name__)
 
 # With several formats each gets its own name, so a SEG and an RTSTRUCT of one case never collide.
-MULTI_FORMAT_NAMES = {"nifti": "{case}.nii.gz", "dicom-seg": "{case}_seg.dcm", "rtstruct": "{case}_rtstruct.dcm"}
+MULTI_FORMAT_NAMES = {"nifti": "{case}.nii.gz", "dicom-seg": "{case}_seg.dcm", "rtstruct": "{case}_rtstruct.dcm",
+                      "instances": "{case}_instances.nii.gz", "panoptic": "{case}_panoptic.nii.gz"}
+OBJECT_FORMATS = ("instances", "panoptic")  # need the probabilities (each object's mean probability)
 FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 
 Cases = list[tuple[str, list[Path]]]
@@ -51,7 +53,7 @@ def check_formats_apply(cases: Cases, formats: list[str]) -> None:
         from medseg.extras import require
 
         require("rt_utils")
-    dicom_formats = [f for f in formats if f != "nifti"]
+    dicom_formats = [f for f in formats if f in ("dicom-seg", "rtstruct")]
     if dicom_formats:
         non_dicom = [p for _, paths in cases for p in paths if is_image_file(p)]
         if non_dicom:
@@ -132,10 +134,11 @@ def segment_case(predictor, paths: list[Path], targets: Outputs, *, series: str 
         from medseg.io.dicom import refuse_multiframe
 
         refuse_multiframe(scan.datasets)
-    segmentation = predictor.segment(scan, probabilities=probabilities)
+    objects = any(f in OBJECT_FORMATS for f in targets)
+    segmentation = predictor.segment(scan, probabilities=probabilities or objects)
     beside = first_output(targets)
     for format, target in targets.items():
-        write(segmentation, target, format, probabilities=target == beside)
+        write(segmentation, target, format, probabilities=probabilities and target == beside)
 
 
 @dataclass
@@ -151,6 +154,29 @@ class BatchResult:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (case id, one-line error)
     peak_memory_mb: float = 0.0
     many: bool = False  # the input named many scans (a table is printed, failures do not raise)
+    skipped: list[str] = field(default_factory=list)  # done by an earlier run, outputs intact (the ledger)
+    busy: list[str] = field(default_factory=list)  # claimed by another live process
+    job_lines: list[str] = field(default_factory=list)  # the whole job's summary, from the ledger
+    report: bool = True  # False on torchrun ranks > 0: only rank 0 prints
+
+
+def run_case(predictor, paths: list[Path], targets: Outputs, *, series: str | None, probabilities: bool,
+             stop_on_error: bool = False) -> tuple[float, str | None]:
+    """`segment_case` timed: (seconds, None) or (seconds, its one-line error); a bug on one case
+    is reported as an internal error so a batch goes on (unless `stop_on_error`: raised as is)."""
+    start = time.perf_counter()
+    try:
+        segment_case(predictor, paths, targets, series=series, probabilities=probabilities)
+    except MedsegError as exc:
+        if stop_on_error:
+            raise
+        return time.perf_counter() - start, str(exc)
+    except Exception as exc:  # a bug on one case must not lose the rest of a batch
+        if stop_on_error:
+            raise
+        log.debug("case failed", exc_info=True)
+        return time.perf_counter() - start, f"internal error: {type(exc).__name__}: {exc}"
+    return time.perf_counter() - start, None
 
 
 def segment_cases(predictor, cases: Cases, outputs: list[Outputs], *, series: str | None = None,
@@ -161,36 +187,103 @@ def segment_cases(predictor, cases: Cases, outputs: list[Outputs], *, series: st
     result = BatchResult()
     say = progress or (lambda line: None)
     for n, ((case_id, paths), targets) in enumerate(zip(cases, outputs), start=1):
-        start = time.perf_counter()
-        try:
-            segment_case(predictor, paths, targets, series=series, probabilities=probabilities)
-        except MedsegError as exc:
-            if stop_on_error:
-                raise
-            result.failures.append((case_id, str(exc)))
-            say(f"[{n}/{len(cases)}] {case_id}: FAILED: {exc}")
+        seconds, error = run_case(predictor, paths, targets, series=series, probabilities=probabilities,
+                                  stop_on_error=stop_on_error)
+        if error is not None:
+            result.failures.append((case_id, error))
+            say(f"[{n}/{len(cases)}] {case_id}: FAILED: {error}")
             continue
-        except Exception as exc:  # a bug on one case must not lose the rest of a batch
-            if stop_on_error:
-                raise
-            log.debug("case failed", exc_info=True)
-            result.failures.append((case_id, f"internal error: {type(exc).__name__}: {exc}"))
-            say(f"[{n}/{len(cases)}] {case_id}: FAILED: internal error {type(exc).__name__}")
-            continue
-        seconds = time.perf_counter() - start
         result.done.append(CaseResult(case_id, seconds, targets))
         say(f"[{n}/{len(cases)}] {case_id}: {seconds:.1f} s -> {', '.join(map(str, targets.values()))}")
     result.peak_memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 
 
-def summary_lines(result: BatchResult) -> list[str]:
-    """The table printed after a batch: one row per case, then the counts."""
-    lines = [f"{'case':<40} {'result':<8} seconds"]
-    lines += [f"{r.case_id:<40} {'ok':<8} {r.seconds:.1f}" for r in result.done]
+def written_files(targets: Outputs, probabilities: bool) -> list[Path]:
+    """Every file one case writes: its outputs, and the probability maps beside the first."""
+    from medseg.api import probabilities_path
+
+    files = list(targets.values())
+    return files + [probabilities_path(first_output(targets))] if probabilities else files
+
+
+def segment_sharded(predictor, cases: Cases, outputs: list[Outputs], folder: Path, *, shard, key: str,
+                    series: str | None = None, probabilities: bool = False, max_attempts: int = 3,
+                    lease_s: float = 3600.0, progress: Callable[[str], None] | None = None) -> BatchResult:
+    """This shard's cases of a many-scan job, exactly once across runs, through the ledger in
+    `folder` (`medseg.inference.ledger`): a case done before with intact outputs is skipped, a
+    failed one retried until it failed `max_attempts` times, a dead process's claim taken over.
+    Under torchrun the ranks meet at a (gloo) barrier, then rank 0 reports the whole job."""
+    from medseg.inference.ledger import Ledger, job_summary, shard_of, wait_for_ranks
+
+    result = BatchResult(many=True, report=not shard.torchrun or shard.index == 0)
+    say = progress if result.report and progress else (lambda line: None)
+    ledger = Ledger(folder, key, rank=shard.index, world=shard.count, lease_s=lease_s)
+    started, ids = time.time(), [case_id for case_id, _ in cases]
+    try:
+        records = ledger.refresh()
+        todo = []
+        for i, ((case_id, paths), targets) in enumerate(zip(cases, outputs)):
+            record = records.get(case_id)
+            if shard_of(i, shard.count) != shard.index:
+                continue
+            if record is not None and record.state == "done" and ledger.intact(record):
+                result.skipped.append(case_id)
+            elif record is not None and record.state == "failed" and record.failures >= max_attempts:
+                result.failures.append((case_id, f"{record.error} (failed {record.failures} times; not retried: "
+                                                 f"fix the input, then delete {folder / 'medseg-ledger'} or raise --retries)"))
+            elif record is not None and record.state in ("pending", "claimed") and ledger.claim_alive(record):
+                result.busy.append(case_id)
+            else:
+                todo.append((case_id, paths, targets))
+        ledger.pending([case_id for case_id, _, _ in todo])
+        if shard.count > 1 or result.skipped:
+            say(f"shard {shard.index}/{shard.count}: {len(todo)} case(s) to do, {len(result.skipped)} already done, "
+                f"{len(result.busy)} claimed by another live process")
+        for n, (case_id, paths, targets) in enumerate(todo, start=1):
+            ledger.claim(case_id)
+            seconds, error = run_case(predictor, paths, targets, series=series, probabilities=probabilities)
+            if error is None:
+                ledger.done(case_id, seconds, written_files(targets, probabilities))
+                result.done.append(CaseResult(case_id, seconds, targets))
+            else:
+                ledger.failed(case_id, error, seconds)
+                result.failures.append((case_id, error))
+            ledger.refresh()
+            counts = ledger.counts(ids)
+            what = f"FAILED: {error}" if error is not None else f"{seconds:.1f} s -> {', '.join(map(str, targets.values()))}"
+            say(f"[{n}/{len(todo)}; job {counts['done']}/{len(ids)} done] {case_id}: {what}")
+        if shard.torchrun:
+            wait_for_ranks(ledger, ids, say)
+        ledger.refresh()
+        result.job_lines = job_summary(ledger, ids, since=started)
+        if shard.torchrun and shard.index == 0:  # rank 0's exit status stands for the job
+            result.failures = [(r.case, r.error) for r in map(ledger.cases.get, ids) if r is not None and r.state == "failed"]
+    finally:
+        ledger.close()
+    result.peak_memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def summary_lines(result: BatchResult, rows: int = 100) -> list[str]:
+    """The table printed after a batch: one row per case of this process (the slowest `rows` of
+    a bigger batch), the counts, then the whole job's lines from the ledger. Nothing on torchrun
+    ranks > 0."""
+    if not result.report:
+        return []
+    shown = sorted(result.done, key=lambda r: -r.seconds)[:rows] if len(result.done) > rows else result.done
+    lines = [f"{'case':<40} {'result':<8} seconds"] if shown or result.failures else []
+    lines += [f"{r.case_id:<40} {'ok':<8} {r.seconds:.1f}" for r in shown]
+    if len(shown) < len(result.done):
+        lines.append(f"... and {len(result.done) - len(shown)} faster case(s)")
     lines += [f"{case_id:<40} {'FAILED':<8} {message}" for case_id, message in result.failures]
-    lines.append(f"{len(result.done)} ok, {len(result.failures)} failed")
-    return lines
+    counts = f"{len(result.done)} ok, {len(result.failures)} failed"
+    if result.skipped:
+        counts += f", {len(result.skipped)} already done (outputs intact, skipped)"
+    if result.busy:
+        counts += f", {len(result.busy)} left to the live process that claimed them"
+    lines.append(counts)
+    return lines + result.job_lines
 
 
 def log_infer_run(predictor, model_refs, workdir: Path | None, result: BatchResult, options: dict) -> None:
@@ -221,14 +314,17 @@ def log_infer_run(predictor, model_refs, workdir: Path | None, result: BatchResu
 def infer(input: str | os.PathLike, model, output: str | os.PathLike | None = None, *,
           format: str | Sequence[str] = "nifti", series: str | None = None, probabilities: bool = False,
           workdir: str | os.PathLike | None = None, progress: Callable[[str], None] | None = None,
-          **model_options) -> BatchResult:
+          shard: str | None = None, retries: int = 2, **model_options) -> BatchResult:
     """Segment one scan or many (a folder, a manifest) with a model, writing each in every format.
 
     input: as `medseg infer` takes it (see `medseg.data.cases.discover_cases`); model: what
     `medseg.load_model` takes (bundle folder, run id, runs:/ URI, registered name, or a list);
     format: "nifti", "dicom-seg", "rtstruct" or several ("nifti,rtstruct"); model_options: the
     keyword arguments of `medseg.load_model` (folds, device, precision, tta, overlap, ...).
-    One scan: its error is raised. Many: failures are collected in the result.
+    One scan: its error is raised. Many: failures are collected in the result, and the job runs
+    through a ledger in the output folder (`segment_sharded`): a rerun does only what is not done,
+    retrying a failed case `retries` times. shard: "I/N" (this process does every N-th case from
+    the I-th); under torchrun (RANK/WORLD_SIZE set) each rank takes its share, on its LOCAL_RANK GPU.
     """
     from medseg.api import load_model
     from medseg.data.cases import discover_cases
@@ -243,14 +339,31 @@ def infer(input: str | os.PathLike, model, output: str | os.PathLike | None = No
         raise InputError(f"{input} holds {len(cases)} scans; give an output folder with -o OUT_DIR")
     check_formats_apply(cases, formats)
     outputs = plan_outputs(input, cases, many, output, formats, probabilities)  # checked before any model loads
+    from medseg.inference.ledger import job_key, parse_shard, take_local_gpu
+
+    part = parse_shard(shard)
+    if part.count > 1 and not many:
+        raise InputError(f"{input} is one scan; --shard and torchrun share out a folder or manifest of many scans")
+    if retries < 0:
+        raise ConfigError(f"--retries {retries}: expected 0 or more retries of a failed case, e.g. --retries 2")
+    if part.torchrun and model_options.get("device", "auto") in ("auto", "cuda"):
+        take_local_gpu(part.local_rank)
     predictor = load_model(model, workdir=workdir, **model_options)
-    if progress:
+    if progress and (not part.torchrun or part.index == 0):
         progress(f"precision: {predictor.precision.describe()}; {len(predictor.bundles)} model(s); device {predictor.device}")
     if many or len(formats) > 1:
         make_output_folder(output if output is not None else Path("."), "-o")
-    result = segment_cases(predictor, cases, outputs, series=series, probabilities=probabilities,
-                           stop_on_error=not many, progress=progress)
+    if many:
+        key = job_key([b.path for b in predictor.bundles], {**model_options, "format": formats, "series": series,
+                                                             "probabilities": probabilities})
+        result = segment_sharded(predictor, cases, outputs, output, shard=part, key=key, series=series,
+                                 probabilities=probabilities, max_attempts=1 + retries, progress=progress)
+    else:
+        result = segment_cases(predictor, cases, outputs, series=series, probabilities=probabilities,
+                               stop_on_error=True, progress=progress)
     result.many = many
+    if not result.report:  # one MLflow run per job, from rank 0
+        return result
     refs = [model] if isinstance(model, (str, os.PathLike)) else list(model)
     log_infer_run(predictor, refs, workdir, result, {
         "precision": predictor.precision.resolved.value, "overlap": predictor.overlap, "tta": predictor.tta,
@@ -258,3 +371,4 @@ def infer(input: str | os.PathLike, model, output: str | os.PathLike | None = No
         "fp16_buffer": bool(model_options.get("fp16_buffer", False)),
     })
     return result
+

@@ -53,6 +53,7 @@ class Manifest(BaseModel):
     modalities: list[str] = Field(default_factory=list)
     labels: dict[int, str] = Field(default_factory=dict)  # empty: taken from the data
     label_codes: dict[int, LabelCode] = Field(default_factory=dict)  # DICOM codes per label (medseg.label_codes)
+    things: list[int] | None = None  # countable labels (values or names in the file), for instance outputs; None: every foreground label
     cases: list[ManifestCase]
 
 
@@ -105,12 +106,35 @@ def _read_json(path: Path) -> dict:
 def _validate(data: dict, path: Path) -> Manifest:
     data = dict(data)
     codes = data.pop("label_codes", None)  # keyed by label value or name: parsed once the labels are known
+    things = data.pop("things", None)
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
         raise InputError(f"{path}: {first_validation_problem(exc)}; see data_manifest/README.md") from None
     manifest.label_codes = parse_label_codes(codes, manifest.labels, str(path))
+    manifest.things = parse_things(things, manifest.labels, str(path))
     return manifest
+
+
+def parse_things(things, labels: dict[int, str], source: str) -> list[int] | None:
+    """The countable ("thing") labels of a manifest or dataset.json as sorted label values.
+
+    things: None, or a list of label values or names (`"things": [1, "lesion"]`); every entry must be
+    a declared foreground label (when labels are declared). The other labels are "stuff".
+    """
+    if things is None:
+        return None
+    if not isinstance(things, list):
+        raise InputError(f"{source}: 'things' must be a list of label values or names, e.g. \"things\": [1, 2]; found {things!r}")
+    by_name = {name: value for value, name in labels.items()}
+    values = []
+    for entry in things:
+        value = by_name.get(entry) if isinstance(entry, str) and not entry.lstrip("-").isdigit() else int(entry)
+        if value is None or value == 0 or (labels and value not in labels):
+            known = ", ".join(f"{v}={n}" for v, n in labels.items() if v != 0)
+            raise InputError(f"{source}: 'things' entry {entry!r} is not a foreground label; use label values or names of: {known}")
+        values.append(value)
+    return sorted(set(values))
 
 
 def _absolute(manifest: Manifest, root: Path) -> Manifest:
@@ -189,6 +213,7 @@ def _load_dataset_folder(root: Path, data: dict | None = None) -> Manifest:
         modalities=modalities,
         labels=labels,
         label_codes=parse_label_codes(data.get("label_codes"), labels, str(root / "dataset.json")),
+        things=parse_things(data.get("things"), labels, str(root / "dataset.json")),
         cases=cases,
     )
 

@@ -42,6 +42,8 @@ class Segmentation:
     label_names: {label value: name} (0 = background); label_codes: {value: LabelCode dict} (SNOMED CT).
     datasets: the source DICOM headers when the input was DICOM (what SEG/RTSTRUCT reference), else None.
     model_name: the model family (written as the SEG's algorithm name); timings: seconds per stage.
+    things: the countable label values (the plan's; None: every foreground label), for the
+        "instances" and "panoptic" formats of `medseg.write`.
     """
 
     labels: Volume
@@ -51,6 +53,7 @@ class Segmentation:
     datasets: list[Any] | None = None
     model_name: str = "medseg"
     timings: dict[str, float] = field(default_factory=dict)
+    things: list[int] | None = None
 
 
 def _is_dataset(value: Any) -> bool:

@@ -150,6 +150,7 @@ class Plan(StrictModel):
     resampling: ResamplingPlan = ResamplingPlan()
     configurations: dict[str, ConfigurationPlan]
     label_codes: dict[int, LabelCode] = {}  # label value -> DICOM SEG/RTSTRUCT codes (medseg.label_codes)
+    things: list[int] | None = None  # countable label values (instance/panoptic outputs); None: every foreground label
 
     @field_validator("normalization")
     @classmethod

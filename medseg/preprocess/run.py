@@ -30,6 +30,7 @@ class PreprocessConfig(StrictModel):
     label_code_table: str | None = None  # YAML/JSON {label name: codes} extending the built-in table
     planner: PlannerSettings = PlannerSettings()
     overrides: dict = {}  # merged over the planned Plan fields
+    resample_irregular: bool = False  # read gantry-tilted / gapped DICOM series onto a regular grid (else refused)
     _source: str = PrivateAttr(default="the preprocess config")  # the YAML file, for error messages
 
 
@@ -109,26 +110,29 @@ def _pool_map(func, items: list, workers: int, progress: Progress | None, stage:
 def _inspect(args):
     from medseg.preprocess.validate import inspect_case
 
-    case, labels, channels = args
-    return inspect_case(case, labels, channels)
+    case, labels, channels, resample_irregular = args
+    return inspect_case(case, labels, channels, resample_irregular)
 
 
 def _process(args):
-    from medseg.io import read_volume
+    from medseg.io import is_readable_image_path, read_volume
     from medseg.preprocess.cache import write_case
     from medseg.preprocess.case import preprocess_case
 
-    case, stamp, workdir, plan_json = args
-    from medseg.errors import MedsegError
+    case, stamp, workdir, plan_json, resample_irregular = args
+    from medseg.errors import InputError, MedsegError
 
     plan = Plan.model_validate_json(plan_json)
-    images = [read_volume(p) for p in case.images]
-    label = read_volume(case.label) if case.label else None
     try:
+        images = [read_volume(p, resample_irregular=resample_irregular and not is_readable_image_path(Path(p))) for p in case.images]
+        label = read_volume(case.label) if case.label else None
         result = preprocess_case(images, plan, label)
     except MedsegError as exc:  # name the case: the message alone does not say which one
         exc.args = (f"case {case.case_id}: {exc}",)
         raise
+    except Exception as exc:  # an unexpected failure still names its case (and keeps its type in the line)
+        raise InputError(f"case {case.case_id}: preprocessing failed ({type(exc).__name__}: {exc}); check its image and label, "
+                         "or leave it out of the manifest") from exc
     write_case(workdir, case.case_id, result, stamp)
     return case.case_id
 
@@ -166,7 +170,8 @@ def run_preprocess(
     check_output_folder(workdir, "--out")  # created once the plan is made: a refused run leaves nothing
     clean_partial(workdir)
 
-    reports = list(_pool_map(_inspect, [(c, manifest.labels, len(manifest.channel_names) or None) for c in manifest.cases], workers, progress, "validate"))
+    reports = list(_pool_map(_inspect, [(c, manifest.labels, len(manifest.channel_names) or None, config.resample_irregular)
+                                        for c in manifest.cases], workers, progress, "validate"))
     problems = [p for r in reports for p in r.problems]
     if problems and not skip_invalid:
         raise ValidationFailed(problems)
@@ -186,6 +191,7 @@ def run_preprocess(
             raise
         raise ConfigError(f"{config._source}: {exc}; fix `overrides:` there") from None  # name the file they came from
     plan.label_codes = {**_label_codes(manifest, config, plan.labels), **plan.label_codes}  # overrides win
+    plan.things = manifest.things if plan.things is None else plan.things
     make_output_folder(workdir, "--out")
     _write_json(workdir / "manifest.json", json.loads(resolved.model_dump_json()))
     _write_json(workdir / "fingerprint.json", fingerprint)
@@ -199,7 +205,7 @@ def run_preprocess(
         if cache_stamp(workdir, c.case_id) == stamp:
             unchanged.append(c.case_id)
         else:
-            todo.append((c, stamp, str(workdir), plan.model_dump_json()))
+            todo.append((c, stamp, str(workdir), plan.model_dump_json(), config.resample_irregular))
     done = list(_pool_map(_process, todo, workers, progress, "preprocess"))
     return RunSummary(workdir, plan, sorted(done), unchanged, problems,
                       {int(k): n for k, n in fingerprint["cases_per_label"].items()}, fingerprint["labels_declared"])
