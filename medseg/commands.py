@@ -29,7 +29,7 @@ def _quiet(*_args: Any, **_kwargs: Any) -> None:
 
 def preprocess_command(dataset: Union[str, Path], *, out: Union[str, Path], config: Optional[Union[str, Path]] = None,
                workers: int = 1, skip_invalid: bool = False, echo: Echo = _quiet,
-               progress: Optional[Callable[[str, int, int], None]] = None):
+               progress: Optional[Callable[[str, int, int], None]] = None, resample_irregular: bool = False):
     """`medseg preprocess DATASET --out WORKDIR`: `medseg.api.plan_and_preprocess` with the command's
     checks (an --out that would replace the dataset's manifest, workers >= 1) and its summary lines."""
     from medseg.api import plan_and_preprocess
@@ -42,7 +42,8 @@ def preprocess_command(dataset: Union[str, Path], *, out: Union[str, Path], conf
         raise ConfigError(f"{config}: no such preprocess config file; see configs/preprocess.yaml")
     check_inputs_survive(dataset, out)
     try:
-        summary = plan_and_preprocess(dataset, out, config, workers=workers, skip_invalid=skip_invalid, progress=progress)
+        summary = plan_and_preprocess(dataset, out, config, workers=workers, skip_invalid=skip_invalid, progress=progress,
+                                      resample_irregular=resample_irregular)
     except ValidationFailed as exc:
         if len(exc.problems) > 1:  # one problem is said in the error line itself
             echo(format_problems(exc.problems), err=True)
@@ -106,7 +107,7 @@ def train_command(workdir: Union[str, Path], *, config: Union[str, Path], fold: 
           epochs: Optional[int] = None, max_minutes: Optional[float] = None, seed: Optional[int] = None,
           deterministic: bool = False, precision: Optional[str] = None, iterations_per_epoch: Optional[int] = None,
           echo: Echo = _quiet, progress: Optional[Callable[[int, int, float], None]] = None,
-          time_budget: Optional[Union[str, float]] = None) -> list:
+          time_budget: Optional[Union[str, float]] = None, overwrite: bool = False) -> list:
     """`medseg train WORKDIR --config PRESET --fold F`: `medseg.api.train` for each fold of `fold`
     ('0', '0,2', 'all', 'none'); after 'all', one post-processing choice over every fold's validation.
     Only rank 0 of a distributed run echoes. Returns the folds' `TrainResult`s."""
@@ -130,7 +131,8 @@ def train_command(workdir: Union[str, Path], *, config: Union[str, Path], fold: 
     results, stopped_any = [], False
     for k in folds:
         result = train_fold(workdir, cfg, k, preset_name=config.stem, resume=resume, epochs=epochs, precision=precision,
-                            max_minutes=max_minutes, echo=say, progress=progress, time_budget=time_budget)
+                            max_minutes=max_minutes, echo=say, progress=progress, time_budget=time_budget,
+                            overwrite=overwrite)
         if world > 1:  # lets users (and the tests) check that every rank ended with the same weights
             echo(f"rank {rank}/{world}: final weights sha256 {result.weights_sha256}", err=True)
         if result.val_dice:
@@ -278,18 +280,33 @@ def _plan_dataset_name(workdir: Optional[Path]) -> Optional[str]:
 
 
 def convert_command(input: Union[str, Path], output: Union[str, Path], *, series: Optional[str] = None,
-            resample_irregular: bool = False, echo: Echo = _quiet):
+            resample_irregular: bool = False, volume: Optional[int] = None, split_volumes: bool = False,
+            echo: Echo = _quiet):
     """`medseg convert INPUT OUTPUT`: any readable scan to .nii.gz / .nii / .nrrd / .mha on its exact
-    grid, written atomically; returns the `Volume`."""
+    grid, written atomically; returns the `Volume` (the last one with `split_volumes`).
+
+    volume: DICOM, the 3D volume (0-based) of a 4D series; split_volumes: every volume of a 4D
+    series, to OUTPUT's name with _v000, _v001, ... before its suffix."""
     from medseg.api import read
     from medseg.io import write_volume
-    from medseg.io.atomic import check_output_dir
+    from medseg.io.atomic import check_output_dir, full_suffix
 
     check_output_dir(Path(output))  # fail before a long read
-    volume = read(input, series=series, resample_irregular=resample_irregular)
-    write_volume(volume, output)
-    echo(f"wrote {output}: shape {volume.array.shape}, orientation {volume.orientation}")
-    return volume
+    if split_volumes:
+        from medseg.io.dicom.series import count_volumes
+
+        if volume is not None:
+            raise ConfigError("--split-volumes writes every volume; leave out --volume (or drop --split-volumes for one)")
+        output, suffix = Path(output), full_suffix(Path(output))
+        stem = output.name[: len(output.name) - len(suffix)]
+        targets = [output.with_name(f"{stem}_v{v:03d}{suffix}") for v in range(count_volumes(input, series))]
+    else:
+        targets = [Path(output)]
+    for v, target in enumerate(targets):
+        image = read(input, series=series, resample_irregular=resample_irregular, volume=v if split_volumes else volume)
+        write_volume(image, target)
+        echo(f"wrote {target}: shape {image.array.shape}, orientation {image.orientation}")
+    return image
 
 
 def info_command(input: Union[str, Path], *, series: Optional[str] = None, json: bool = False, echo: Echo = _quiet) -> dict:

@@ -444,6 +444,44 @@ def infer_bundle_fold_not_a_number(d, bundle, work):
     return ["infer", scan(d / "scan.nii.gz"), "-m", bundle, "--folds", "0", "-o", d / "mask.nii.gz"], "\"fold\" is 'seven'"
 
 
+# --- issue 23 (nothing reinterpreted or overwritten silently) ----------------------------------
+
+
+def _integer_scan(path: Path) -> Path:
+    """An MR-like scan stored as integers (uint16, hundreds of distinct values), as scanners write them."""
+    array = np.random.default_rng(1).integers(0, 2000, (16, 16, 12)).astype(np.uint16)
+    return write_volume(Volume(array, np.eye(4)), path)
+
+
+def preprocess_image_and_label_swapped(d, bundle, work):
+    image, label = labelled_case(d, "a")
+    _integer_scan(image)
+    return ["preprocess", csv_manifest(d, [("a", label, image)]), "--out", d / "work"], "image and label look swapped"
+
+
+def infer_folder_mixing_dicom_and_nifti(d, bundle, work):
+    (d / "mixed").mkdir()
+    (d / "mixed" / "IM0001").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 16)  # the DICOM preamble, no suffix
+    scan(d / "mixed" / "a.nii.gz")
+    scan(d / "mixed" / "a_seg.nii.gz")
+    return ["infer", d / "mixed", "-m", bundle, "-o", d / "out"], "holds both DICOM files (1, e.g. IM0001) and 2 other scan(s)"
+
+
+def infer_series_on_a_nifti(d, bundle, work):
+    return ["infer", scan(d / "scan.nii.gz"), "-m", bundle, "--series", "3", "-o", d / "mask.nii.gz"], "--series applies only to DICOM input"
+
+
+def convert_volume_on_a_nifti(d, bundle, work):
+    return ["convert", scan(d / "scan.nii.gz"), d / "out.nrrd", "--volume", "1"], "--volume applies only to DICOM input"
+
+
+def train_over_an_existing_bundle(d, bundle, work):
+    config = d / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY_TRAIN))
+    shutil.copytree(bundle, work / "models" / "tiny" / "fold_none")
+    return ["train", work, "--config", config, "--fold", "none"], "a trained model is already there (bundle.json)"
+
+
 TINY_TRAIN = {
     "version": 1,
     "model": {"name": "unet3d", "configuration": "3d", "options": {"deep_supervision": False}},
@@ -467,6 +505,9 @@ ROWS = [
     # built by other parts of issue 14
     train_resume_malicious_state, train_negative_lr, train_zero_patch_size, preprocess_undeclared_label_7,
     infer_unknown_model_reference, infer_bundle_fold_not_a_number,
+    # issue 23
+    preprocess_image_and_label_swapped, infer_folder_mixing_dicom_and_nifti, infer_series_on_a_nifti,
+    convert_volume_on_a_nifti, train_over_an_existing_bundle,
 ]
 
 

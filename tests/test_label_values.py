@@ -222,6 +222,6 @@ def test_a_stray_undeclared_value_becomes_a_label_and_a_stale_cache_is_named(tmp
     plan = json.loads((work / "plan.json").read_text())
     plan["labels"] = {"0": "background", "1": "label_1", "2": "label_2", "4": "label_4"}  # 7 dropped by hand
     (work / "plan.json").write_text(json.dumps(plan))
-    assert run("train", work, "--config", tmp_path / "train.yaml", "--fold", "none") == 1
+    assert run("train", work, "--config", tmp_path / "train.yaml", "--fold", "none", "--overwrite") == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "case c0" in err[0] and "rerun `medseg preprocess`" in err[0] and "Traceback" not in err[0]

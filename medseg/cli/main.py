@@ -28,6 +28,7 @@ app = typer.Typer(
     help="Segment volumetric medical scans end to end: preprocess, train, infer, evaluate.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,  # a DICOM header in a local variable is patient data
+    rich_markup_mode=None,  # click's plain help: wraps the help text, never cuts option names at 80 columns as rich's table does
     add_completion=False,
 )
 app.command("convert")(convert.command)
@@ -123,9 +124,14 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     try:
-        app(args=args, prog_name="medseg")
+        code = app(args=args, prog_name="medseg", standalone_mode=False)
     except SystemExit:
         raise
+    except _click_exceptions() as exc:  # a usage error (unknown option, missing argument): exit 1 as documented, not click's 2
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        typer.echo(f"medseg: error: {one_line(Exception(exc.format_message()))}{where}", err=True)
+        sys.exit(1)
     except MedsegError as exc:
         if debug:
             raise
@@ -139,3 +145,5 @@ def main(argv: list[str] | None = None) -> None:
             raise
         typer.echo(f"medseg: internal error: {type(exc).__name__}: {one_line(exc)} (rerun with --debug for the traceback)", err=True)
         sys.exit(1)
+    if code not in (0, None):  # typer.Exit(code) inside a command
+        sys.exit(code)

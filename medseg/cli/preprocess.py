@@ -38,8 +38,10 @@ def command(
     config: Annotated[Optional[Path], typer.Option("--config", exists=True, dir_okay=False, help="YAML config (see configs/preprocess.yaml).")] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Parallel worker processes.")] = 1,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Leave out invalid cases instead of stopping.")] = False,
+    resample_irregular: Annotated[bool, typer.Option("--resample-irregular", help="DICOM: read gantry-tilted or gapped series onto a regular grid instead of refusing them (config: resample_irregular: true).")] = False,
 ) -> None:
     """Validate a dataset, plan its preprocessing and write the resampled, normalised cache."""
     from medseg.commands import preprocess_command
 
-    preprocess_command(dataset, out=out, config=config, workers=workers, skip_invalid=skip_invalid, echo=typer.echo, progress=_Bar())
+    preprocess_command(dataset, out=out, config=config, workers=workers, skip_invalid=skip_invalid, echo=typer.echo, progress=_Bar(),
+                       resample_irregular=resample_irregular)

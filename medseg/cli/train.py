@@ -41,10 +41,11 @@ def command(
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Total epochs (on a finished run: extend it)."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", min=0, help="Stop after the epoch that passes this many minutes, with a checkpoint."),
     time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Wall clock for the whole run (90s, 60m, 1.5h or plain minutes): epochs sized and re-sized so the LR schedule, final validation and bundle end within it. Not with --epochs/--max-minutes."),
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (weights, sampling, augmentation); default: the config's seed."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already trained in this fold's folder (else refused; --resume continues it)."),
     deterministic: bool = typer.Option(False, "--deterministic", help="Deterministic kernels, so resumed runs repeat exactly."),
     precision: Optional[Precision] = typer.Option(None, "--precision", help="auto picks bf16 + channels-last on CPUs with bf16 units."),
-    iterations_per_epoch: Optional[int] = typer.Option(None, "--iterations-per-epoch", min=1),
+    iterations_per_epoch: Optional[int] = typer.Option(None, "--iterations-per-epoch", min=1, help="Training iterations (batches) per epoch; default: the config's."),
 ) -> None:
     """Train a model on a preprocessed WORKDIR; each fold's bundle goes to WORKDIR/models/<preset>/fold_<k>/."""
     import os
@@ -54,7 +55,8 @@ def command(
     try:
         train_command(workdir, config=config, fold=fold, resume=resume, epochs=epochs, max_minutes=max_minutes, seed=seed,
               deterministic=deterministic, precision=precision.value if precision else None,
-              iterations_per_epoch=iterations_per_epoch, echo=typer.echo, progress=_Progress(), time_budget=time_budget)
+              iterations_per_epoch=iterations_per_epoch, echo=typer.echo, progress=_Progress(), time_budget=time_budget,
+              overwrite=overwrite)
     except KeyboardInterrupt:  # Ctrl-C: the run is marked KILLED and the last epoch's checkpoint stays
         if int(os.environ.get("RANK", "0")) == 0:
             typer.echo("medseg: interrupted; resume with --resume", err=True)

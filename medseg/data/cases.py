@@ -55,11 +55,34 @@ def discover_cases(input: str | Path) -> tuple[Cases, bool]:
         children = sorted(input.iterdir())
         images = [c for c in children if is_image_file(c)]
         if images:
+            refuse_mixed_folder(input, images, children)
             return group_channels(images), True
         subdirs = [c for c in children if c.is_dir()]
         if subdirs and not any(c.is_file() and not c.name.startswith(".") and c.suffix.lower() not in (".md", ".txt", ".json") for c in children):
             return [(c.name, [c]) for c in subdirs], True
     return [(case_id_of(input), [input])], False
+
+
+def looks_like_dicom(path: Path) -> bool:
+    """A file with the DICOM preamble ("DICM" at byte 128), whatever its name."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def refuse_mixed_folder(folder: Path, images: list[Path], children: list[Path]) -> None:
+    """InputError (one line, both kinds listed) when a folder of scans also holds a DICOM series:
+    taking only the NIfTI/NRRD files (some of which may be masks) would silently drop the series."""
+    dicom = [c for c in children if c.is_file() and not is_image_file(c) and looks_like_dicom(c)]
+    if not dicom:
+        return
+    names = ", ".join(p.name for p in images[:3]) + (", ..." if len(images) > 3 else "")
+    raise InputError(
+        f"{folder}: holds both DICOM files ({len(dicom)}, e.g. {dicom[0].name}) and {len(images)} other scan(s) ({names}); "
+        "expected one kind; move the DICOM series into its own folder and give that folder, or the scans"
+    )
 
 
 def group_channels(images: list[Path]) -> Cases:

@@ -1,22 +1,26 @@
 """Checks run on every case before any heavy work; all problems are gathered into one table.
 
 `inspect_case` reads a case once, checks it (files exist and read, image not empty / constant /
-NaN / inf, channels and label on the same grid, label values declared) and, when it passes,
-returns its fingerprint entry and the sha256 of its inputs.
+NaN / inf, channels and label on the same grid, label values declared, image and label not
+swapped) and, when it passes, returns its fingerprint entry and the sha256 of its inputs.
 """
 
 from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from medseg.data.manifest import ManifestCase, sha256_of
 from medseg.errors import InputError, MedsegError
-from medseg.preprocess.plan import IGNORE_LABEL, MAX_LABEL_VALUE, present_values
+from medseg.preprocess.plan import IGNORE_LABEL, MAX_CLASSES, MAX_LABEL_VALUE, present_values
 
 FOREGROUND_SAMPLES = 10000  # intensity samples kept per case and channel
+FEW_VALUES = 16
+"""An image with at most this many distinct integer values looks like a label map: with a label
+holding more distinct values than it, the two are taken as swapped."""
 
 
 @dataclass
@@ -60,11 +64,11 @@ def format_problems(problems: list[Problem]) -> str:
     return "\n".join(lines)
 
 
-def _read(path: str, case: str, problems: list[Problem]):
-    from medseg.io import read_volume
+def _read(path: str, case: str, problems: list[Problem], resample_irregular: bool = False):
+    from medseg.io import is_readable_image_path, read_volume
 
-    try:
-        return read_volume(path)
+    try:  # resample_irregular is a dataset-wide setting: it applies to the DICOM series among the inputs
+        return read_volume(path, resample_irregular=resample_irregular and not is_readable_image_path(Path(path)))
     except MedsegError as exc:
         missing = "no such file" in str(exc)
         problems.append(
@@ -76,17 +80,35 @@ def _read(path: str, case: str, problems: list[Problem]):
     return None
 
 
-def inspect_case(case: ManifestCase, labels: dict[int, str] | None, channels: int | None = None) -> CaseReport:
+def _swapped(image, label_values: list) -> str | None:
+    """Why the image and label look swapped (the image holds a handful of integers, the label more
+    distinct values than it, or non-integer ones), else None."""
+    array = image.array
+    sample = array.ravel()[:: max(1, array.size // 2_000_000)]  # a strided sample is enough to count values
+    found = np.unique(sample)
+    if len(found) > FEW_VALUES or not np.all(np.mod(found, 1) == 0):
+        return None
+    label_odd = any(not np.isfinite(v) or int(v) != v for v in label_values)
+    if len(label_values) <= len(found) and not label_odd:
+        return None
+    return (f"image and label look swapped: the image holds only {len(found)} integer values "
+            f"({', '.join(str(int(v)) for v in found[:6])}{', ...' if len(found) > 6 else ''}), the label {len(label_values)} "
+            f"{'non-integer ' if label_odd else ''}values")
+
+
+def inspect_case(case: ManifestCase, labels: dict[int, str] | None, channels: int | None = None,
+                 resample_irregular: bool = False) -> CaseReport:
     """Validate one case and, if it is valid, compute its fingerprint entry (RAS axis order).
 
     channels: the channels per case the dataset declares; a 4D file that does not add up to them is refused.
+    resample_irregular: read tilted or gapped DICOM series onto a regular grid instead of refusing them.
     """
     from medseg.preprocess.case import nonzero_box, stack_channels
 
     report = CaseReport(case.case_id)
     problems = report.problems
     cid = case.case_id
-    volumes = [_read(p, cid, problems) for p in case.images]
+    volumes = [_read(p, cid, problems, resample_irregular) for p in case.images]
     label = _read(case.label, cid, problems) if case.label else None
     found = sum(v.num_channels for v in volumes if v is not None)
     if channels is not None and all(v is not None for v in volumes) and found != channels:
@@ -121,10 +143,18 @@ def inspect_case(case: ManifestCase, labels: dict[int, str] | None, channels: in
                 problems.append(Problem(cid, case.label, "label grid differs from image: " + "; ".join(diff), "resample the label onto its image's grid"))
         values = present_values(label.array).tolist()
         odd = [v for v in values if not np.isfinite(v) or int(v) != v or not 0 <= v <= MAX_LABEL_VALUE]
-        if odd:
+        swapped = _swapped(volumes[0], values) if volumes[0] is not None else None
+        if swapped:
+            problems.append(Problem(cid, case.label, swapped, "swap the image and label columns of the manifest (or fix the file names)"))
+        elif odd:
             problems.append(
                 Problem(cid, case.label, f"label values {odd[:5]} are not integers in 0..{MAX_LABEL_VALUE}",
                         "relabel the mask with non-negative integer values")
+            )
+        elif len(values) > MAX_CLASSES:
+            problems.append(
+                Problem(cid, case.label, f"label has {len(values)} distinct values; a label map holds a few (at most {MAX_CLASSES})",
+                        "give the mask as the label (is it the image?)")
             )
         elif labels:
             extra = [int(v) for v in values if int(v) not in labels and int(v) != IGNORE_LABEL]

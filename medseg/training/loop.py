@@ -77,6 +77,23 @@ def state_checksum(model) -> str:
     return h.hexdigest()
 
 
+def _keep_existing(out_dir: Path, state_path: Path, overwrite: bool, epochs: int | None, echo) -> bool:
+    """Before any work: True when `--epochs` extends the run already in `out_dir` (a resume); an
+    existing bundle or run without --overwrite, --resume or --epochs is a ConfigError (one line)."""
+    from medseg.bundle import BUNDLE_JSON
+
+    found = [p.name for p in (out_dir / BUNDLE_JSON, state_path) if p.is_file()]
+    if not found or overwrite:
+        return False
+    if epochs is not None and state_path.is_file():
+        echo(f"{out_dir}: extending the existing run to {epochs} epochs (--overwrite starts a new one)")
+        return True
+    raise ConfigError(
+        f"{out_dir}: a trained model is already there ({', '.join(found)}); a new run would overwrite it; "
+        "continue it with --resume (--epochs N to extend it), replace it with --overwrite, or train another preset"
+    )
+
+
 def train(
     workdir: str | os.PathLike,
     config: TrainConfig,
@@ -90,6 +107,7 @@ def train(
     echo: Callable[[str], None] = lambda s: None,
     progress: Callable[[int, int, float], None] | None = None,
     time_budget: float | str | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train one fold (`fold=None`: every case, no validation); return where the bundle went.
 
@@ -100,6 +118,8 @@ def train(
     time_budget: minutes (or "90s", "60m", "1.5h") for the whole run; it overrides the config's
         `time_budget` and sizes the epochs (`medseg.training.budget`), so it excludes `epochs` and
         `max_minutes`, and a resumed budgeted run continues with the budget it has left.
+    overwrite: replace an existing bundle or run in the fold's folder; without it a new run there is
+        refused before any work (`--epochs` alone on an existing run extends it, as `--resume` does).
     """
     import time
 
@@ -117,6 +137,7 @@ def train(
         raise ConfigError(f"the config wants the '{config.model.configuration}' configuration; the plan has {sorted(plan.configurations)}")
     out_dir = workdir / "models" / preset_name / ("fold_none" if fold is None else f"fold_{fold}")
     state_path = out_dir / ckpt.STATE_FILE
+    resume = resume or _keep_existing(out_dir, state_path, overwrite, epochs, echo)
     saved = None
     if resume:
         if not state_path.is_file():
