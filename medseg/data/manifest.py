@@ -54,6 +54,7 @@ class Manifest(BaseModel):
     labels: dict[int, str] = Field(default_factory=dict)  # empty: taken from the data
     label_codes: dict[int, LabelCode] = Field(default_factory=dict)  # DICOM codes per label (medseg.label_codes)
     things: list[int] | None = None  # countable labels (values or names in the file), for instance outputs; None: every foreground label
+    border_of: dict[int, int] = Field(default_factory=dict)  # "borders": border label -> its thing label (border/core models)
     cases: list[ManifestCase]
 
 
@@ -107,13 +108,31 @@ def _validate(data: dict, path: Path) -> Manifest:
     data = dict(data)
     codes = data.pop("label_codes", None)  # keyed by label value or name: parsed once the labels are known
     things = data.pop("things", None)
+    borders = data.pop("borders", None)
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
         raise InputError(f"{path}: {first_validation_problem(exc)}; see data_manifest/README.md") from None
     manifest.label_codes = parse_label_codes(codes, manifest.labels, str(path))
     manifest.things = parse_things(things, manifest.labels, str(path))
+    manifest.border_of = parse_borders(borders, manifest.labels, str(path))
     return manifest
+
+
+def parse_borders(borders, labels: dict[int, str], source: str) -> dict[int, int]:
+    """`"borders": {"lesion_border": "lesion"}` (values or names) -> {border value: thing value}: the
+    labels a border/core model is trained with (`medseg.instances.border_core_targets`)."""
+    if not borders:
+        return {}
+    if not isinstance(borders, dict):
+        raise InputError(f"{source}: 'borders' must map a border label to its object label, e.g. \"borders\": {{\"2\": 1}}; found {borders!r}")
+    out = {}
+    for border, thing in borders.items():
+        b, t = (parse_things([v], labels, source)[0] for v in (border, thing))
+        if b == t or b in out.values() or t in out:
+            raise InputError(f"{source}: 'borders' entry {border!r}: {thing!r} must pair two different labels, each used once")
+        out[b] = t
+    return out
 
 
 def parse_things(things, labels: dict[int, str], source: str) -> list[int] | None:
@@ -214,6 +233,7 @@ def _load_dataset_folder(root: Path, data: dict | None = None) -> Manifest:
         labels=labels,
         label_codes=parse_label_codes(data.get("label_codes"), labels, str(root / "dataset.json")),
         things=parse_things(data.get("things"), labels, str(root / "dataset.json")),
+        border_of=parse_borders(data.get("borders"), labels, str(root / "dataset.json")),
         cases=cases,
     )
 

@@ -218,8 +218,13 @@ class Predictor:
         names = self.labels
         if any(step["name"] == "instances" for step in self.steps):  # instance ids, not label values (which may be uint16)
             names = {int(v): f"instance {int(v)}" for v in sorted(set(np.unique(result.labels.array).tolist()) | {0})}
-        return Segmentation(result.labels, result.probabilities, names, self.bundle.label_codes, scan.datasets,
-                            self.bundle.model_name, result.timings, things=self.bundle.plan.things)
+        segmentation = Segmentation(result.labels, result.probabilities, names, self.bundle.label_codes, scan.datasets,
+                                    self.bundle.model_name, result.timings, things=self.bundle.plan.things)
+        if self.bundle.plan.border_of:
+            from medseg.instances import merge_borders
+
+            segmentation = merge_borders(segmentation, self.bundle.plan.border_of, self.bundle.plan.label_values)
+        return segmentation
 
     def predict(self, images: list[Volume], probabilities: bool = False) -> Prediction:
         """Channel volumes of one case (same grid) -> Prediction on that grid."""

@@ -43,7 +43,8 @@ class Segmentation:
     datasets: the source DICOM headers when the input was DICOM (what SEG/RTSTRUCT reference), else None.
     model_name: the model family (written as the SEG's algorithm name); timings: seconds per stage.
     things: the countable label values (the plan's; None: every foreground label), for the
-        "instances" and "panoptic" formats of `medseg.write`.
+        "instances" and "panoptic" formats of `medseg.write`; instance_ids, instance_classes: the
+        objects of a border/core model (its border labels already merged into `labels`).
     """
 
     labels: Volume
@@ -54,6 +55,8 @@ class Segmentation:
     model_name: str = "medseg"
     timings: dict[str, float] = field(default_factory=dict)
     things: list[int] | None = None
+    instance_ids: Volume | None = None  # objects found by a border/core model (else connected components)
+    instance_classes: dict[int, int] = field(default_factory=dict)  # {instance id: label value}
 
 
 def _is_dataset(value: Any) -> bool:

@@ -151,6 +151,7 @@ class Plan(StrictModel):
     configurations: dict[str, ConfigurationPlan]
     label_codes: dict[int, LabelCode] = {}  # label value -> DICOM SEG/RTSTRUCT codes (medseg.label_codes)
     things: list[int] | None = None  # countable label values (instance/panoptic outputs); None: every foreground label
+    border_of: dict[int, int] = {}  # border label value -> its thing's value: a border/core model (medseg.instances)
 
     @field_validator("normalization")
     @classmethod

@@ -192,6 +192,7 @@ def run_preprocess(
         raise ConfigError(f"{config._source}: {exc}; fix `overrides:` there") from None  # name the file they came from
     plan.label_codes = {**_label_codes(manifest, config, plan.labels), **plan.label_codes}  # overrides win
     plan.things = manifest.things if plan.things is None else plan.things
+    plan.border_of = plan.border_of or manifest.border_of
     make_output_folder(workdir, "--out")
     _write_json(workdir / "manifest.json", json.loads(resolved.model_dump_json()))
     _write_json(workdir / "fingerprint.json", fingerprint)
