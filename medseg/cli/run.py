@@ -13,9 +13,13 @@ def command(
     set_: Annotated[
         Optional[list[str]], typer.Option("--set", help="Override a pipeline variable: --set workdir=/tmp/run (repeatable).")
     ] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the commands without running them.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check every step and print each as the command line it equals, without running them.")] = False,
 ) -> None:
-    """Run the steps of a pipeline (preprocess, train, infer, evaluate ...) one after the other."""
+    """Run the steps of a pipeline (preprocess, train, infer, evaluate, convert, info) one after the other.
+
+    Each step calls the library function of its command, with the step's options under the
+    command's option names; every step is checked before the first runs.
+    """
     from medseg.errors import ConfigError
     from medseg.pipelines import load_pipeline, run_pipeline
 
