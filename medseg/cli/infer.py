@@ -18,6 +18,7 @@ def command(
     series: Annotated[Optional[str], typer.Option(help="DICOM: SeriesInstanceUID or index of the series to load.")] = None,
     resample_irregular: Annotated[bool, typer.Option("--resample-irregular", help="DICOM: read a gantry-tilted or gapped series onto a regular grid; its SEG/RTSTRUCT go back onto the series' own slices.")] = False,
     volume: Annotated[Optional[int], typer.Option("--volume", min=0, help="DICOM: the 3D volume (0-based) of a 4D series (dynamic, multi-echo, diffusion).")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads for torch; default: the cores less the 1-minute load, waiting threads sleep (see README).")] = None,
     overlap: Annotated[float, typer.Option(help="Sliding-window overlap in [0, 1).")] = 0.5,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Windows per forward pass (default: 1 on the CPU, min(plan batch, 4) on CUDA).")] = None,
     fp16_buffer: Annotated[bool, typer.Option("--fp16-buffer", help="Sum the windows' logits in float16: half the buffer, for very large volumes on a GPU.")] = False,
@@ -25,6 +26,7 @@ def command(
     folds: Annotated[Optional[str], typer.Option(help="Comma-separated folds to use, e.g. 0,1, or 'none' for fold_none (default: a folder of fold_* bundles gives its cross-validation folds; fold_none only when it is the only one).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     precision: Annotated[Precision, typer.Option(help="auto: bf16 + channels-last on CPUs with bf16 units, mixed precision on CUDA, else fp32.")] = Precision.auto,
+    runtime: Annotated[str, typer.Option("--runtime", help="For an export folder (`medseg export`): torch (TorchScript), onnxruntime, openvino, or auto (the fastest measured on this CPU). A bundle runs in torch.")] = "auto",
     probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write the probability maps (<case>_probabilities.nii.gz).")] = False,
     instances: Annotated[bool, typer.Option("--instances", help="Write connected-component instance labels instead of classes.")] = False,
     no_postprocess: Annotated[bool, typer.Option("--no-postprocess", help="Skip the bundle's post-processing steps.")] = False,
@@ -45,7 +47,7 @@ def command(
                    progress=typer.echo, folds=folds, device=device, precision=precision.value, tta=tta,
                    overlap=overlap, batch_size=batch_size, fp16_buffer=fp16_buffer,
                    postprocess=not no_postprocess, instances=instances, crf=crf, shard=shard, retries=retries,
-                   resample_irregular=resample_irregular, volume=volume)
+                   resample_irregular=resample_irregular, volume=volume, runtime=runtime, threads=threads)
     if result.many and result.report:  # torchrun: rank 0 reports the job
         typer.echo("")
         for line in summary_lines(result):

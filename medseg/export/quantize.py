@@ -24,6 +24,8 @@ import torch
 from medseg.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
+# the ops with int8 kernels; norms, softmax-free activations and resampling stay float between them
+QUANTIZED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
 
 def fold_split(workdir: Path, fold) -> tuple[list[str], list[str]]:
@@ -102,11 +104,11 @@ def quantize_onnx(fp32_path: Path, int8_path: Path, windows: list[np.ndarray]) -
             w = next(self.items, None)
             return None if w is None else {"image": w}
 
-    settings = dict(quant_format="QDQ", per_channel=True, weight_type="QInt8", activation_type="QUInt8",
+    settings = dict(quant_format="QDQ", ops=list(QUANTIZED_OPS), per_channel=True, weight_type="QInt8", activation_type="QUInt8",
                     calibrate_method="MinMax", reduce_range=False)
     quantize_static(str(fp32_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax,
-                    reduce_range=False, extra_options={"CalibMaxIntermediateOutputs": 4})
+                    reduce_range=False, op_types_to_quantize=list(QUANTIZED_OPS))  # MinMax keeps only min/max per window
     for leftover in Path(int8_path).parent.glob("*augmented*.onnx"):  # the calibrator's scratch model
         leftover.unlink()
     return {"method": "onnxruntime.quantization.quantize_static", **settings, "calibration_windows": len(windows)}
