@@ -34,6 +34,14 @@ def _formats(text: str) -> list[str]:
     return formats
 
 
+def _quiet_libraries() -> None:
+    """highdicom logs every module it copies at INFO: keep the service's log to medseg's own lines."""
+    import logging
+
+    for name in ("highdicom", "dicomweb_client", "pynetdicom"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _client(url, config, ca_bundle):
     from medseg.pacs.dicomweb import Client
 
@@ -60,6 +68,7 @@ def segment(
 ) -> None:
     """Pull a series over WADO-RS, segment it, push the SEG and RTSTRUCT back with STOW-RS."""
     formats = _formats(format)
+    _quiet_libraries()
     client = _client(url, config, ca_bundle)
     results = client.segment(study, _model(model, device), series_uid=series, formats=formats, skip_existing=skip_existing)
     for result in results:
@@ -100,6 +109,7 @@ def watch(
     if since is not None and not (len(since) == 8 and since.isdigit()):
         raise ConfigError(f"--since {since!r} is not a date; expected YYYYMMDD, e.g. 20240101")
     formats = _formats(format)
+    _quiet_libraries()
     watcher = Watcher(_client(url, config, ca_bundle), _model(model, device), state, formats=formats, modality=modality,
                       series_description=series_description, poll_interval=poll, source=source, since=since)
     counts = watcher.run(once=once)
@@ -128,6 +138,7 @@ def listen(
     if not 1 <= len(ae_title) <= 16:
         raise ConfigError(f"--ae-title {ae_title!r}: an AE title has 1 to 16 characters")
     formats = _formats(format)
+    _quiet_libraries()
     sender = sender_for(send_to, ae_title, config=config, ca_bundle=ca_bundle) if send_to.startswith("http") else sender_for(send_to, ae_title)
     listener = Listener(_model(model, device), sender, port=port, ae_title=ae_title, host=host, settle=settle, formats=formats)
     typer.echo(f"listening as {ae_title} on {host}:{port}; results to {send_to.split('?')[0]}")

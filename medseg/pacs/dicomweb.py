@@ -76,6 +76,16 @@ class SeriesResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def dicom_modality(name: str) -> str | None:
+    """The DICOM Modality of a plan's channel modality ("MRI", "T1", "FLAIR" -> "MR"), None when unknown."""
+    name = str(name).upper()
+    if name in {"CT", "MR", "PT", "US", "NM", "CR", "DX", "MG", "XA", "OCT"}:
+        return name
+    if name in {"MRI", "T1", "T1W", "T1C", "T1GD", "T2", "T2W", "FLAIR", "ADC", "DWI", "PD"} or name.startswith(("T1", "T2", "MR")):
+        return "MR"
+    return {"PET": "PT", "CTA": "CT"}.get(name)
+
+
 def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
     yield first
     yield from rest
@@ -244,8 +254,10 @@ class Client:
         if series_uid:
             uids = [series_uid]
         else:
-            modality = predictor.bundle.plan.modalities[0] if predictor.bundle.plan.modalities else None
+            modality = dicom_modality(predictor.bundle.plan.modalities[0]) if predictor.bundle.plan.modalities else None
             candidates = self.image_series(study_uid, modality)
+            if not candidates and modality is None:
+                raise InputError(f"study {study_uid}: no image series to segment; check the UID")
             if not candidates:
                 present = sorted({str(s.get("Modality", "?")) for s in self.image_series(study_uid)})
                 raise InputError(f"study {study_uid}: no {modality} series to segment (found modalities: {', '.join(present) or 'none'}); "

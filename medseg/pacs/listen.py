@@ -18,7 +18,7 @@ from typing import Any, Iterable, Protocol, Sequence
 
 from medseg.errors import ConfigError, MedsegError
 from medseg.extras import require
-from medseg.pacs.outputs import FORMATS, MODALITY, Algorithm, algorithm_of, build_outputs
+from medseg.pacs.outputs import FORMATS, MODALITY, Algorithm, algorithm_of, build_outputs, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,7 @@ class Listener:
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
         from pynetdicom.sop_class import Verification
 
+        warm_up(self.formats, self.predictor)
         ae = AE(ae_title=self.ae_title)
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)

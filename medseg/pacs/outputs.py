@@ -85,6 +85,31 @@ def build_outputs(segmentation: Any, algorithm: Algorithm, formats: Iterable[str
     return outputs
 
 
+def warm_up(formats: Iterable[str], predictor: Any = None) -> None:
+    """Pay the one-off costs now, so that a service's first series does not wait for them: the
+    SEG / RTSTRUCT writers' imports, and one prediction on a small noise volume (the reader's,
+    preprocessing's and torch's lazy initialisation)."""
+    import numpy as np
+
+    from medseg.extras import require
+    from medseg.volume import Volume
+
+    require("highdicom")
+    try:  # highdicom reads its tables of the standard (JSON, seconds) on first use, then keeps them
+        from highdicom import _standard_utils as tables
+
+        tables.get_sop_class_iod_map(), tables.get_iod_module_map(), tables.get_module_attribute_map()
+    except Exception:  # a private helper: a newer highdicom may lack it, and then the first SEG just pays it
+        pass
+    if "rtstruct" in formats:
+        require("rt_utils")
+    if predictor is not None:
+        plan = predictor.bundle.plan
+        noise = np.random.default_rng(0).normal(size=(16, 16, 16)).astype(np.float32)
+        affine = np.diag([*[float(s) for s in plan.target_spacing], 1.0])
+        predictor.segment([Volume(noise, affine) for _ in plan.channel_names])
+
+
 def referenced_series(ds: Any) -> set[str]:
     """The SeriesInstanceUIDs a SEG or RTSTRUCT (Dataset, full or metadata) references."""
     found = set()
@@ -126,4 +151,4 @@ def format_of(ds: Any) -> str | None:
 
 
 __all__ = ["Algorithm", "FORMATS", "MODALITY", "algorithm_of", "algorithms_in", "build_outputs", "format_of",
-           "referenced_instances", "referenced_series"]
+           "referenced_instances", "referenced_series", "warm_up"]

@@ -27,7 +27,7 @@ from typing import Any, Iterable
 
 from medseg.errors import MedsegError
 from medseg.pacs.dicomweb import NON_IMAGE_MODALITIES, Client, PacsUnavailable
-from medseg.pacs.outputs import FORMATS, Algorithm, algorithm_of
+from medseg.pacs.outputs import FORMATS, Algorithm, algorithm_of, warm_up
 from medseg.pacs.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -234,6 +234,7 @@ class Watcher:
         if recovered:
             log.info("%d series interrupted by an earlier stop are pending again", recovered)
         restore = self._install_signals()
+        warm_up(self.formats, self.predictor)
         log.info("watching %s (%s) as %s, %s", self.client.url, type(self.source).__name__, self.algorithm.name, self.algorithm.version)
         try:
             while not self.stopping.is_set():
