@@ -103,4 +103,11 @@ def load_export(path: str | os.PathLike) -> ExportedModel:
         raise _fail(root, f"bundle.json or plan.json is not valid ({type(exc).__name__}); export again") from None
     if manifest["runtimes"] != [r for r in RUNTIMES_OF[manifest["format"]] if r in manifest["runtimes"]]:
         raise _fail(root / MANIFEST, f"runtimes {manifest['runtimes']} do not fit format {manifest['format']}; export again")
-    return ExportedModel(root, meta, plan, {}, manifest)
+    exported = ExportedModel(root, meta, plan, {}, manifest)
+    from medseg.models import model_head
+
+    if exported.head != model_head(exported.model_name).name:  # its channels would be read with another head's meaning
+        raise _fail(root / BUNDLE_JSON, f"the network was trained with output head '{exported.head}', but model "
+                                        f"'{exported.model_name}' here has head '{model_head(exported.model_name).name}'; "
+                                        "use the medseg version that exported it")
+    return exported
