@@ -66,6 +66,7 @@ def load_model(
     runtime: str = "auto",
     resample_irregular: bool = False,
     volume: int | None = None,
+    threads: int | None = None,
 ) -> "Predictor":
     """A `Predictor` for a trained model; call `.segment(...)` on it for each case.
 
@@ -86,8 +87,13 @@ def load_model(
     resample_irregular, volume: how `segment` reads DICOM paths and Datasets (`read_scan`): a tilted
         or gapped series onto a regular grid (its SEG/RTSTRUCT go back onto the source slices), the
         volume (0-based) of a 4D series.
+    threads: torch CPU threads (default: `medseg.threads.default_threads`, or OMP_NUM_THREADS when set).
     """
     import torch
+
+    from medseg.threads import set_threads
+
+    set_threads(threads)
 
     from medseg.bundle import resolve_model_reference, select_fold_bundles
     from medseg.inference.predictor import Predictor

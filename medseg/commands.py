@@ -107,7 +107,7 @@ def train_command(workdir: Union[str, Path], *, config: Union[str, Path], fold: 
           epochs: Optional[int] = None, max_minutes: Optional[float] = None, seed: Optional[int] = None,
           deterministic: bool = False, precision: Optional[str] = None, iterations_per_epoch: Optional[int] = None,
           echo: Echo = _quiet, progress: Optional[Callable[[int, int, float], None]] = None,
-          time_budget: Optional[Union[str, float]] = None, overwrite: bool = False) -> list:
+          time_budget: Optional[Union[str, float]] = None, overwrite: bool = False, threads: Optional[int] = None) -> list:
     """`medseg train WORKDIR --config PRESET --fold F`: `medseg.api.train` for each fold of `fold`
     ('0', '0,2', 'all', 'none'); after 'all', one post-processing choice over every fold's validation.
     Only rank 0 of a distributed run echoes. Returns the folds' `TrainResult`s."""
@@ -125,7 +125,7 @@ def train_command(workdir: Union[str, Path], *, config: Union[str, Path], fold: 
             raise ConfigError(f"precision {precision!r}: use one of {', '.join(p.value for p in Precision)}")
     config = Path(config)
     cfg = load_train_config(config, {"seed": seed, "iterations_per_epoch": iterations_per_epoch,
-                                     "deterministic": True if deterministic else None})
+                                     "deterministic": True if deterministic else None, "threads": threads})
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     say = echo if rank == 0 else _quiet
     results, stopped_any = [], False
@@ -331,6 +331,10 @@ def info_command(input: Union[str, Path], *, series: Optional[str] = None, json:
     return report
 
 
+COORDINATES = ("RAS+ mm (x to the patient's Right, y Anterior, z Superior; DICOM's LPS is x and y negated); "
+               "direction: one column per voxel axis i, j, k; orientation: where those axes point")
+
+
 def describe_scan(path: Union[str, Path], series: Optional[str] = None) -> dict:
     """Geometry and intensity summary of one scan (JSON-serialisable)."""
     import numpy as np
@@ -343,8 +347,9 @@ def describe_scan(path: Union[str, Path], series: Optional[str] = None) -> dict:
     return {
         "shape": list(array.shape),
         "spacing_mm": [round(float(s), 6) for s in volume.spacing],
-        "origin_mm": [round(float(o), 6) for o in volume.origin],
-        "direction": [[round(float(d), 6) for d in row] for row in volume.direction],
+        "coordinates": COORDINATES,
+        "origin_ras_mm": [round(float(o), 6) for o in volume.origin],
+        "direction_ras": [[round(float(d), 6) + 0.0 for d in row] for row in volume.direction],  # + 0.0: no -0.0
         "orientation": volume.orientation,
         "dtype": str(array.dtype),
         "intensity_range": [float(finite.min()), float(finite.max())] if finite.size else None,

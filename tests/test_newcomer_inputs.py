@@ -118,3 +118,21 @@ def test_usage_errors_exit_1_in_one_line(tmp_path, capsys):
     assert cli("infer") == 1  # a missing argument
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1
+
+
+def test_a_run_id_with_workdir_looks_only_there_and_leaves_no_store_behind(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "work").mkdir()
+    scan = write_volume(Volume(np.zeros((8, 8, 8), np.float32), np.eye(4)), tmp_path / "scan.nii.gz")
+    assert cli("infer", scan, "--model", "0123456789abcdef0123456789abcdef", "--workdir", tmp_path / "work", "-o", tmp_path / "m.nii.gz") == 1
+    assert "has no MLflow store" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["scan.nii.gz", "work"]
+
+
+def test_info_says_its_coordinates_are_ras(tmp_path, capsys):
+    lps_like = np.diag([-1.0, -1.0, 2.0, 1.0])
+    scan = write_volume(Volume(np.zeros((4, 4, 4), np.int16), lps_like), tmp_path / "scan.nii.gz")
+    assert cli("info", scan) == 0
+    out = capsys.readouterr().out
+    assert "coordinates: RAS+ mm" in out and "origin_ras_mm: [0.0, 0.0, 0.0]" in out and "orientation: LPS" in out

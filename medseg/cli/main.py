@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: bad input becomes one line on stderr and exit code 1."""
     from medseg.errors import MedsegError
 
+    from medseg.threads import prepare_environment
+
+    prepare_environment()  # before any command imports torch (OpenMP reads it once, at start)
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]

@@ -42,6 +42,7 @@ def command(
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", min=0, help="Stop after the epoch that passes this many minutes, with a checkpoint."),
     time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Wall clock for the whole run (90s, 60m, 1.5h or plain minutes): epochs sized and re-sized so the LR schedule, final validation and bundle end within it. Not with --epochs/--max-minutes."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (weights, sampling, augmentation); default: the config's seed."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch (config: threads); default: the cores less the 1-minute load, waiting threads sleep (see README)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already trained in this fold's folder (else refused; --resume continues it)."),
     deterministic: bool = typer.Option(False, "--deterministic", help="Deterministic kernels, so resumed runs repeat exactly."),
     precision: Optional[Precision] = typer.Option(None, "--precision", help="auto picks bf16 + channels-last on CPUs with bf16 units."),
@@ -56,7 +57,7 @@ def command(
         train_command(workdir, config=config, fold=fold, resume=resume, epochs=epochs, max_minutes=max_minutes, seed=seed,
               deterministic=deterministic, precision=precision.value if precision else None,
               iterations_per_epoch=iterations_per_epoch, echo=typer.echo, progress=_Progress(), time_budget=time_budget,
-              overwrite=overwrite)
+              overwrite=overwrite, threads=threads)
     except KeyboardInterrupt:  # Ctrl-C: the run is marked KILLED and the last epoch's checkpoint stays
         if int(os.environ.get("RANK", "0")) == 0:
             typer.echo("medseg: interrupted; resume with --resume", err=True)

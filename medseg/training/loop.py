@@ -161,6 +161,9 @@ def train(
     if precision is not None:
         config = config.model_copy(update={"precision": Precision(precision)})  # model_copy does not validate
     config = config.resolve_with_plan(plan)
+    from medseg.threads import set_threads
+
+    set_threads(config.threads)
     trainer = Trainer(workdir, plan, effective_plan(plan, config), config, out_dir, saved=saved, preset_name=preset_name,
                       fold=fold, echo=echo, progress=progress)
     planner = budget_mod.make_planner(config, saved, has_validation=bool(trainer.val_ids),
