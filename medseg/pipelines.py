@@ -243,9 +243,10 @@ def prepare_steps(pipeline: Pipeline) -> list[PreparedStep]:
                 raise ConfigError(f"{where}: {why} (valid options: {', '.join(known)})")
             values[name] = value
         params = {p.name: p for p in positional} | keywords
-        missing = [n for n, p in params.items() if p.default is inspect.Parameter.empty and n not in values]
+        missing = [n for n, p in params.items() if p.default is inspect.Parameter.empty and values.get(n) is None]
         if missing:
-            raise ConfigError(f"{where}: missing '{missing[0]}'; give it under {'args' if missing[0] in (p.name for p in positional) else 'options'}")
+            arg = " (or as an arg)" if missing[0] in (p.name for p in positional) else ""
+            raise ConfigError(f"{where}: missing '{missing[0]}'; give it under options{arg}")
         kwargs = {}
         for name, value in values.items():
             if value is None:
@@ -254,7 +255,11 @@ def prepare_steps(pipeline: Pipeline) -> list[PreparedStep]:
             source = _function_at(spec.forwards_to[0]) if spec.forwards_to and name not in inspect.signature(function).parameters else function
             coerced = _coerce(value, _annotation(source, params[name]), f"{where}: Invalid value for '--{name.replace('_', '-')}'")
             kwargs[target or name] = (not coerced) if target else coerced
-        args = [kwargs.pop(p.name) for p in positional if p.name in kwargs]
+        args = []
+        for p in positional:  # in order while given; any after a gap go as keywords
+            if p.name not in kwargs:
+                break
+            args.append(kwargs.pop(p.name))
         prepared.append(PreparedStep(number, step, spec, args, kwargs))
     return prepared
 

@@ -134,6 +134,7 @@ def test_every_step_is_checked_before_any_runs(tmp_path):
         ({"command": "inferr", "args": ["a"]}, r"no pipeline step 'inferr'; did you mean 'infer'\?"),
         ({"command": "preprocess", "args": ["d"], "options": {"out": "w", "workers": "two"}}, r"Invalid value for '--workers': 'two' is not valid"),
         ({"command": "evaluate", "options": {"pred": "p"}}, r"missing 'ref'; give it under options"),
+        ({"command": "infer", "args": ["scans"], "options": {"model": None}}, r"missing 'model'; give it under options \(or as an arg\)"),
         ({"command": "convert", "args": ["a", "b", "c"]}, r"3 args given, but medseg convert takes 2 \(input, output\)"),
         ({"command": "info", "args": ["a"], "options": {"input": "b"}}, r"'input' is already given as an arg"),
         ({"command": "run", "args": ["other.yaml"]}, r"pipelines do not nest"),
