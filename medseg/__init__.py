@@ -8,7 +8,7 @@ and are imported on first use, so `import medseg` (and `medseg --help`) loads no
 __version__ = "0.1.0"
 
 _API = ("read", "read_scan", "load_model", "write", "infer", "plan_and_preprocess", "train", "evaluate", "Scan", "Segmentation")
-__all__ = ["__version__", *_API, "Volume"]
+__all__ = ["__version__", *_API, "Volume", "InteractiveSession"]
 
 
 def __getattr__(name: str):
@@ -16,6 +16,10 @@ def __getattr__(name: str):
         from medseg import api
 
         return getattr(api, name)
+    if name == "InteractiveSession":
+        from medseg.interactive.session import InteractiveSession
+
+        return InteractiveSession
     if name == "Volume":
         from medseg.volume import Volume
 
