@@ -28,7 +28,7 @@ def test_manifest_and_nnunet_channel_files(tiny_bundle, tmp_path):
     (tmp_path / "cases.csv").write_text("case_id,image\ncase_a,scans/a.nii.gz\ncase_b,scans/b.nii.gz\n")
     out = tmp_path / "out"
     assert run("infer", tmp_path / "cases.csv", "--model", tiny_bundle, "-o", out, "--precision", "fp32") == 0
-    assert sorted(p.name for p in out.iterdir()) == ["case_a.nii.gz", "case_b.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == ["case_a.nii.gz", "case_b.nii.gz", "medseg-ledger"]  # + the run ledger
     mask = read_volume(out / "case_a.nii.gz")
     assert mask.spatial_shape == (32, 32, 16) and mask.array.sum() > 0
 
@@ -37,7 +37,7 @@ def test_manifest_and_nnunet_channel_files(tiny_bundle, tmp_path):
     shutil.copy(scans / "a.nii.gz", nnunet / "case_x_0000.nii.gz")
     out2 = tmp_path / "out2"
     assert run("infer", nnunet, "--model", tiny_bundle, "-o", out2, "--precision", "fp32") == 0
-    assert [p.name for p in out2.iterdir()] == ["case_x.nii.gz"]
+    assert sorted(p.name for p in out2.iterdir()) == ["case_x.nii.gz", "medseg-ledger"]
     np.testing.assert_array_equal(read_volume(out2 / "case_x.nii.gz").array, mask.array)
 
 
