@@ -52,6 +52,7 @@ def command(
     import os
 
     from medseg.commands import train_command
+    from medseg.training.preempt import PREEMPTED_EXIT, Preempted
 
     try:
         train_command(workdir, config=config, fold=fold, resume=resume, epochs=epochs, max_minutes=max_minutes, seed=seed,
@@ -62,3 +63,7 @@ def command(
         if int(os.environ.get("RANK", "0")) == 0:
             typer.echo("medseg: interrupted; resume with --resume", err=True)
         raise SystemExit(130) from None
+    except Preempted as exc:  # SIGTERM / SIGUSR1: checkpoint written; the same command resumes (docs/distributed.md)
+        if int(os.environ.get("RANK", "0")) == 0:
+            typer.echo(f"medseg: {exc}", err=True)
+        raise SystemExit(PREEMPTED_EXIT) from None

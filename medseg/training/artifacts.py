@@ -29,6 +29,7 @@ class CheckpointWriter:
         self.config, self.run_plan, self.labels, self.fold = config, run_plan, labels, fold
         self.precision, self.world_size, self.best_sha = precision, world_size, best_sha
         self.budget = None  # a time budget's planner (`medseg.training.budget`): its state is saved too
+        self.resume_at = None  # a preemption's stop inside an epoch (`medseg.training.preempt`)
 
     def write(self, epoch: int, best_state: dict | None, rng_per_rank: list, *, history: dict, best_ema: float,
               ema: float | None, run_id: str | None) -> None:
@@ -58,6 +59,7 @@ class CheckpointWriter:
             "run_id": run_id,
             "config": config.model_dump(mode="json"),
             "budget": self.budget.state_dict() if self.budget is not None else None,
+            "resume_at": self.resume_at,
         }
         write_bundle(
             out_dir,
@@ -118,6 +120,6 @@ def log_artifacts(tracker, workdir, out_dir, history, model, val_ids, plan, conf
     with tempfile.TemporaryDirectory() as tmp:
         plots = Path(tmp)
         plot_curves(history, plots / "learning_curves.png")
-        for case_id in val_ids[:2]:
+        for case_id in (val_ids[:2] if not plan.prompt_channels else []):  # a promptable model needs prompts
             plot_overlay(model, workdir, case_id, plan, config, precision, device, plots / f"overlay_{case_id}.png")
         tracker.log_artifacts(plots, artifact_path="plots")

@@ -65,7 +65,13 @@ def effective_plan(plan, config: TrainConfig):
             "kernel_sizes": [list(k) for k in conf.kernel_sizes[:n]],
         }
     )
-    return plan.model_copy(update={"configurations": {**plan.configurations, name: new_conf}})
+    update = {"configurations": {**plan.configurations, name: new_conf}}
+    if config.interactive is not None:  # class-agnostic: one object against the rest, prompts as extra inputs
+        from medseg.interactive.prompts import PROMPT_CHANNELS
+
+        update.update(labels={0: "background", 1: "object"}, label_codes={}, things=None, border_of={},
+                      prompt_channels=PROMPT_CHANNELS)
+    return plan.model_copy(update=update)
 
 
 def state_checksum(model) -> str:
@@ -126,6 +132,7 @@ def train(
     from medseg.preprocess.plan import Plan
     from medseg.training import budget as budget_mod
     from medseg.training import checkpoint as ckpt
+    from medseg.training import preempt
     from medseg.training.trainer import Trainer
 
     t_start = time.monotonic()  # a time budget counts set-up too
@@ -137,6 +144,10 @@ def train(
         raise ConfigError(f"the config wants the '{config.model.configuration}' configuration; the plan has {sorted(plan.configurations)}")
     out_dir = workdir / "models" / preset_name / ("fold_none" if fold is None else f"fold_{fold}")
     state_path = out_dir / ckpt.STATE_FILE
+    why = None if resume or overwrite else preempt.auto_resume(state_path)  # a preemption's or torchrun restart's checkpoint
+    if why:
+        resume, time_budget = True, None  # a resumed run continues with the budget it has left
+        echo(why)
     resume = resume or _keep_existing(out_dir, state_path, overwrite, epochs, echo)
     saved = None
     if resume:
@@ -168,7 +179,8 @@ def train(
                       fold=fold, echo=echo, progress=progress)
     planner = budget_mod.make_planner(config, saved, has_validation=bool(trainer.val_ids),
                                       started_at=t_start)
-    result = trainer.fit(max_minutes, budget=planner)
+    with preempt.handling_signals() as trainer.preempt_flag:  # SIGTERM / SIGUSR1: checkpoint and exit 75
+        result = trainer.fit(max_minutes, budget=planner)
     if planner is not None:
         result.budget = getattr(trainer, "budget_summary", None)
     return result

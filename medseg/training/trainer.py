@@ -21,6 +21,7 @@ import numpy as np
 
 from medseg.errors import ConfigError, InputError
 from medseg.training.config import TrainConfig
+from medseg.training import preempt
 
 
 class Trainer:
@@ -49,6 +50,13 @@ class Trainer:
         self.dist = dist = init_distributed(self.device_type)
         self.device = torch.device(self.device_type, dist.local_rank) if self.device_type == "cuda" else torch.device("cpu")
         self.precision = resolve_precision(config.precision, self.device_type)
+        self.prompter = None  # promptable training: inputs and targets from simulated prompts (medseg.training.interactive)
+        if config.interactive is not None:
+            from medseg.training.interactive import PromptSimulator
+
+            if self.conf.spatial_dims != 3:
+                raise ConfigError("interactive: promptable training needs a 3D configuration (model.configuration: 3d)")
+            self.prompter = PromptSimulator(config.interactive, run_plan.target_spacing, seed=config.seed + dist.rank)
         if config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
@@ -111,8 +119,8 @@ class Trainer:
         from medseg.training.schedule import build_optimizer_and_scheduler
 
         config = self.config
-        model = build_model(config.model.name, self.conf, in_channels=len(self.plan.channel_names),
-                            num_classes=len(self.plan.labels), spacing=self.run_plan.target_spacing, **config.model.options)
+        model = build_model(config.model.name, self.conf, in_channels=len(self.plan.channel_names) + self.run_plan.prompt_channels,
+                            num_classes=len(self.run_plan.labels), spacing=self.run_plan.target_spacing, **config.model.options)
         self.fmt = self.precision.memory_format(self.conf.spatial_dims)
         self.model = model.to(self.device).to(memory_format=self.fmt)
         loss_fn = build_loss(config.loss.name, **config.loss.options)
@@ -153,6 +161,7 @@ class Trainer:
             ckpt.seed_everything(config.seed + dist.rank + 7919 * self.start_epoch)
             self.echo(f"the checkpoint was written by {len(rngs)} process(es), this run has {dist.world_size}: "
                       "RNG states re-seeded, so dropout draws differ from an uninterrupted run")
+        preempt.take_resume_state(self, saved)  # a preemption checkpoint continues mid-epoch
         if dist.is_main:
             ckpt.repair_weights(self.out_dir, saved, "model_last.pt", "model_best.pt")
         if self.start_epoch >= config.epochs:
@@ -210,15 +219,20 @@ class Trainer:
         config, device, fmt = self.config, self.device, self.fmt
         t0 = time.monotonic()
         self.dataset.set_epoch(epoch)
+        skip, losses = preempt.resume_point(self, epoch)  # (0, []) unless resumed mid-epoch
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=self.per_rank_batch, sampler=self.my_samples, num_workers=self.workers,
+            self.dataset, batch_size=self.per_rank_batch, sampler=self.my_samples[skip * self.per_rank_batch:], num_workers=self.workers,
             worker_init_fn=seed_worker if self.workers else None, pin_memory=self.device_type == "cuda", drop_last=True,
         )
         self.train_model.train()
-        losses = []
-        for it, batch in enumerate(loader):
+        batches = iter(loader)  # draws the loader's seed from the torch RNG
+        preempt.restore_rng(self)
+        for it, batch in enumerate(batches, start=skip):
             image = batch["image"].to(device, non_blocking=True).contiguous(memory_format=fmt)
             target = batch["label"].to(device, non_blocking=True)
+            if self.prompter is not None:  # a promptable model: one object per sample, simulated prompts as inputs
+                image, target = self.prompter(self.train_model, image, target)
+                image = image.contiguous(memory_format=fmt)
             self.optimizer.zero_grad(set_to_none=True)
             with self.precision.autocast():
                 out = self.train_model(image)
@@ -234,6 +248,8 @@ class Trainer:
             losses.append(float(loss.detach()))
             if self.progress is not None and self.dist.is_main:
                 self.progress(it + 1, self.iters, losses[-1])
+            if preempt.requested(self):  # SIGTERM / SIGUSR1 on any rank: checkpoint here, exit resumable
+                preempt.stop(self, epoch, it + 1, losses)
         train_loss = mean_over_ranks(self.dist, float(np.mean(losses)))
         self.history["train_loss"].append(train_loss)
         self.history.setdefault("lr", []).append(float(self.optimizer.param_groups[0]["lr"]))  # for the learning curves
@@ -301,9 +317,9 @@ class Trainer:
                 over_time = max_minutes is not None and (time.monotonic() - t_start) / 60 >= max_minutes
                 stop = any_rank(dist, over_time)  # stopping early still validates, so the checkpoint has a score
                 due = budget.should_validate(epoch) if budget is not None else (epoch + 1) % config.validate_every == 0
-                if self.val_ids and (due or last_epoch or stop):
+                if self.val_ids and self.prompter is None and (due or last_epoch or stop):  # promptable: scored by evaluate-interactive
                     val_dice, best_state = self.validate_epoch(epoch, metrics)
-                elif self.fold is None and dist.is_main:
+                elif (self.fold is None or self.prompter is not None) and dist.is_main:
                     best_state = self._weights()  # no validation: last is best
                 if budget is not None:  # measured costs in, the epochs (and LR schedule) re-sized when due
                     budget_glue.after_epoch(self, budget, epoch, metrics)
@@ -323,7 +339,7 @@ class Trainer:
             barrier(dist)  # every rank returns with the last checkpoint on disk (a following --resume reads it)
             checksum = state_checksum(self.model)
             if dist.is_main:
-                if not stopped:  # keep-largest-component steps chosen on validation (issue 14; fold_none: the CV folds')
+                if not stopped and self.prompter is None:  # keep-largest-component steps chosen on validation (issue 14; fold_none: the CV folds')
                     from medseg.postprocess.select import select_for_fold
 
                     select_for_fold(self.tracker, self.workdir, self.out_dir, self.val_ids, self.run_plan, config,
