@@ -7,7 +7,8 @@ and are imported on first use, so `import medseg` (and `medseg --help`) loads no
 
 __version__ = "0.1.0"
 
-_API = ("read", "read_scan", "load_model", "write", "infer", "plan_and_preprocess", "train", "evaluate", "Scan", "Segmentation")
+_API = ("read", "read_scan", "load_model", "write", "infer", "mask_to_dicom", "plan_and_preprocess", "train", "evaluate", "Scan",
+        "Segmentation")
 __all__ = ["__version__", *_API, "Volume", "InteractiveSession"]
 
 

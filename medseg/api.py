@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from medseg.training.loop import TrainResult
     from medseg.volume import Volume
 
-__all__ = ["FORMATS", "Scan", "Segmentation", "evaluate", "infer", "load_model", "plan_and_preprocess", "read", "read_scan", "train", "write"]
+__all__ = ["FORMATS", "Scan", "Segmentation", "evaluate", "infer", "load_model", "mask_to_dicom", "plan_and_preprocess", "read", "read_scan",
+           "train", "write"]
 
 FORMATS = {"nifti": ".nii.gz", "dicom-seg": ".dcm", "rtstruct": ".dcm",  # format -> default file suffix
            "instances": ".nii.gz", "panoptic": ".nii.gz"}  # object maps + a JSON beside (medseg/instances.py)
@@ -167,6 +168,18 @@ def write(segmentation: Segmentation, path: str | os.PathLike | None = None, for
     if probabilities and segmentation.probabilities is not None:
         write_volume(segmentation.probabilities, probabilities_path(written))
     return Path(written)
+
+
+def mask_to_dicom(mask: "str | os.PathLike | Volume", reference: str | os.PathLike | Any, path: str | os.PathLike | None = None, *,
+                  format: str = "dicom-seg", label_names: dict[int, str] | None = None, series: str | None = None) -> Any:
+    """An existing label map (file or Volume, on the DICOM series' grid) as a DICOM SEG or RTSTRUCT
+    referencing `reference` (the series' folder, file or Datasets), without rerunning inference;
+    written atomically to `path` (returned), or with path None returned as a pydicom Dataset.
+    label_names: {value: name} (default 'label <value>'). A mask off the series' grid is refused
+    (GeometryError). See `medseg.io.dicom.export.mask_to_dicom`."""
+    from medseg.io.dicom.export import mask_to_dicom as export
+
+    return export(mask, reference, path, format=format, label_names=label_names, series=series)
 
 
 def plan_and_preprocess(

@@ -78,10 +78,12 @@ def test_rtstruct_without_rt_utils_or_scikit_image(monkeypatch):
         with pytest.raises(MissingExtraError) as info:
             build_rtstruct(mask, [], {0: "background", 1: "organ"})  # the guard runs before the sources are checked
         _assert_one_line(info, "rt-utils is not installed; `pip install medseg[rtstruct]` adds it")
-    _missing(monkeypatch, "skimage", "skimage.draw")
+    _missing(monkeypatch, "skimage", "skimage.measure")  # the writer traces contours with it; the reader needs neither
     with pytest.raises(MissingExtraError) as info:
-        read_rtstruct("unused.dcm", mask)
+        build_rtstruct(mask, [], {0: "background", 1: "organ"})
     _assert_one_line(info, "scikit-image is not installed; `pip install medseg[rtstruct]` adds it")
+    with pytest.raises(MedsegError, match="unused.dcm: no such file"):  # not a missing extra
+        read_rtstruct("unused.dcm", mask)
 
 
 def test_evaluation_plots_without_matplotlib(monkeypatch, tmp_path):

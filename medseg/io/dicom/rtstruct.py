@@ -87,6 +87,7 @@ def build_rtstruct(
         _add_roi(ds, number, labels == k, affine_lps, positions, sources, name=str(label_names[k])[:64],
                  colour=COLOURS[(number - 1) % len(COLOURS)], description=f"medseg {__version__}, model {model_name}",
                  code=coded[k])
+    _keep_contours_raw(ds)
     return ds
 
 
@@ -176,6 +177,15 @@ def _raw_ds(values: np.ndarray):
     return RawDataElement(Tag(CONTOUR_DATA), "DS", len(text), text, 0, True, True)
 
 
+def _keep_contours_raw(ds) -> None:
+    """Mark each contour item as already in the file's encoding, so `save_as` writes its raw Contour
+    Data bytes as they are instead of parsing them back into DS values first (seconds per ROI)."""
+    syntax = ds.file_meta.TransferSyntaxUID
+    for roi in ds.ROIContourSequence:
+        for item in roi.ContourSequence:
+            item.set_original_encoding(syntax.is_implicit_VR, syntax.is_little_endian, item._character_set)
+
+
 def _contour_points(contour) -> np.ndarray:
     """(N, 3) float LPS mm of a contour item, parsed from the raw bytes when they are still raw."""
     element = contour.get_item(CONTOUR_DATA)
@@ -206,13 +216,19 @@ def read_rtstruct(rtstruct: str | os.PathLike | Any, volume: Volume) -> dict[str
     """
     import pydicom
     from pydicom.dataset import Dataset
-    require("skimage")  # the `rtstruct` extra (scikit-image)
-    from skimage.draw import polygon
+
+    from medseg.io.dicom.contours import fill_polygons
 
     if isinstance(rtstruct, Dataset):
         name, ds = "the RTSTRUCT Dataset", rtstruct
     else:
-        name, ds = str(rtstruct), pydicom.dcmread(str(rtstruct))
+        name = str(rtstruct)
+        if not Path(rtstruct).is_file():
+            raise InputError(f"{name}: no such file; expected an RTSTRUCT .dcm file")
+        try:
+            ds = pydicom.dcmread(name)
+        except (OSError, pydicom.errors.InvalidDicomError) as exc:
+            raise InputError(f"{name}: not a readable DICOM file ({type(exc).__name__}); expected an RTSTRUCT") from None
     if ds.get("Modality") != "RTSTRUCT":
         raise InputError(f"{name}: modality {ds.get('Modality')!r}, expected RTSTRUCT")
     names = {int(r.ROINumber): str(r.ROIName) for r in ds.StructureSetROISequence}
@@ -221,14 +237,14 @@ def read_rtstruct(rtstruct: str | os.PathLike | Any, volume: Volume) -> dict[str
     masks = {}
     for roi in ds.ROIContourSequence:
         mask = np.zeros(shape, bool)
+        per_slice: dict[int, list[np.ndarray]] = {}
         for contour in roi.get("ContourSequence", []):
             points = _contour_points(contour)
             ijk = (to_voxel @ np.c_[points, np.ones(len(points))].T)[:3].T
             k = int(round(float(np.median(ijk[:, 2]))))
-            if not 0 <= k < shape[2]:
-                continue
-            fill = np.zeros(shape[:2], bool)
-            fill[polygon(ijk[:, 0], ijk[:, 1], shape[:2])] = True
-            mask[:, :, k] ^= fill
+            if 0 <= k < shape[2]:
+                per_slice.setdefault(k, []).append(ijk[:, :2])
+        for k, polygons in per_slice.items():
+            mask[:, :, k] = fill_polygons(polygons, shape[:2])
         masks[names[int(roi.ReferencedROINumber)]] = mask
     return masks
