@@ -133,11 +133,12 @@ class StepSpec:
     negated: dict[str, str] = field(default_factory=dict)  # CLI flag -> the keyword it negates (no_postprocess)
     echo_as: str = "echo"  # the parameter receiving the printed lines
     finish: str | None = None  # "module:name"(result, echo) run after the step (prints, raises on failures)
+    progress: str | None = None  # "module:name" of the command's progress display, passed as progress=Display()
 
 
 STEPS: dict[str, StepSpec] = {
-    "preprocess": StepSpec("medseg.commands:preprocess_command"),
-    "train": StepSpec("medseg.commands:train_command"),
+    "preprocess": StepSpec("medseg.commands:preprocess_command", progress="medseg.cli.preprocess:_Bar"),
+    "train": StepSpec("medseg.commands:train_command", progress="medseg.cli.train:_Progress"),
     "infer": StepSpec("medseg.api:infer", forwards_to=("medseg.api:load_model",), negated={"no_postprocess": "postprocess"},
                       echo_as="progress", finish="medseg.commands:finish_infer"),
     "evaluate": StepSpec("medseg.commands:evaluate_command"),
@@ -273,7 +274,10 @@ def run_pipeline(pipeline: Pipeline, echo: Callable[..., None], dry_run: bool = 
         echo(f"\n=== {pipeline.name} {item.number}/{total}: medseg {' '.join(step_argv(item.step))}")
         if dry_run:
             continue
-        result = _function_at(item.spec.function)(*item.args, **item.kwargs, **{item.spec.echo_as: echo})
+        callbacks = {item.spec.echo_as: echo}
+        if item.spec.progress:  # the same bar (or per-stage lines) as the command shows
+            callbacks["progress"] = _function_at(item.spec.progress)()
+        result = _function_at(item.spec.function)(*item.args, **item.kwargs, **callbacks)
         if item.spec.finish:
             _function_at(item.spec.finish)(result, echo)
     if pipeline.summary and not dry_run:
