@@ -10,6 +10,7 @@ and returns the result object. Parsing, progress bars and exit codes stay in `me
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -129,17 +130,26 @@ def train_command(workdir: Union[str, Path], *, config: Union[str, Path], fold: 
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     say = echo if rank == 0 else _quiet
     results, stopped_any = [], False
-    for k in folds:
-        result = train_fold(workdir, cfg, k, preset_name=config.stem, resume=resume, epochs=epochs, precision=precision,
-                            max_minutes=max_minutes, echo=say, progress=progress, time_budget=time_budget,
-                            overwrite=overwrite)
-        if world > 1:  # lets users (and the tests) check that every rank ended with the same weights
+    parallel = None
+    if world > 1 and len(folds) > 1:  # several folds on several processes: one fold per rank (medseg.training.folds)
+        from medseg.training.folds import FoldParallel
+
+        parallel = FoldParallel(workdir, folds, seed=cfg.seed)
+        say(f"{len(folds)} folds over {world} processes, one fold per process; rank 0 trains fold(s) {parallel.mine}")
+    for k in parallel.mine if parallel else folds:
+        with parallel.alone() if parallel else contextlib.nullcontext():
+            result = train_fold(workdir, cfg, k, preset_name=config.stem, resume=resume, epochs=epochs, precision=precision,
+                                max_minutes=max_minutes, echo=say, progress=progress, time_budget=time_budget,
+                                overwrite=overwrite)
+        if world > 1 and parallel is None:  # lets users (and the tests) check that every rank ended with the same weights
             echo(f"rank {rank}/{world}: final weights sha256 {result.weights_sha256}", err=True)
         if result.val_dice:
             say("validation Dice: " + ", ".join(f"{n} {v:.4f}" for n, v in result.val_dice.items()))
         say(f"bundle: {result.bundle_dir}")
         stopped_any = stopped_any or result.stopped_early
         results.append(result)
+    if parallel is not None:
+        parallel.finish()  # every rank's folds are done: the ensemble is complete
     if str(fold).strip() == "all" and rank == 0 and not stopped_any:  # one post-processing choice over every fold
         from medseg.postprocess.select import select_pooled
 

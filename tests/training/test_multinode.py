@@ -37,3 +37,31 @@ def test_two_torchrun_nodes_train_to_identical_weights(tiny_workdir, tmp_path, d
     stdout = outputs[0][0] + outputs[1][0]
     assert stdout.count("epoch 1/1") == 1 and stdout.count("bundle:") == 1  # only global rank 0 reports
     assert (tiny_workdir / "models" / "node" / "fold_0" / "model_best.pt").is_file()
+
+
+@pytest.mark.slow
+def test_fold_all_on_two_processes_trains_one_fold_per_process(tiny_workdir, tmp_path, dead_tracking_uri):
+    """`torchrun --nproc_per_node 2 -m medseg train W --fold all`: rank 0 folds 0, 2, 4 and rank 1
+    folds 1, 3, each a one-process run; the five-fold ensemble loads when both are done."""
+    import torch
+
+    import medseg
+    from test_distributed import _free_port
+
+    cfg = yaml.safe_load(Path("configs/unet3d_cpu.yaml").read_text())
+    cfg.update(epochs=1, iterations_per_epoch=1, batch_size=2, validate_every=1, num_workers=0, precision="fp32",
+               val_overlap=0.0)
+    (tmp_path / "f.yaml").write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, OMP_NUM_THREADS="1", MLFLOW_TRACKING_URI=dead_tracking_uri)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "medseg", "train", str(tiny_workdir), "--config", str(tmp_path / "f.yaml"),
+           "--fold", "all"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "5 folds over 2 processes" in proc.stdout and "rank 0 trains fold(s) [0, 2, 4]" in proc.stdout
+    root = tiny_workdir / "models" / "f"
+    for k in range(5):
+        state = torch.load(root / f"fold_{k}" / "training_state.pt", weights_only=True)
+        assert state["loader"]["world_size"] == 1, k  # a one-process run, not a DDP share
+    predictor = medseg.load_model(root, device="cpu")
+    assert len(predictor.bundles) == 5
