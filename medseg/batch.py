@@ -158,6 +158,7 @@ class BatchResult:
     busy: list[str] = field(default_factory=list)  # claimed by another live process
     job_lines: list[str] = field(default_factory=list)  # the whole job's summary, from the ledger
     report: bool = True  # False on torchrun ranks > 0: only rank 0 prints
+    review_page: Path | None = None  # infer(report=True): the HTML review page (medseg.report)
 
 
 def run_case(predictor, paths: list[Path], targets: Outputs, *, series: str | None, probabilities: bool,
@@ -309,12 +310,14 @@ def log_infer_run(predictor, model_refs, workdir: Path | None, result: BatchResu
             "cases_ok": len(result.done), "cases_failed": len(result.failures), "peak_memory_mb": result.peak_memory_mb,
             **({"seconds_per_case": sum(seconds) / len(seconds)} if seconds else {}),
         })
+        if result.review_page is not None:
+            tracker.log_artifact(result.review_page)
 
 
 def infer(input: str | os.PathLike, model, output: str | os.PathLike | None = None, *,
           format: str | Sequence[str] = "nifti", series: str | None = None, probabilities: bool = False,
           workdir: str | os.PathLike | None = None, progress: Callable[[str], None] | None = None,
-          shard: str | None = None, retries: int = 2, **model_options) -> BatchResult:
+          shard: str | None = None, retries: int = 2, report: bool = False, **model_options) -> BatchResult:
     """Segment one scan or many (a folder, a manifest) with a model, writing each in every format.
 
     input: as `medseg infer` takes it (see `medseg.data.cases.discover_cases`); model: what
@@ -325,6 +328,7 @@ def infer(input: str | os.PathLike, model, output: str | os.PathLike | None = No
     through a ledger in the output folder (`segment_sharded`): a rerun does only what is not done,
     retrying a failed case `retries` times. shard: "I/N" (this process does every N-th case from
     the I-th); under torchrun (RANK/WORLD_SIZE set) each rank takes its share, on its LOCAL_RANK GPU.
+    report: also write the HTML review page of the run (`medseg.report`; `result.review_page`), logged to MLflow.
     """
     from medseg.api import load_model
     from medseg.data.cases import discover_cases
@@ -339,6 +343,10 @@ def infer(input: str | os.PathLike, model, output: str | os.PathLike | None = No
         raise InputError(f"{input} holds {len(cases)} scans; give an output folder with -o OUT_DIR")
     check_formats_apply(cases, formats)
     outputs = plan_outputs(input, cases, many, output, formats, probabilities)  # checked before any model loads
+    if report:  # the review page: its path and matplotlib checked before any work
+        from medseg.report import plan_page, review_batch
+
+        page = plan_page(outputs[0], output, many or len(formats) > 1)
     from medseg.inference.ledger import job_key, parse_shard, take_local_gpu
 
     part = parse_shard(shard)
@@ -364,6 +372,8 @@ def infer(input: str | os.PathLike, model, output: str | os.PathLike | None = No
     result.many = many
     if not result.report:  # one MLflow run per job, from rank 0
         return result
+    if report:
+        result.review_page = review_batch(result, cases, outputs, page, predictor, series=series)
     refs = [model] if isinstance(model, (str, os.PathLike)) else list(model)
     log_infer_run(predictor, refs, workdir, result, {
         "precision": predictor.precision.resolved.value, "overlap": predictor.overlap, "tta": predictor.tta,

@@ -101,6 +101,7 @@ table { border-collapse: collapse; margin: 0.5em 0 1em; }
 th, td { border: 1px solid #bbb; padding: 0.2em 0.6em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 tr.failed td { background: #fde2e2; }
+tr.failed td:last-child { text-align: left; }
 td.warn { background: #fff3cd; }
 section.case { border-top: 2px solid #888; margin-top: 1.5em; padding-top: 0.5em; }
 ul.warnings li { color: #8a4b00; }
@@ -160,34 +161,46 @@ def write_report(path: str | os.PathLike, reviews: list[CaseReview], failures: l
     return path
 
 
-def page_path(outputs: dict[str, Path], output: Path | None, into_folder: bool) -> Path:
-    """Where `medseg infer --report` writes the page: report.html in the output folder, or
-    <mask name>_report.html beside a single output file."""
-    from medseg.io.atomic import full_suffix
+def plan_page(outputs: dict[str, Path], output: Path | None, into_folder: bool) -> Path:
+    """Where `medseg infer --report` writes the page, checked before any work: report.html in the
+    output folder, or <mask name>_report.html beside a single output file. Needs matplotlib."""
+    from medseg.extras import require
+    from medseg.io.atomic import check_output_dir, full_suffix
 
+    require("matplotlib")  # the `plots` extra draws the views
     if into_folder:
         return (output if output is not None else Path(".")) / "report.html"
     first = outputs.get("nifti", next(iter(outputs.values())))
-    return first.with_name(first.name[: len(first.name) - len(full_suffix(first))] + "_report.html")
+    path = first.with_name(first.name[: len(first.name) - len(full_suffix(first))] + "_report.html")
+    check_output_dir(path)
+    return path
 
 
-def review_batch(result, cases, path: Path, predictor, series: str | None = None, run_info: dict | None = None) -> Path:
-    """The page of a `medseg.batch` run: each segmented case's scan read again, with the class mask
-    it wrote (see `labels_from_outputs`), one at a time; failed cases listed with their error."""
+def review_batch(result, cases, outputs, path: Path, predictor, series: str | None = None, run_info: dict | None = None) -> Path:
+    """The page of a `medseg.batch` run: every case segmented now or before (a rerun's skipped ones),
+    its scan read again with the class mask it wrote (`labels_from_outputs`), one at a time; failed
+    cases listed with their error. cases, outputs: the batch's [(case id, paths)] and their files."""
     from medseg.api import read_scan
+    from medseg.errors import MedsegError
 
     names = {int(k): str(v) for k, v in predictor.labels.items()}
-    paths = dict(cases)
+    wanted = {r.case_id for r in result.done} | set(result.skipped)
     reviews = []
-    for done in result.done:
-        scan = read_scan(paths[done.case_id], series=series, **predictor.read_options)
-        labels = labels_from_outputs(done.outputs, scan)
-        if labels is None:
-            reviews.append(CaseReview(done.case_id, {}, ["no class mask among the outputs (only RTSTRUCT or instances): "
-                                                         "add nifti or dicom-seg to --format to review it"]))
+    for (case_id, paths), targets in zip(cases, outputs):
+        if case_id not in wanted:
             continue
-        reviews.append(review_case(done.case_id, labels, names, image=scan.volumes[0]))
-    info = {"model": predictor.bundle.model_name, "bundles": len(predictor.bundles), **(run_info or {})}
+        try:
+            scan = read_scan(paths, series=series, **predictor.read_options)
+            labels = labels_from_outputs(targets, scan)
+        except MedsegError as exc:  # the masks are written; a case the page cannot show is named on it
+            reviews.append(CaseReview(case_id, {}, [f"not reviewed: {exc}"]))
+            continue
+        if labels is None:
+            reviews.append(CaseReview(case_id, {}, ["no class mask among the outputs (only RTSTRUCT or instances): "
+                                                    "add nifti or dicom-seg to --format to review it"]))
+            continue
+        reviews.append(review_case(case_id, labels, names, image=scan.volumes[0]))
+    info = {"model": predictor.bundle.model_name, "models in the ensemble": len(predictor.bundles), **(run_info or {})}
     return write_report(path, reviews, result.failures, title="medseg infer: review", run_info=info)
 
 

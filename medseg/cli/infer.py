@@ -34,6 +34,7 @@ def command(
     workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Log this run to WORKDIR's MLflow store (default: the workdir the bundle was trained in, if it sits in WORKDIR/models/).")] = None,
     shard: Annotated[Optional[str], typer.Option("--shard", help="I/N: do every N-th case from the I-th (SLURM arrays, plain processes); under torchrun the ranks share the cases themselves. See docs/distributed.md.")] = None,
     retries: Annotated[int, typer.Option("--retries", help="A rerun retries a case that failed before up to this many times (the ledger in -o counts).")] = 2,
+    report: Annotated[bool, typer.Option("--report", help="Also write an HTML review page (report.html in the -o folder, or <mask>_report.html beside one mask): three views, ml per label and warnings per case; logged to MLflow.")] = False,
 ) -> None:
     """Segment one scan or many with a trained bundle (or an ensemble of folds)."""
     from medseg.batch import infer, summary_lines
@@ -47,12 +48,14 @@ def command(
                    progress=typer.echo, folds=folds, device=device, precision=precision.value, tta=tta,
                    overlap=overlap, batch_size=batch_size, fp16_buffer=fp16_buffer,
                    postprocess=not no_postprocess, instances=instances, crf=crf, shard=shard, retries=retries,
-                   resample_irregular=resample_irregular, volume=volume, runtime=runtime, threads=threads)
+                   resample_irregular=resample_irregular, volume=volume, runtime=runtime, threads=threads, report=report)
     if result.many and result.report:  # torchrun: rank 0 reports the job
         typer.echo("")
         for line in summary_lines(result):
             typer.echo(line)
     if result.report:
         typer.echo(f"peak memory: {result.peak_memory_mb:.0f} MB")
+    if result.review_page is not None:
+        typer.echo(f"review page: {result.review_page}")
     if result.failures:
         raise typer.Exit(1)
