@@ -65,3 +65,33 @@ def test_fold_all_on_two_processes_trains_one_fold_per_process(tiny_workdir, tmp
         assert state["loader"]["world_size"] == 1, k  # a one-process run, not a DDP share
     predictor = medseg.load_model(root, device="cpu")
     assert len(predictor.bundles) == 5
+
+
+def _gpu_check():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", Path("benchmarks/gpu_check.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_says_in_one_line_when_there_is_no_gpu(monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _gpu_check().main([]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and "no CUDA GPU" in lines[0] and "--device cpu --tiny" in lines[0]
+
+
+@pytest.mark.slow
+def test_gpu_check_tiny_cpu_run_prints_every_row(capsys):
+    """The GPU check's code (training rows, both logit buffers, the 1-process DDP group) on tiny sizes."""
+    assert _gpu_check().main(["--device", "cpu", "--tiny", "--iterations", "1"]) == 0
+    out = capsys.readouterr().out
+    for row in ("train tiny 16^3          | fp32 ", "bf16 + channels-last", "fp32 buffer", "fp16 buffer (--fp16-buffer)",
+                "DDP 1 process, tiny 16^3 | gloo"):
+        assert row in out, out
+    speeds = [float(x) for x in __import__("re").findall(r"\| ([0-9.]+) it/s", out)]
+    assert len(speeds) == 3 and all(s > 0 for s in speeds)
