@@ -475,6 +475,28 @@ def convert_volume_on_a_nifti(d, bundle, work):
     return ["convert", scan(d / "scan.nii.gz"), d / "out.nrrd", "--volume", "1"], "--volume applies only to DICOM input"
 
 
+CROP = REPO / "tests" / "data" / "dicom" / "tcia_mr_oblique" / "11_HCropVolume"  # 34 x 50 x 40, read only
+
+
+def convert_mask_off_the_reference_grid(d, bundle, work):
+    labels = np.zeros((20, 20, 12), np.uint8)
+    labels[5:9, 5:9, 3:6] = 1
+    mask = write_volume(Volume(labels, np.diag([3.0, 3.0, 3.0, 1.0])), d / "mask.nii.gz")  # a 3 mm grid, not the crop's
+    return (["convert", mask, d / "seg.dcm", "--to", "dicom-seg", "--reference", CROP],
+            "mask.nii.gz: not on the grid of the reference series")
+
+
+def convert_mask_with_an_unnamed_label(d, bundle, work):
+    from medseg.io import read_volume
+
+    grid = read_volume(CROP)
+    labels = np.zeros(grid.spatial_shape, np.uint8)
+    labels[5:10, 5:10, 5:10], labels[20:25, 20:25, 20:25] = 1, 2
+    mask = write_volume(grid.with_array(labels), d / "mask.nii.gz")
+    return (["convert", mask, d / "rt.dcm", "--to", "rtstruct", "--reference", CROP, "--labels", "1=liver"],
+            "holds label value(s) [2] that --labels does not name")
+
+
 def train_over_an_existing_bundle(d, bundle, work):
     config = d / "tiny.yaml"
     config.write_text(yaml.safe_dump(TINY_TRAIN))
@@ -507,7 +529,7 @@ ROWS = [
     infer_unknown_model_reference, infer_bundle_fold_not_a_number,
     # issue 23
     preprocess_image_and_label_swapped, infer_folder_mixing_dicom_and_nifti, infer_series_on_a_nifti,
-    convert_volume_on_a_nifti, train_over_an_existing_bundle,
+    convert_volume_on_a_nifti, train_over_an_existing_bundle, convert_mask_off_the_reference_grid, convert_mask_with_an_unnamed_label,
 ]
 
 
