@@ -9,8 +9,8 @@ import typer
 
 
 def command(
-    input: Annotated[Path, typer.Argument(help="A NIfTI/NRRD/MHA file or a DICOM folder.")],
-    output: Annotated[Path, typer.Argument(help="Output file: .nii.gz, .nii, .nrrd or .mha.")],
+    input: Annotated[Path, typer.Argument(help="A NIfTI/NRRD/MHA file or a DICOM folder (with --to: a label map).")],
+    output: Annotated[Path, typer.Argument(help="Output file: .nii.gz, .nii, .nrrd or .mha (with --to: the .dcm).")],
     series: Annotated[Optional[str], typer.Option(help="DICOM: SeriesInstanceUID or index of the series to load.")] = None,
     resample_irregular: Annotated[
         bool, typer.Option("--resample-irregular", help="DICOM: resample gantry-tilted or unevenly spaced series onto a regular grid.")
