@@ -10,6 +10,10 @@ validation. Target (issue 6): mean Dice >= 0.87 within 60 minutes on 2 CPU cores
 Usage: .venv/bin/python benchmarks/bench_train_hippocampus.py [--minutes 60] [--precision auto]
            [--config configs/unet3d_cpu.yaml] [--iterations-per-epoch 250] [--seconds-per-iteration 0.9]
            [--work /tmp/hippo]
+       .venv/bin/python benchmarks/bench_train_hippocampus.py --time-budget 60 [--iterations-per-epoch 100]
+           (`medseg train --time-budget`: the epochs are sized and re-sized from the measured speed, so
+           the whole run, final validation included, ends within the budget; the RESULT line gives the
+           minutes planned and used, the plans and re-plans, and the iterations run)
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ def main() -> None:
                     help="measured step time (0.8-0.9 s for unet3d_cpu in bf16 on 2 quiet cores), used to size the epochs "
                          "so the LR schedule ends within the budget")
     ap.add_argument("--epochs", type=int, default=None, help="fixed epochs instead of sizing from the budget (for bf16 vs fp32 at equal iterations)")
+    ap.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                    help="train with `medseg train --time-budget MINUTES` (replaces --minutes/--epochs sizing)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/medseg_bench/hippo"))
     ap.add_argument("--seed", type=int, default=12345)
     args = ap.parse_args()
@@ -45,8 +51,13 @@ def main() -> None:
         subprocess.run(medseg + ["preprocess", str(DATA), "--out", str(args.work)], check=True)
     epochs = args.epochs or max(1, int(args.minutes * 60 / args.seconds_per_iteration / args.iterations_per_epoch))
     cmd = medseg + ["train", str(args.work), "--config", str(args.config), "--fold", "0",
-                    "--epochs", str(epochs), "--iterations-per-epoch", str(args.iterations_per_epoch),
-                    "--max-minutes", str(args.minutes), "--precision", args.precision, "--seed", str(args.seed)]
+                    "--iterations-per-epoch", str(args.iterations_per_epoch), "--precision", args.precision, "--seed", str(args.seed)]
+    if args.time_budget is not None:
+        if args.epochs is not None:
+            sys.exit("--time-budget sizes the epochs itself; drop --epochs")
+        cmd += ["--time-budget", str(args.time_budget)]
+    else:
+        cmd += ["--epochs", str(epochs), "--max-minutes", str(args.minutes)]
     print(" ".join(cmd), flush=True)
     t0 = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -56,6 +67,15 @@ def main() -> None:
         sys.exit(proc.stderr[-3000:])
     epochs_done = len(re.findall(r"^epoch \d+/", proc.stdout, re.M))
     dice = re.search(r"^validation Dice: (.*)$", proc.stdout, re.M)
+    if args.time_budget is not None:
+        plans = re.findall(r"^time budget (?:plan|re-plan \d+) after epoch .*$", proc.stdout, re.M)
+        used = re.search(r"^time budget: used ([0-9.]+) of ([0-9.]+) min; (\d+) epochs", proc.stdout, re.M)
+        print("\n".join(plans))
+        print(f"RESULT precision={args.precision} time budget {args.time_budget} min: used {used.group(1) if used else '?'} min "
+              f"in training, wall {wall:.2f} min for the command; {epochs_done} epochs x {args.iterations_per_epoch} it "
+              f"= {epochs_done * args.iterations_per_epoch} iterations, {max(0, len(plans) - 1)} re-plan(s); "
+              f"{dice.group(1) if dice else 'no validation'}")
+        return
     print(f"RESULT precision={args.precision} epochs={epochs_done}/{epochs} x {args.iterations_per_epoch} it, "
           f"wall {wall:.1f} min (incl. validation); {dice.group(1) if dice else 'no validation'}")
 

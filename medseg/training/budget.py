@@ -159,7 +159,7 @@ class BudgetPlanner:
         final_s = 1.1 * new_val + self.final_fixed_s if self.has_validation else self.final_fixed_s
         n, every, projected = self._size(epoch + 1, elapsed, train_s, overhead, new_val, final_s)
         total = max(epoch + 1 + n, self.min_epochs)
-        same = self.history and (total, every) == (old.total_epochs, old.validate_every)
+        same = self.history and reason != "resume" and (total, every) == (old.total_epochs, old.validate_every)
         self.plan = Plan(total, every, float(train_s), overhead, new_val, final_s, projected, epoch, reason)
         if same:  # new costs, the same schedule: nothing to re-size
             return None
@@ -220,16 +220,25 @@ def max_over_ranks(dist, values: list[float]) -> list[float]:
     return [float(v) for v in t.tolist()]
 
 
+def tracked(trainer) -> bool:
+    """Whether the run logs plots and the bundle to MLflow at its end (the main rank's tracker, told
+    to every rank so all plan alike; a collective: every rank calls it)."""
+    active = float(bool(getattr(trainer.tracker, "active", False)))
+    return max_over_ranks(trainer.dist, [active])[0] > 0
+
+
 def make_planner(config, saved: dict | None, *, has_validation: bool, clock: Callable[[], float] = time.monotonic,
-                 started_at: float | None = None):
+                 started_at: float | None = None, tracked: bool = False):
     """The run's planner, or None when the config has no time_budget; a resumed run continues its own.
-    started_at: the clock when the run (its set-up included) began."""
+    started_at: the clock when the run (its set-up included) began; tracked: the end logs plots and
+    the bundle to MLflow (seconds more, reserved)."""
     if config.time_budget is None:
         return None
     warmup = config.optimizer.warmup_epochs if config.optimizer.schedule == "cosine" else 0
     planner = BudgetPlanner(config.time_budget * 60, config.iterations_per_epoch, initial_epochs=config.epochs,
                             validate_every=config.validate_every, has_validation=has_validation,
-                            min_epochs=max(2, warmup + 1), clock=clock, started_at=started_at)
+                            min_epochs=max(2, warmup + 1), clock=clock, started_at=started_at,
+                            final_fixed_s=10.0 if tracked else 3.0)
     if saved is not None:
         if not saved.get("budget"):
             raise ConfigError("--resume: this run was not trained with a time budget; resume it without --time-budget "

@@ -178,12 +178,25 @@ def warm_imports():
 
 
 @pytest.mark.slow
-def test_a_real_run_finishes_its_schedule_within_the_budget(tiny_config, tiny_workdir, dead_tracking_uri, warm_imports):
+def test_a_real_run_finishes_its_schedule_within_the_budget(tiny_config, tiny_workdir, warm_imports, monkeypatch):
     import torch
 
+    from medseg.tracking import NullTracker
+    from medseg.training import artifacts
     from medseg.training import checkpoint as ckpt
     from medseg.training.loop import train
 
+    class Recorder(NullTracker):  # what the run hands MLflow (a store's timing is not this test's subject)
+        run_id, params, metrics = "recorded", {}, []
+
+        def log_params(self, params):
+            self.params.update(params)
+
+        def log_metrics(self, metrics, step=None):
+            self.metrics.append((step, dict(metrics)))
+
+    recorder = Recorder()
+    monkeypatch.setattr(artifacts, "open_run_tracker", lambda *a, **k: recorder)
     lines: list[str] = []
     t0 = time.monotonic()
     cfg = tiny_config("unet3d_cpu", epochs=3, iterations_per_epoch=2, validate_every=2)
@@ -204,6 +217,12 @@ def test_a_real_run_finishes_its_schedule_within_the_budget(tiny_config, tiny_wo
     last = next(line for line in reversed(lines) if line.startswith(f"epoch {planned}/"))
     assert "lr 0.00e+00" in last  # the schedule ended at its final LR
     assert result.val_dice  # the final validation ran
+    # the plan and every re-plan are in the run's MLflow record (params, then metrics at their epochs)
+    assert recorder.params["budget.minutes"] == pytest.approx(BUDGET_S / 60, abs=1e-3)
+    totals = [(step, m["budget_total_epochs"]) for step, m in recorder.metrics if "budget_total_epochs" in m]
+    assert totals == [(p["made_after_epoch"], p["total_epochs"]) for p in result.budget["plans"]]
+    used = [m["budget_used_min"] for _, m in recorder.metrics if "budget_used_min" in m]
+    assert used == [pytest.approx(result.budget["used_min"], rel=0.05)]
 
 
 @pytest.mark.slow
@@ -213,12 +232,12 @@ def test_a_resumed_real_run_gets_only_the_budget_left(tiny_config, tiny_workdir,
 
     cfg = tiny_config("unet3d_cpu", epochs=3, iterations_per_epoch=2, validate_every=2)
 
-    def interrupt_at_epoch_4(line: str) -> None:
-        if line.startswith("epoch 4/"):  # printed after epoch 4's checkpoint was written
+    def interrupt_after_epoch_1(line: str) -> None:
+        if line.startswith("epoch 1/"):  # printed after epoch 1's checkpoint was written (a plan has >= 2 epochs)
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_workdir, cfg, preset_name="unet3d_cpu", fold=0, time_budget=f"{BUDGET_S}s", echo=interrupt_at_epoch_4)
+        train(tiny_workdir, cfg, preset_name="unet3d_cpu", fold=0, time_budget=f"{BUDGET_S}s", echo=interrupt_after_epoch_1)
     spent = ckpt.load_state(tiny_workdir / "models/unet3d_cpu/fold_0" / ckpt.STATE_FILE)["budget"]["spent_s"]
     assert 0 < spent < BUDGET_S
     with pytest.raises(ConfigError, match="--time-budget with --resume"):
@@ -231,6 +250,33 @@ def test_a_resumed_real_run_gets_only_the_budget_left(tiny_config, tiny_workdir,
     wall = time.monotonic() - t0
     assert wall <= BUDGET_S - spent + SLACK_S, lines  # only what was left, not a fresh budget
     assert result.budget["used_min"] * 60 <= BUDGET_S + SLACK_S
-    assert result.epochs_done == result.budget["epochs"] > 4
+    assert result.epochs_done == result.budget["epochs"] >= 2  # the resumed run finished the schedule
+    assert sum(line.startswith("epoch ") for line in lines) == result.epochs_done - 1  # from epoch 2 on, not anew
     assert any("re-plan" in line and "(resume)" in line for line in lines)
     assert not math.isnan(result.val_dice["mean"])
+
+
+@pytest.mark.slow
+def test_under_ddp_the_slowest_rank_sets_the_pace(tiny_workdir, tmp_path, dead_tracking_uri):
+    """Two gloo processes, rank 1 slowed by 0.4 s per epoch: both ranks make the same plans, from
+    rank 1's times, and end with the same weights after the same number of epochs."""
+    import json
+    import os
+
+    import yaml
+
+    from test_distributed import _torchrun
+
+    cfg = yaml.safe_load(open("configs/unet3d_cpu.yaml").read())
+    cfg.update(epochs=3, iterations_per_epoch=2, validate_every=2, num_workers=0, precision="fp32")
+    (tmp_path / "cpu.yaml").write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, OMP_NUM_THREADS="1", MLFLOW_TRACKING_URI=dead_tracking_uri)
+    proc = _torchrun(["tests/training/ddp_budget.py", str(tiny_workdir), str(tmp_path / "cpu.yaml"), str(tmp_path), "12s", "0.4"], env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["plans"] == r1["plans"] and r0["plans"]  # the same decisions on every rank
+    assert r0["epochs"] == r1["epochs"] == r0["plans"][-1]["total_epochs"] and r0["sha256"] == r1["sha256"]
+    for plan in r0["plans"]:  # each plan's epoch time is the slowest rank's measurement of that epoch
+        e = plan["made_after_epoch"]
+        assert plan["epoch_s"] == pytest.approx(max(r0["own_epoch_s"][e], r1["own_epoch_s"][e]))
+        assert plan["epoch_s"] >= r1["own_epoch_s"][e] >= 0.4
