@@ -22,10 +22,10 @@ from medseg.training.loop import train
 from medseg.training.preempt import PREEMPTED_EXIT, Preempted, auto_resume
 
 
-def _config(tmp_path: Path) -> Path:
+def _config(tmp_path: Path, dropout: float = 0.2) -> Path:
     """The 3D U-Net preset, 2 epochs x 4 iterations, deterministic, with dropout (so the torch RNG matters)."""
     cfg = yaml.safe_load(Path("configs/unet3d.yaml").read_text())
-    cfg["model"]["options"] = {**cfg["model"]["options"], "dropout": 0.2}
+    cfg["model"]["options"] = {**cfg["model"]["options"], "dropout": dropout}
     cfg.update(epochs=2, iterations_per_epoch=4, batch_size=2, validate_every=1, num_workers=0, precision="fp32",
                deterministic=True, val_overlap=0.0)
     path = tmp_path / "pre.yaml"
@@ -90,11 +90,11 @@ def test_sigusr1_under_torchrun_max_restarts_resumes_by_itself(tiny_workdir, _ti
     they resume from the checkpoint and end on identical weights with the uninterrupted loss curve."""
     from test_distributed import _free_port
 
-    config = _config(tmp_path)
-    (tmp_path / "signal.py").write_text(_SIGNAL_FIRST_ATTEMPT)
+    config = _config(tmp_path, dropout=0.0)  # each rank draws its own dropout masks: no 1-process curve to compare with
+    (tmp_path / "preempt_once.py").write_text(_SIGNAL_FIRST_ATTEMPT)
     env = dict(os.environ, OMP_NUM_THREADS="1", MLFLOW_TRACKING_URI=dead_tracking_uri)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--max-restarts", "1",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(tmp_path / "signal.py"),
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(tmp_path / "preempt_once.py"),
            "train", str(tiny_workdir), "--config", str(config), "--fold", "0"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
