@@ -26,6 +26,8 @@ very case, plan spacing 2.5 mm (192x192x240 voxels for the network).
 Usage: .venv/bin/python benchmarks/bench_infer.py [--cases 15] [--ct-slices 300] [--repeats 1]
            [--only hippo|ct] [--ct-medseg-only-slices 400] [--same-map] [--with-mlflow]
            [--hippo-bundle BUNDLE --split-cases WORK/splits.json:0]
+       .venv/bin/python benchmarks/bench_infer.py --backends WORKDIR --hippo-bundle WORKDIR/models/P/fold_0 [--cases 20]
+           (issue 20: every runtime of `medseg export` against torch, see bench_backends)
 """
 
 from __future__ import annotations
@@ -365,10 +367,113 @@ def report(name: str, results, dices, fg) -> dict:
     return {"tools": med, "dice": {k: [float(x) for x in v] for k, v in dices.items()}, "foreground": fg}
 
 
+# ------------------------------------------------------------------------- backends (issue 20)
+# tool -> (which model folder, --runtime, --precision); "bundle" is the fold's bundle, "fp32"/"int8" its exports
+BACKENDS = {
+    "torch_fp32": ("bundle", "torch", "fp32"), "torch_auto": ("bundle", "torch", "auto"),
+    "ort_fp32": ("fp32", "onnxruntime", "fp32"), "ort_int8": ("int8", "onnxruntime", "fp32"),
+    "ov_fp32": ("fp32", "openvino", "fp32"), "ov_bf16": ("fp32", "openvino", "bf16"), "ov_int8": ("int8", "openvino", "fp32"),
+}
+
+
+def latency_worker(folders_json: str, out_json: str, rounds: int) -> None:
+    """Per-window network latency of every backend, in one process, interleaved round by round:
+    one plan-sized window (batch 1, as the predictor runs on the CPU), median over rounds."""
+    import statistics
+
+    import torch
+
+    from medseg.inference.backends import load_networks
+    from medseg.precision import resolve_precision
+
+    folders = json.loads(Path(folders_json).read_text())
+    nets, window = {}, None
+    for tool, (which, runtime, precision) in BACKENDS.items():
+        plan = resolve_precision(precision, "cpu")
+        bundle, net = load_networks(folders[which], runtime, device=torch.device("cpu"), precision=plan)
+        cfg = bundle.configuration_plan
+        window = torch.randn(1, len(bundle.plan.channel_names), *cfg.patch_size, generator=torch.Generator().manual_seed(0))
+        nets[tool] = (net, plan, window.contiguous(memory_format=plan.memory_format(cfg.spatial_dims)))
+    times: dict[str, list[float]] = {t: [] for t in nets}
+    with torch.inference_mode():
+        for tool, (net, plan, x) in nets.items():  # warm-up
+            with plan.autocast():
+                net(x)
+        for _ in range(rounds):
+            for tool, (net, plan, x) in nets.items():
+                t0 = time.perf_counter()
+                with plan.autocast():
+                    net(x)
+                times[tool].append(1000 * (time.perf_counter() - t0))
+    Path(out_json).write_text(json.dumps({t: statistics.median(v) for t, v in times.items()}))
+
+
+def bench_backends(bundle: Path, workdir: Path, inputs: list[Path], work: Path, repeats: int, rounds: int,
+                   gate_cases: int | None) -> dict:
+    """Export the bundle (fp32 ONNX; int8 ONNX calibrated on WORKDIR and gated on its validation cases),
+    then every backend of BACKENDS: per-window latency (one process), end-to-end `medseg infer` wall time
+    and peak RSS (own process each, interleaved), mask Dice vs torch fp32."""
+    import numpy as np
+
+    from medseg.bundle import load_bundle
+    from medseg.export import export_bundle
+    from medseg.io import read_volume
+
+    folders = {"bundle": str(bundle)}
+    for kind in ("fp32", "int8"):
+        out = work / f"export_{kind}"
+        t0 = time.perf_counter()
+        report = export_bundle(bundle, out, format="onnx", int8=kind == "int8", calibration=workdir if kind == "int8" else None,
+                               gate_cases=gate_cases, tolerance=0.005)
+        print(f"export {kind}: {time.perf_counter() - t0:.0f} s; " + "; ".join(report.lines), flush=True)
+        folders[kind] = str(out)
+    (work / "folders.json").write_text(json.dumps(folders))
+    run_child([sys.executable, __file__, "--latency", str(work / "folders.json"), str(work / "latency.json"), str(rounds)],
+              work / "latency.log")
+    latency = json.loads((work / "latency.json").read_text())
+    in_dir = work / "backends_in"
+    shutil.rmtree(in_dir, ignore_errors=True)
+    in_dir.mkdir(parents=True)
+    for p in inputs:
+        (in_dir / p.name).symlink_to(p)
+    results: dict[str, list[tuple[float, float]]] = {t: [] for t in BACKENDS}
+    for r in range(repeats):
+        for tool, (which, runtime, precision) in BACKENDS.items():
+            out = work / f"backends_{tool}"
+            shutil.rmtree(out, ignore_errors=True)
+            cmd = [sys.executable, "-m", "medseg", "infer", str(in_dir), "-m", folders[which], "-o", str(out), "--device", "cpu",
+                   "--runtime", runtime, "--precision", precision]
+            wall, rss = run_child(cmd, work / f"backends_{tool}.log")
+            results[tool].append((wall, rss))
+            print(f"run {r + 1} {tool:<11} {wall:7.1f} s {rss:7.0f} MiB  load {os.getloadavg()[0]:.1f}", flush=True)
+    classes = [c for c in load_bundle(bundle).labels if c != 0]
+    dice: dict[str, list[float]] = {t: [] for t in BACKENDS if t != "torch_fp32"}
+    for p in inputs:
+        name = p.name.split(".")[0] + ".nii.gz"
+        ref = read_volume(work / "backends_torch_fp32" / name).array
+        for tool in dice:
+            dice[tool].append(dice_mc(read_volume(work / f"backends_{tool}" / name).array, ref, classes))
+    manifest = json.loads((Path(folders["int8"]) / "manifest.json").read_text())
+    summary = {"latency_ms": latency, "dice_vs_torch_fp32": dice, "int8_gate": manifest["int8"]["gate"],
+               "auto_choice": json.loads((Path(folders["fp32"]) / "manifest.json").read_text())["benchmark"],
+               "tools": {t: (float(np.median([w for w, _ in v])), float(max(m for _, m in v))) for t, v in results.items()}}
+    base = summary["tools"]["torch_auto"]
+    print(f"\n{len(inputs)} cases: per-window ms, median wall, max peak RSS, Dice vs torch fp32 (min / mean)")
+    for tool, (wall, rss) in summary["tools"].items():
+        d = dice.get(tool)
+        dtext = f"{min(d):.4f} / {np.mean(d):.4f}" if d else "reference"
+        print(f"  {tool:<11} {latency[tool]:8.1f} ms {wall:7.1f} s {rss:7.0f} MiB  {base[0] / wall:4.2f}x torch auto  Dice {dtext}")
+    print(f"  int8 gate: {summary['int8_gate']}")
+    return summary
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         bundle, listing, out, overlap, batch, weights = sys.argv[2:8]
         monai_worker(bundle, listing, out, float(overlap), int(batch), weights)
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--latency":
+        latency_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         return
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", type=int, default=15)
@@ -391,12 +496,28 @@ def main() -> None:
                     help="hippocampus: use that fold's validation cases instead of the first --cases (e.g. with a "
                          "bundle trained by bench_train_hippocampus.py)")
     ap.add_argument("--work", type=Path, default=WORK)
+    ap.add_argument("--backends", type=Path, default=None, metavar="WORKDIR",
+                    help="issue 20: torch fp32/auto, ONNX Runtime fp32/int8, OpenVINO fp32/bf16/int8 on --hippo-bundle's "
+                         "fold (int8 calibrated and gated on WORKDIR), on --cases of that fold's validation cases")
+    ap.add_argument("--latency-rounds", type=int, default=10)
+    ap.add_argument("--gate-cases", type=int, default=None)
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"load average at start: {os.getloadavg()}, {os.cpu_count()} CPUs", flush=True)
     tools = (["medseg_auto", "medseg_fp32", "monai"] + (["monai_medseg_map"] if args.same_map else [])
              + (["medseg_auto_mlflow"] if args.with_mlflow else []))
     summary = {"load_start": os.getloadavg()}
+    if args.backends is not None:
+        from medseg.bundle import bundle_fold
+
+        val = json.loads((args.backends / "splits.json").read_text())[bundle_fold(args.hippo_bundle)]["val"]
+        inputs = [DATA / "imagesTr" / f"{case}.nii.gz" for case in val][: args.cases]
+        summary["backends"] = bench_backends(args.hippo_bundle, args.backends, inputs, args.work, args.repeats,
+                                             args.latency_rounds, args.gate_cases)
+        summary["load_end"] = os.getloadavg()
+        print(f"load average at end: {summary['load_end']}")
+        (args.work / "summary_backends.json").write_text(json.dumps(summary, indent=2))
+        return
     if args.only in (None, "hippo"):
         if not DATA.is_dir():
             sys.exit(f"hippocampus data not found at {DATA}")

@@ -24,7 +24,7 @@ from medseg.errors import ConfigError, MedsegError, OutputError
 from medseg.export.manifest import DEFAULT_OPSET, EXPORT_VERSION, FORMATS, MANIFEST, RUNTIMES_OF, runtime_versions, sha256_file, write_manifest
 
 log = logging.getLogger(__name__)
-PARITY_TOLERANCE = 1e-3  # max |logit| difference of a float32 export vs torch on the check window
+PARITY_TOLERANCE = 1e-3  # max |logit| difference vs torch, relative to the largest |logit| (torch fp32 itself is 2.4e-4 off fp64 on the Hippocampus U-Net)
 
 
 class ExportRefused(MedsegError):
@@ -171,7 +171,7 @@ def export_bundle(bundle: str | os.PathLike, out: str | os.PathLike | None = Non
 
 def _parity(network, folder: Path, manifest: dict, example: torch.Tensor) -> dict[str, float]:
     """Max |logit| difference of each runtime vs the torch network on `example`; a float32 export
-    off by more than PARITY_TOLERANCE is a broken export and is refused."""
+    off by more than PARITY_TOLERANCE of the largest |logit| (summation order differs) is refused."""
     from medseg.inference.backends import open_backend
 
     with torch.inference_mode():
@@ -180,9 +180,10 @@ def _parity(network, folder: Path, manifest: dict, example: torch.Tensor) -> dic
         for runtime in manifest["runtimes"]:
             out = open_backend(folder, manifest, runtime)(example).numpy()
             found[runtime] = float(np.abs(out - reference).max()) if out.shape == reference.shape else float("inf")
-    bad = {k: v for k, v in found.items() if not v <= PARITY_TOLERANCE}
+    limit = PARITY_TOLERANCE * max(1.0, float(np.abs(reference).max()))
+    bad = {k: v for k, v in found.items() if not v <= limit}
     if bad:
-        raise ConfigError(f"the exported network's logits differ from torch's by {bad} (> {PARITY_TOLERANCE}) on a "
+        raise ConfigError(f"the exported network's logits differ from torch's by {bad} (> {limit:.1e}) on a "
                           f"{tuple(example.shape)} window; this model does not export faithfully, keep the bundle")
     return found
 
