@@ -18,6 +18,7 @@ import logging
 import os
 
 log = logging.getLogger(__name__)
+_default: int | None = None  # the default, decided once per process (later runs in it get the same count)
 
 
 def prepare_environment() -> None:
@@ -46,7 +47,10 @@ def default_threads(cores: int | None = None, load: float | None = None) -> int:
 
 def set_threads(threads: int | None = None) -> int:
     """Set torch's intra-op threads: `threads` when given (>= 1), else OMP_NUM_THREADS when set,
-    else `default_threads()`. Returns the number set."""
+    else `default_threads()`, decided at the first call of the process and kept, so that runs in
+    one process (a resumed training in a notebook, a test session) use one thread count and
+    repeat exactly. Returns the number set."""
+    global _default
     import torch
 
     from medseg.errors import ConfigError
@@ -55,7 +59,9 @@ def set_threads(threads: int | None = None) -> int:
         raise ConfigError(f"threads {threads}: expected at least 1, e.g. --threads 2")
     if threads is None and os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
         return torch.get_num_threads()  # the user's own setting, applied by torch at start-up
-    chosen = threads or default_threads()
+    if threads is None and _default is None:
+        _default = default_threads()
+    chosen = threads or _default
     torch.set_num_threads(chosen)
     log.debug("torch uses %d thread(s) (%d core(s) available)", chosen, available_cores())
     return chosen
