@@ -286,6 +286,11 @@ def after_epoch(trainer, planner: BudgetPlanner, epoch: int, metrics: dict) -> N
     if trainer.dist.is_main:
         word = "plan" if len(planner.history) == 1 else f"re-plan {len(planner.history) - 1}"
         trainer.echo(f"time budget {word} after epoch {epoch + 1} ({plan.reason}): {old_total} -> {planner.describe(plan)}")
+        per_epoch = plan.epoch_s + plan.overhead_s
+        if len(planner.history) == 1 and per_epoch > 0.1 * planner.budget_s:
+            fits = max(1, int(0.05 * planner.budget_s / max(plan.epoch_s / trainer.iters, 1e-9)))
+            trainer.echo(f"time budget: an epoch takes {per_epoch:.0f} s, over a tenth of the budget, so the plan is coarse; "
+                         f"--iterations-per-epoch {fits} would make epochs of about 5% of it")
         if plan.projected_s > planner.budget_s:
             trainer.echo(f"time budget: even one more epoch ends {(plan.projected_s - planner.budget_s) / 60:.2f} min "
                          "past the budget; finishing the schedule anyway (give a larger budget or fewer iterations per epoch)")
