@@ -121,9 +121,10 @@ def first_output(targets: Outputs) -> Path:
 
 
 def segment_case(predictor, paths: list[Path], targets: Outputs, *, series: str | None = None,
-                 probabilities: bool = False) -> None:
+                 probabilities: bool = False, prompts: list | None = None) -> None:
     """Predict one case (one path per channel) once and write it in every format of `targets`.
-    DICOM outputs reference the first channel's series."""
+    DICOM outputs reference the first channel's series. prompts: a promptable bundle's objects
+    (`medseg.interactive.prompts.ObjectPrompts`), each segmented from its prompts."""
     from medseg.api import read_scan, write
     from medseg.io.atomic import check_output_dir
 
@@ -135,7 +136,12 @@ def segment_case(predictor, paths: list[Path], targets: Outputs, *, series: str 
 
         refuse_multiframe(scan.datasets)
     objects = any(f in OBJECT_FORMATS for f in targets)
-    segmentation = predictor.segment(scan, probabilities=probabilities or objects)
+    if prompts is not None:
+        from medseg.interactive.session import segment_with_prompts
+
+        segmentation = segment_with_prompts(predictor, scan, prompts)
+    else:
+        segmentation = predictor.segment(scan, probabilities=probabilities or objects)
     beside = first_output(targets)
     for format, target in targets.items():
         write(segmentation, target, format, probabilities=probabilities and target == beside)
@@ -208,6 +214,23 @@ def written_files(targets: Outputs, probabilities: bool) -> list[Path]:
     return files + [probabilities_path(first_output(targets))] if probabilities else files
 
 
+def remove_temporaries(files: list[Path], pid: int) -> None:
+    """Delete the temporary files (`medseg.io.atomic.atomic_output` names) that process `pid`,
+    now dead, left beside `files`."""
+    import shutil
+
+    from medseg.io.atomic import full_suffix
+
+    for path in files:
+        suffix = full_suffix(path)
+        stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
+        tmp = path.with_name(f".{stem}.tmp-{pid}{suffix}")
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink(missing_ok=True)
+
+
 def segment_sharded(predictor, cases: Cases, outputs: list[Outputs], folder: Path, *, shard, key: str,
                     series: str | None = None, probabilities: bool = False, max_attempts: int = 3,
                     lease_s: float = 3600.0, progress: Callable[[str], None] | None = None) -> BatchResult:
@@ -236,6 +259,8 @@ def segment_sharded(predictor, cases: Cases, outputs: list[Outputs], folder: Pat
             elif record is not None and record.state in ("pending", "claimed") and ledger.claim_alive(record):
                 result.busy.append(case_id)
             else:
+                if record is not None and record.host == ledger.host and record.state in ("pending", "claimed"):
+                    remove_temporaries(written_files(targets, probabilities), record.pid)  # left by the dead claim
                 todo.append((case_id, paths, targets))
         ledger.pending([case_id for case_id, _, _ in todo])
         if shard.count > 1 or result.skipped:
@@ -317,7 +342,8 @@ def log_infer_run(predictor, model_refs, workdir: Path | None, result: BatchResu
 def infer(input: str | os.PathLike, model, output: str | os.PathLike | None = None, *,
           format: str | Sequence[str] = "nifti", series: str | None = None, probabilities: bool = False,
           workdir: str | os.PathLike | None = None, progress: Callable[[str], None] | None = None,
-          shard: str | None = None, retries: int = 2, report: bool = False, **model_options) -> BatchResult:
+          shard: str | None = None, retries: int = 2, report: bool = False, prompt: str | os.PathLike | None = None,
+          **model_options) -> BatchResult:
     """Segment one scan or many (a folder, a manifest) with a model, writing each in every format.
 
     input: as `medseg infer` takes it (see `medseg.data.cases.discover_cases`); model: what
@@ -329,6 +355,7 @@ def infer(input: str | os.PathLike, model, output: str | os.PathLike | None = No
     retrying a failed case `retries` times. shard: "I/N" (this process does every N-th case from
     the I-th); under torchrun (RANK/WORLD_SIZE set) each rank takes its share, on its LOCAL_RANK GPU.
     report: also write the HTML review page of the run (`medseg.report`; `result.review_page`), logged to MLflow.
+    prompt: a prompt file (`medseg.interactive.prompts`) for one scan and a promptable bundle.
     """
     from medseg.api import load_model
     from medseg.data.cases import discover_cases
@@ -342,6 +369,13 @@ def infer(input: str | os.PathLike, model, output: str | os.PathLike | None = No
     if many and output is None:
         raise InputError(f"{input} holds {len(cases)} scans; give an output folder with -o OUT_DIR")
     check_formats_apply(cases, formats)
+    objects = None
+    if prompt is not None:  # read and checked before any model loads
+        from medseg.interactive.prompts import load_prompts
+
+        if many:
+            raise InputError(f"{input} holds {len(cases)} scans; --prompt gives the prompts of one scan, so give one scan")
+        objects = load_prompts(prompt)
     outputs = plan_outputs(input, cases, many, output, formats, probabilities)  # checked before any model loads
     if report:  # the review page: its path and matplotlib checked before any work
         from medseg.report import plan_page, review_batch
@@ -366,6 +400,14 @@ def infer(input: str | os.PathLike, model, output: str | os.PathLike | None = No
                                                              "probabilities": probabilities})
         result = segment_sharded(predictor, cases, outputs, output, shard=part, key=key, series=series,
                                  probabilities=probabilities, max_attempts=1 + retries, progress=progress)
+    elif objects is not None:
+        if not predictor.bundle.plan.prompt_channels:
+            raise ConfigError(f"--prompt {prompt}: {predictor.bundle.path} is not a promptable model; train one with "
+                              "configs/interactive3d.yaml, or leave out --prompt")
+        start = time.perf_counter()
+        segment_case(predictor, cases[0][1], outputs[0], series=series, probabilities=probabilities, prompts=objects)
+        result = BatchResult(done=[CaseResult(cases[0][0], time.perf_counter() - start, outputs[0])])
+        result.peak_memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     else:
         result = segment_cases(predictor, cases, outputs, series=series, probabilities=probabilities,
                                stop_on_error=True, progress=progress)

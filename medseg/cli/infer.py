@@ -35,6 +35,7 @@ def command(
     shard: Annotated[Optional[str], typer.Option("--shard", help="I/N: do every N-th case from the I-th (SLURM arrays, plain processes); under torchrun the ranks share the cases themselves. See docs/distributed.md.")] = None,
     retries: Annotated[int, typer.Option("--retries", help="A rerun retries a case that failed before up to this many times (the ledger in -o counts).")] = 2,
     report: Annotated[bool, typer.Option("--report", help="Also write an HTML review page (report.html in the -o folder, or <mask>_report.html beside one mask): three views, ml per label and warnings per case; logged to MLflow.")] = False,
+    prompt: Annotated[Optional[Path], typer.Option("--prompt", help="A promptable model's prompts for this scan: a JSON of objects with points and a box, in RAS mm (or LPS, voxels); each object is written with its label.")] = None,
 ) -> None:
     """Segment one scan or many with a trained bundle (or an ensemble of folds)."""
     from medseg.batch import infer, summary_lines
@@ -48,7 +49,8 @@ def command(
                    progress=typer.echo, folds=folds, device=device, precision=precision.value, tta=tta,
                    overlap=overlap, batch_size=batch_size, fp16_buffer=fp16_buffer,
                    postprocess=not no_postprocess, instances=instances, crf=crf, shard=shard, retries=retries,
-                   resample_irregular=resample_irregular, volume=volume, runtime=runtime, threads=threads, report=report)
+                   resample_irregular=resample_irregular, volume=volume, runtime=runtime, threads=threads, report=report,
+                   prompt=prompt)
     if result.many and result.report:  # torchrun: rank 0 reports the job
         typer.echo("")
         for line in summary_lines(result):

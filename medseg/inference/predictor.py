@@ -212,6 +212,9 @@ class Predictor:
         """
         from medseg.inference.segmentation import Segmentation, check_channels, read_scan
 
+        if self.bundle.plan.prompt_channels:
+            raise ConfigError(f"{self.bundle.path}: a promptable model segments from prompts; use medseg infer --prompt "
+                              "PROMPTS.json or medseg.InteractiveSession")
         scan = read_scan(inputs, series=series, **self.read_options)
         check_channels(scan, self.bundle.plan.channel_names)
         result = self.predict(scan.volumes, probabilities=probabilities)

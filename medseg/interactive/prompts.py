@@ -120,24 +120,10 @@ def encode(prompts: ObjectPrompts, original_affine: np.ndarray, original_shape, 
     previous: the previous mask on that grid (X, Y, Z) bool/float (channel 3)."""
     channels = np.zeros((PROMPT_CHANNELS, *grid_shape), np.float32)
     spacing = np.linalg.norm(np.asarray(grid_affine)[:3, :3], axis=0)
-    axes = [np.arange(s) for s in grid_shape]
     for n, point in enumerate(prompts.points):
         ras = to_ras(point.xyz, prompts.space, original_affine)
         check_inside(to_grid(ras, original_affine), original_shape, f"point {n} {list(point.xyz)}", source)
-        centre = to_grid(ras, grid_affine)
-        # a ball of radius_mm (at least the voxel holding the point), computed in its bounding box only
-        reach = np.maximum(np.ceil(radius_mm / spacing), 1).astype(int)
-        lo = np.maximum(np.floor(centre).astype(int) - reach, 0)
-        hi = np.minimum(np.floor(centre).astype(int) + reach + 2, grid_shape)
-        if np.any(hi <= lo):
-            continue  # outside the cropped grid: lies in the background the crop removed
-        sub = np.meshgrid(*[a[l:h] for a, l, h in zip(axes, lo, hi)], indexing="ij")
-        dist = np.sqrt(sum(((g - c) * s) ** 2 for g, c, s in zip(sub, centre, spacing)))
-        nearest = tuple(np.clip(np.round(centre).astype(int), 0, np.asarray(grid_shape) - 1))
-        box = tuple(slice(l, h) for l, h in zip(lo, hi))
-        target = channels[0 if point.positive else 1]
-        target[box] = np.maximum(target[box], (dist <= radius_mm).astype(np.float32))
-        target[nearest] = 1.0
+        paint_ball(channels[0 if point.positive else 1], to_grid(ras, grid_affine), radius_mm, spacing)
     if previous is not None:
         channels[3] = np.asarray(previous, np.float32)
     if prompts.box is not None:
@@ -149,3 +135,23 @@ def encode(prompts: ObjectPrompts, original_affine: np.ndarray, original_shape, 
         hi = np.clip(np.floor(grid.max(0) + 0.5).astype(int) + 1, 0, grid_shape)
         channels[2][tuple(slice(l, h) for l, h in zip(lo, hi))] = 1.0
     return channels
+
+
+def paint_ball(channel: np.ndarray, centre, radius_mm: float, spacing) -> None:
+    """Set to 1 the voxels of `channel` (X, Y, Z) within `radius_mm` of `centre` (continuous voxel
+    coordinates), and always the voxel nearest to it when it lies on the grid (a click is never lost
+    to a coarse grid); computed in the ball's bounding box only."""
+    shape = np.asarray(channel.shape)
+    centre, spacing = np.asarray(centre, np.float64), np.asarray(spacing, np.float64)
+    reach = np.maximum(np.ceil(radius_mm / spacing), 1).astype(int)
+    base = np.floor(centre).astype(int)
+    lo, hi = np.maximum(base - reach, 0), np.minimum(base + reach + 2, shape)
+    if np.any(hi <= lo):
+        return  # outside this grid (e.g. in the background a crop removed)
+    sub = np.meshgrid(*[np.arange(l, h) for l, h in zip(lo, hi)], indexing="ij")
+    dist = np.sqrt(sum(((g - c) * s) ** 2 for g, c, s in zip(sub, centre, spacing)))
+    box = tuple(slice(l, h) for l, h in zip(lo, hi))
+    channel[box] = np.maximum(channel[box], (dist <= radius_mm).astype(channel.dtype))
+    nearest = np.round(centre).astype(int)
+    if np.all(nearest >= 0) and np.all(nearest < shape):
+        channel[tuple(nearest)] = 1

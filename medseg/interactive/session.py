@@ -59,6 +59,21 @@ class InteractiveSession:
     def add_box(self, lo, hi, space: str = "RAS") -> None:
         self._interact(lambda p: setattr(p, "box", Box(tuple(map(float, lo)), tuple(map(float, hi)))), space)
 
+    def add_prompts(self, prompts: ObjectPrompts) -> None:
+        """Every prompt of one object (points and box, in their own space) as one interaction."""
+        def change(p: ObjectPrompts) -> None:
+            p.points.extend(Point(tuple(map(float, q.xyz)), q.positive) for q in prompts.points)
+            if prompts.box is not None:
+                p.box = Box(tuple(map(float, prompts.box.min)), tuple(map(float, prompts.box.max)))
+
+        self._interact(change, prompts.space)
+
+    def reset(self) -> None:
+        """A new object: no prompts, an empty mask, no history (the preprocessed scan is kept)."""
+        self.prompts = ObjectPrompts(space="RAS")
+        self.current = np.zeros(self.grid_shape, bool)
+        self.history.clear()
+
     def undo(self) -> None:
         """Back to the prompts and mask before the last interaction, exactly."""
         if not self.history:
@@ -155,3 +170,23 @@ def _network_predictor(model) -> PredictFn:
         return model.head.decode(out.cpu()).numpy() == 1
 
     return predict
+
+
+def segment_with_prompts(predictor, scan, objects: list[ObjectPrompts], source: str = "prompts"):
+    """`medseg infer --prompt`: each object's prompts as one interaction on a promptable bundle ->
+    a `Segmentation` on the scan's grid, object k written with its `label` (later objects win
+    where two overlap)."""
+    from medseg.inference.segmentation import Segmentation
+
+    session = InteractiveSession(predictor, scan.volumes)
+    labels = None
+    for obj in objects:
+        session.reset()
+        session.add_prompts(obj)
+        mask = session.mask()
+        if labels is None:
+            dtype = np.uint16 if max(o.label for o in objects) > 255 else np.uint8
+            labels = np.zeros(mask.spatial_shape, dtype)
+        labels[np.asarray(mask.array) > 0] = obj.label
+    names = {0: "background", **{o.label: f"object {o.label}" for o in objects}}
+    return Segmentation(mask.with_array(labels), None, names, {}, scan.datasets, predictor.bundle.model_name)

@@ -152,6 +152,7 @@ class Plan(StrictModel):
     label_codes: dict[int, LabelCode] = {}  # label value -> DICOM SEG/RTSTRUCT codes (medseg.label_codes)
     things: list[int] | None = None  # countable label values (instance/panoptic outputs); None: every foreground label
     border_of: dict[int, int] = {}  # border label value -> its thing's value: a border/core model (medseg.instances)
+    prompt_channels: int = 0  # > 0: a promptable model (medseg.interactive): image + these prompt inputs; labels {0, 1: object}
 
     @field_validator("normalization")
     @classmethod

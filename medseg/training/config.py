@@ -84,6 +84,7 @@ class TrainConfig(StrictModel):
     deterministic: bool = False
     compile: bool = False  # torch.compile the training forward/backward (see docs/benchmarks.md for the gain)
     val_overlap: float = Field(0.5, ge=0.0, lt=1.0)
+    interactive: Optional["InteractiveOptions"] = None  # a promptable model trained with simulated clicks (medseg.training.interactive)
     # minutes of wall clock for the whole run, final validation and bundle included ("90s", "60m",
     # "1.5h" or plain minutes): the epochs are sized and re-sized to it (medseg.training.budget)
     time_budget: Optional[float] = Field(None, gt=0)
@@ -156,3 +157,8 @@ def dump_config(config: TrainConfig) -> str:
     import yaml
 
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+from medseg.training.interactive import InteractiveOptions  # noqa: E402  (the option model; imports no trainer code)
+
+TrainConfig.model_rebuild()

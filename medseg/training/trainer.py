@@ -44,7 +44,7 @@ class Trainer:
         self.workdir, self.plan, self.run_plan, self.config, self.out_dir = Path(workdir), plan, run_plan, config, Path(out_dir)
         self.fold, self.echo, self.progress = fold, echo, progress
         self.conf = run_plan.configurations[config.model.configuration]
-        self.labels = {int(k): v for k, v in plan.labels.items()}
+        self.labels = {int(k): v for k, v in run_plan.labels.items()}  # the plan's, or {0, 1: object} when promptable
 
         self.device_type = "cuda" if torch.cuda.is_available() else "cpu"
         self.dist = dist = init_distributed(self.device_type)
