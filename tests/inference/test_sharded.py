@@ -215,3 +215,20 @@ def test_kill_9_of_one_rank_then_the_same_command_finishes_without_redoing_a_cas
     after = _mtimes(out)
     assert all(after[f"{c}.nii.gz"] == before[f"{c}.nii.gz"] for c in done_before)  # untouched
     assert len(after) == 20 and f"{len(done_before)} before" in stdout
+    assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]  # the killed ranks' temporaries are gone
+
+
+def test_a_dead_processs_claim_is_redone_and_its_temporary_file_removed(tiny_bundle, tmp_path):
+    cases = _cases(tmp_path / "cases", 2)
+    out = tmp_path / "out"
+    dead_pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
+    args = ["infer", cases, "--model", tiny_bundle, "-o", out, "--device", "cpu", "--precision", "fp32"]
+    assert run(*args, "--shard", "1/2") == 0  # c01 done: the job's key is now in the ledger
+    key = next(r["job"] for r in _events(out) if r["event"] == "start")
+    (out / LEDGER_DIR / "dead.jsonl").write_text(
+        json.dumps({"event": "start", "job": key, "t": time.time()}) + "\n"
+        + json.dumps({"event": "claimed", "case": "c00", "t": time.time(), "host": socket.gethostname(), "pid": dead_pid}) + "\n")
+    (out / f".c00.tmp-{dead_pid}.nii.gz").write_bytes(b"half a mask")  # what a kill -9 inside the write leaves
+    assert run(*args) == 0
+    assert not (out / f".c00.tmp-{dead_pid}.nii.gz").exists()
+    assert _done_count(out) == {"c00": 1, "c01": 1}
