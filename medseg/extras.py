@@ -4,6 +4,7 @@
     plots     matplotlib                          learning curves, overlays, evaluation box plots
     rtstruct  rt-utils (opencv), scikit-image     RTSTRUCT writing and reading
     itk       SimpleITK                           NRRD and MetaImage (.nrrd, .nhdr, .mha, .mhd)
+    pacs      dicomweb-client, pynetdicom         `medseg pacs`: DICOMweb round trips, C-STORE receiver
     export    onnx, onnxruntime, openvino         `medseg export`, `--runtime onnxruntime|openvino`
     all       every extra above (what `make` installs)
 
@@ -26,6 +27,8 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "cv2": ("opencv-python", "rtstruct"),
     "skimage": ("scikit-image", "rtstruct"),
     "SimpleITK": ("SimpleITK", "itk"),
+    "dicomweb_client": ("dicomweb-client", "pacs"),
+    "pynetdicom": ("pynetdicom", "pacs"),
     "onnx": ("onnx", "export"),
     "onnxruntime": ("onnxruntime", "export"),
     "openvino": ("openvino", "export"),
