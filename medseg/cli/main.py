@@ -22,6 +22,7 @@ from medseg.cli import ui as ui_cmd
 from medseg.cli import infer as infer_cmd
 from medseg.cli import export as export_cmd
 from medseg.cli import pacs as pacs_cli
+from medseg.cli import evaluate_interactive as evaluate_interactive_cmd
 
 app = typer.Typer(
     name="medseg",
@@ -41,6 +42,7 @@ app.command("infer")(infer_cmd.command)
 app.command("evaluate")(evaluate_cmd.command)
 app.command("ui")(ui_cmd.command)
 app.command("export")(export_cmd.command)
+app.command("evaluate-interactive")(evaluate_interactive_cmd.command)
 app.add_typer(pacs_cli.app, name="pacs")
 
 

@@ -11,6 +11,7 @@ import torch
 
 from medseg.training.interactive import InteractiveOptions, PromptSimulator
 from medseg.training.loop import train
+from medseg.volume import Volume
 
 
 def test_the_simulator_builds_one_object_target_and_prompt_channels_deterministically():
@@ -46,7 +47,6 @@ def test_a_tiny_promptable_model_trains_and_answers_a_click(tiny_config, tiny_wo
     from medseg.api import load_model
     from medseg.bundle import load_bundle
     from medseg.interactive.session import InteractiveSession
-    from medseg.volume import Volume
 
     config = tiny_config("interactive3d", epochs=12, iterations_per_epoch=10)
     result = train(tiny_workdir, config, preset_name="interactive3d", fold=0, echo=lambda *a: None)
@@ -78,6 +78,38 @@ def test_a_tiny_promptable_model_trains_and_answers_a_click(tiny_config, tiny_wo
     assert set(np.unique(written)) == {0, 7} and np.array_equal(written == 7, mask)
     assert run_cli(main, "infer", scan, "--model", result.bundle_dir, "-o", tmp_path / "plain.nii.gz") == 1
     assert "promptable" in capsys.readouterr().err and not (tmp_path / "plain.nii.gz").exists()
+
+    # the simulated user on the fold's validation cases: a curve per object, one click at a time
+    write_raw_manifest(tiny_workdir, tmp_path / "raw")
+    out = tmp_path / "interactive.json"
+    assert run_cli(main, "evaluate-interactive", result.bundle_dir, "--workdir", tiny_workdir, "--clicks", "3", "-o", out) == 0
+    body = json.loads(out.read_text())
+    val = json.loads((tiny_workdir / "splits.json").read_text())[0]["val"]
+    assert {r["case_id"] for r in body["rows"]} == set(val)
+    assert all(len(r["dice"]) == 3 and len(r["seconds"]) == 3 for r in body["rows"])
+    summary = body["summary"]
+    assert summary["objects"] == len(body["rows"]) and 1 <= summary["noc85"] <= 4
+    assert summary["dice_auc"] == pytest.approx(np.mean([r["dice"] for r in body["rows"]]))
+    assert (tmp_path / "interactive_dice_per_click.png").is_file()
+
+
+def write_raw_manifest(workdir, folder) -> None:
+    """The cached cases as scans (their preprocessed grid) plus a manifest.json, as preprocess leaves one."""
+    from medseg.io import write_volume
+    from medseg.preprocess.cache import load_case
+
+    folder.mkdir()
+    cases = []
+    for case_dir in sorted((workdir / "preprocessed").rglob("image.npy")):
+        cid = case_dir.parent.name
+        case = load_case(workdir, cid, mmap=False)
+        affine = np.asarray(case.properties.resampled_affine)
+        image = write_volume(Volume(case.image[0], affine), folder / f"{cid}.nii.gz")
+        label = write_volume(Volume(case.label.astype(np.uint8), affine), folder / f"{cid}_seg.nii.gz")
+        cases.append({"case_id": cid, "images": [str(image)], "label": str(label)})
+    manifest = {"name": "Tiny", "channel_names": ["MR"], "modalities": ["MR"],
+                "labels": {"0": "background", "1": "ball", "2": "box"}, "cases": cases}
+    (workdir / "manifest.json").write_text(json.dumps(manifest))
 
 
 def run_cli(main, *args) -> int:
