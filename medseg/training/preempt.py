@@ -4,7 +4,7 @@ training at the next iteration boundary with a checkpoint, and the next start re
 - `handling_signals()` (around `Trainer.fit`) turns either signal into a flag; every rank checks
   it after each optimizer step, all ranks together (`any_rank`: one signalled rank stops them all).
 - The stop writes `training_state.pt` as after an epoch, plus `resume_at` = {epoch, iteration, the
-  epoch's losses so far}; `Preempted` is raised and `medseg train` exits with `PREEMPTED_EXIT` (75,
+  epoch's losses so far, averaged over ranks}; `Preempted` is raised and `medseg train` exits with `PREEMPTED_EXIT` (75,
   EX_TEMPFAIL: "try again").
 - `auto_resume(state_path)`: a start finds a preemption checkpoint, or is a torchrun restart
   (`TORCHELASTIC_RESTART_COUNT` > 0, so `torchrun --max-restarts` continues after a crash) with a
@@ -105,6 +105,9 @@ def stop(trainer, epoch: int, iteration: int, losses: list[float]) -> None:
 
     dist = trainer.dist
     rng_per_rank = gather_objects(dist, ckpt.rng_states())
+    # each step's loss averaged over the ranks: every rank resumes with these, so the epoch's mean
+    # over ranks is the uninterrupted one (at any world size)
+    losses = [sum(step) / len(step) for step in zip(*gather_objects(dist, [float(x) for x in losses]))]
     name = getattr(trainer.preempt_flag, "signal_name", None) or "a signal on another rank"
     if dist.is_main:
         writer = trainer.checkpoints

@@ -227,6 +227,8 @@ class Trainer:
         self.train_model.train()
         batches = iter(loader)  # draws the loader's seed from the torch RNG
         preempt.restore_rng(self)
+        if preempt.requested(self):  # a signal during the last validation or checkpoint: stop before this epoch
+            preempt.stop(self, epoch, skip, losses)
         for it, batch in enumerate(batches, start=skip):
             image = batch["image"].to(device, non_blocking=True).contiguous(memory_format=fmt)
             target = batch["label"].to(device, non_blocking=True)
