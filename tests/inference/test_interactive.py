@@ -131,3 +131,12 @@ def test_the_simulated_user_is_deterministic_with_a_seed():
     wrong = (label == 1) | (label == 2)
     fp = corrective_click(wrong, label == 1, np.random.default_rng(0))
     assert not fp["positive"] and label[fp["click"]] == 2
+
+
+def test_a_first_pass_mask_seeds_the_session():
+    volume = scan_with_ball(6)
+    seed = volume.with_array((np.asarray(volume.array) > 2.0).astype(np.uint8))
+    session = InteractiveSession(None, volume, plan=binary_plan(), predict_fn=lambda x: x[4] > 0.5, seed=seed)
+    assert np.array_equal(np.asarray(session.mask().array) > 0, np.asarray(seed.array) > 0)
+    session.add_point((48 * 3.0, 48 * 3.0, 24 * 3.0))  # this stand-in network returns the previous-mask channel
+    assert np.array_equal(np.asarray(session.mask().array) > 0, np.asarray(seed.array) > 0)
