@@ -205,7 +205,9 @@ def test_a_real_run_finishes_its_schedule_within_the_budget(tiny_config, tiny_wo
     assert wall <= BUDGET_S + SLACK_S, lines
     assert result.budget["used_min"] * 60 <= BUDGET_S + SLACK_S
     planned = result.budget["epochs"]
-    assert result.epochs_done == planned > 3  # sized to the budget, not the config's 3 epochs
+    assert result.epochs_done == planned == result.budget["plans"][-1]["total_epochs"]  # the last plan ran in full
+    # sized to the budget, not the config's 3 epochs (on a machine too slow for more it is the minimum, said so)
+    assert planned > 3 or (planned == 2 and any("past the budget" in line for line in lines)), lines
     assert any(line.startswith("time budget plan after epoch 1") for line in lines)
     state = ckpt.load_state(result.bundle_dir / ckpt.STATE_FILE)
     assert state["config"]["epochs"] == planned and state["config"]["time_budget"] == pytest.approx(BUDGET_S / 60)
