@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_storescu_series_gets_its_seg_pushed(orthanc, pacs_bundle, shared_data, tmp_path):
-    from medseg.pacs.listen import Listener
+    from medseg.pacs.listen import Listener, sender_for
 
     datasets = renamed_series(part10(read_series(shared_data / "dicom" / "tcia_mr_oblique" / "11_HCropVolume")), "listen")
     files = []
@@ -50,6 +50,14 @@ def test_storescu_series_gets_its_seg_pushed(orthanc, pacs_bundle, shared_data, 
     assert referenced <= {str(ds.SOPInstanceUID) for ds in datasets}
     back, _ = read_dicom_seg(seg, datasets)
     assert np.array_equal(back, predictor.segment(datasets).labels.array)  # all 40 instances made it into the one series
+
+    # results can go back by C-STORE instead (--send-to AET@HOST:PORT): here to Orthanc's DICOM port
+    sender = sender_for(f"ORTHANC@127.0.0.1:{orthanc.dicom_port}", "MEDSEG")
+    sender.store([seg])
+    assert len(orthanc.derived_for(series_uid, "SEG")) == 1  # the same SOP instance: stored again, not duplicated
+    copy = renamed_series(datasets[:1], "c-store")
+    sender.store(copy)
+    assert any(s["MainDicomTags"]["SeriesInstanceUID"] == copy[0].SeriesInstanceUID for s in orthanc.series("MR"))
 
 
 def test_listen_refuses_a_bad_destination_in_one_line(pacs_bundle):

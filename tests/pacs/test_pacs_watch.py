@@ -205,3 +205,29 @@ def test_a_failing_series_is_retried_with_backoff_and_does_not_block_others(orth
     names = {str(ds.get(k, "")) for ds in bad[:1] for k in ("PatientName", "PatientID", "PatientBirthDate")} - {""}
     assert not any(n in r.getMessage() for r in caplog.records for n in names)
     watcher.state.close()
+
+
+def test_qido_polling_takes_a_series_once_its_instance_count_is_steady(orthanc, pacs_bundle, shared_data, tmp_path):
+    """Without Orthanc's feed (any DICOMweb server): QIDO-RS by StudyDate, a series taken on the
+    second poll that finds it with the same instance count, segmented once."""
+    from medseg.pacs.watch import QidoPoller, Watcher
+
+    datasets, uid = series_copy(shared_data, "qido")
+    for ds in datasets:
+        ds.SeriesDescription = "qido polled"
+    half = len(datasets) // 2
+    orthanc.upload(datasets[:half])
+    client = medseg.pacs.Client(orthanc.url, username=orthanc.user, password=orthanc.password)
+    watcher = Watcher(client, medseg.load_model(pacs_bundle, device="cpu"), tmp_path / "state", source="qido",
+                      since="19000101", series_description="^qido")
+    assert isinstance(watcher.source, QidoPoller)
+    watcher.run_once()
+    assert watcher.state.get(uid) is None  # first sight
+    orthanc.upload(datasets[half:])  # still growing
+    watcher.run_once()
+    assert watcher.state.get(uid) is None
+    watcher.run_once()  # the same count twice: complete
+    assert watcher.state.get(uid).status == "done" and counts(orthanc, uid) == (1, 1)
+    watcher.run_once()
+    assert counts(orthanc, uid) == (1, 1)
+    watcher.state.close()
