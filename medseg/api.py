@@ -32,7 +32,8 @@ __all__ = ["FORMATS", "Scan", "Segmentation", "evaluate", "infer", "load_model",
            "train", "write"]
 
 FORMATS = {"nifti": ".nii.gz", "dicom-seg": ".dcm", "rtstruct": ".dcm",  # format -> default file suffix
-           "instances": ".nii.gz", "panoptic": ".nii.gz"}  # object maps + a JSON beside (medseg/instances.py)
+           "instances": ".nii.gz", "panoptic": ".nii.gz",  # object maps + a JSON beside (medseg/instances.py)
+           "dicom-seg-instances": ".dcm"}  # a SEG with one segment per object
 
 
 def read(path_or_datasets: str | os.PathLike | Any, series: str | None = None, resample_irregular: bool = False,
@@ -129,7 +130,7 @@ def write(segmentation: Segmentation, path: str | os.PathLike | None = None, for
     """Write a `Segmentation`, atomically (temporary name, then rename); return the path written.
 
     format: "nifti" (any suffix `medseg.io.write_volume` knows: .nii.gz, .nii, .nrrd, .mha),
-        "dicom-seg" or "rtstruct" (both need `segmentation.datasets`, i.e. a DICOM input; the mask
+        "dicom-seg", "dicom-seg-instances" (one segment per object) or "rtstruct" (these need `segmentation.datasets`, i.e. a DICOM input; the mask
         is checked to lie on that series' grid), "instances" (uint16 object ids of the thing
         classes + <stem>.json: each object's class, volume in ml, centroid in mm, bounding box, mean
         probability) or "panoptic" (value * 1000 + instance number + the same JSON); see `medseg.instances`.
@@ -159,9 +160,15 @@ def write(segmentation: Segmentation, path: str | os.PathLike | None = None, for
             )
         from medseg.io import dicom
 
-        build, save = (dicom.build_dicom_seg, dicom.write_dicom_seg) if format == "dicom-seg" else (dicom.build_rtstruct, dicom.write_rtstruct)
+        build, save = (dicom.build_dicom_seg, dicom.write_dicom_seg) if format != "rtstruct" else (dicom.build_rtstruct, dicom.write_rtstruct)
         args = (segmentation.label_names, segmentation.label_codes)
-        labels = dicom.to_source_slices(segmentation.labels, segmentation.datasets)  # a resampled tilted/gapped series: back onto its slices
+        source = segmentation.labels
+        if format == "dicom-seg-instances":  # each object its own segment, named and coded as its class
+            from medseg.instances import instance_segments
+
+            source, names, codes = instance_segments(segmentation)
+            args = (names, codes)
+        labels = dicom.to_source_slices(source, segmentation.datasets)  # a resampled tilted/gapped series: back onto its slices
         if path is None:
             return build(labels, segmentation.datasets, *args, model_name=segmentation.model_name)
         written = save(labels, segmentation.datasets, path, *args, model_name=segmentation.model_name)

@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 # With several formats each gets its own name, so a SEG and an RTSTRUCT of one case never collide.
 MULTI_FORMAT_NAMES = {"nifti": "{case}.nii.gz", "dicom-seg": "{case}_seg.dcm", "rtstruct": "{case}_rtstruct.dcm",
-                      "instances": "{case}_instances.nii.gz", "panoptic": "{case}_panoptic.nii.gz"}
+                      "instances": "{case}_instances.nii.gz", "panoptic": "{case}_panoptic.nii.gz",
+                      "dicom-seg-instances": "{case}_seg_instances.dcm"}
 OBJECT_FORMATS = ("instances", "panoptic")  # need the probabilities (each object's mean probability)
 FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 
@@ -53,7 +54,7 @@ def check_formats_apply(cases: Cases, formats: list[str]) -> None:
         from medseg.extras import require
 
         require("rt_utils")
-    dicom_formats = [f for f in formats if f in ("dicom-seg", "rtstruct")]
+    dicom_formats = [f for f in formats if f in ("dicom-seg", "dicom-seg-instances", "rtstruct")]
     if dicom_formats:
         non_dicom = [p for _, paths in cases for p in paths if is_image_file(p)]
         if non_dicom:

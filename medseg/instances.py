@@ -218,3 +218,20 @@ def merge_borders(segmentation, border_of: dict[int, int], label_values: list[in
         label_codes={v: c for v, c in segmentation.label_codes.items() if v not in border_of},
         things=sorted(set(border_of.values()) | set(segmentation.things or [])) if segmentation.things is not None else None,
         instance_ids=segmentation.labels.with_array(ids.astype(np.uint16)), instance_classes=to_class)
+
+
+def instance_segments(segmentation) -> tuple[Volume, dict[int, str], dict[int, dict]]:
+    """(uint16 object ids, {id: "<class name> <n>"}, {id: the class's label code}): a `Segmentation`'s
+    objects as the segments of a DICOM SEG (format "dicom-seg-instances")."""
+    values = sorted(segmentation.label_names) if segmentation.label_names else None
+    found = instance_map(segmentation.labels, segmentation.things, None, values,
+                         ids=segmentation.instance_ids, classes=segmentation.instance_classes or None)
+    numbers: dict[int, int] = {}
+    names, codes = {0: "background"}, {}
+    for obj in found.objects:
+        value = obj["class"]
+        numbers[value] = numbers.get(value, 0) + 1
+        names[obj["id"]] = f"{segmentation.label_names.get(value, f'label {value}')} {numbers[value]}"
+        if value in segmentation.label_codes:
+            codes[obj["id"]] = segmentation.label_codes[value]
+    return found.ids, names, codes

@@ -71,7 +71,7 @@ def test_infer_instances_land_on_the_oblique_source_grid(real_data, tiny_bundle,
 
     folder = real_data / "dicom" / "tcia_mr_oblique" / "11-T1post-18670"
     out = tmp_path / "out"
-    assert run("infer", folder, "--model", tiny_bundle, "-o", out, "--format", "nifti,instances,panoptic",
+    assert run("infer", folder, "--model", tiny_bundle, "-o", out, "--format", "nifti,instances,panoptic,dicom-seg-instances",
                "--device", "cpu", "--precision", "fp32") == 0
     case = folder.name
     mask = read_volume(out / f"{case}.nii.gz")
@@ -87,3 +87,10 @@ def test_infer_instances_land_on_the_oblique_source_grid(real_data, tiny_bundle,
         assert obj["volume_ml"] == pytest.approx(np.count_nonzero(instances == obj["id"]) * voxel_ml)
         assert 0 <= obj["mean_probability"] <= 1
     assert not list(out.glob("*_probabilities.nii.gz")), "probabilities are written only when asked"
+
+    from medseg.io.dicom import load_dicom_series, read_dicom_seg
+
+    back, names = read_dicom_seg(out / f"{case}_seg_instances.dcm", load_dicom_series(folder).datasets)
+    assert len(names) == len(body["objects"]) and all(name.startswith("blob ") for name in names.values())
+    assert np.array_equal(np.asarray(back) > 0, instances > 0)
+    assert len(np.unique(np.asarray(back))) == len(body["objects"]) + 1, "one segment per object"
