@@ -134,3 +134,26 @@ def test_damaged_exports_are_refused_in_one_line(onnx_export, tmp_path, capsys):
     manifest["files"]["model.onnx"] = sha256_file(newer / "model.onnx")
     (newer / "manifest.json").write_text(json.dumps(manifest))
     assert "opset 99" in _one_line_refusal(capsys, newer, scan, "ONNX opset 99, newer than the installed onnx")
+
+
+def test_auto_measures_again_on_another_cpu(onnx_export, tmp_path, monkeypatch):
+    """The stored timing is used on the CPU it was measured on; an export made on another CPU is timed here."""
+    from medseg.export import bench
+    from medseg.export.folder import load_export
+
+    assert bench.choose_runtime(load_export(onnx_export)) == json.loads((onnx_export / "manifest.json").read_text())["benchmark"]["fastest"]
+    moved = shutil.copytree(onnx_export, tmp_path / "moved")
+    manifest = json.loads((moved / "manifest.json").read_text())
+    manifest["benchmark"]["cpu"] = "another CPU | avx512f amx_bf16 | 64 cpus"
+    (moved / "manifest.json").write_text(json.dumps(manifest))  # the manifest itself is not hashed
+    calls = []
+    real = bench.measure
+
+    def spy(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "measure", spy)
+    chosen = bench.choose_runtime(load_export(moved))
+    assert calls == [moved] and chosen in ("onnxruntime", "openvino")
+    assert bench.choose_runtime(load_export(moved)) == chosen and len(calls) == 1  # once per process
