@@ -30,8 +30,8 @@ RUNTIMES = ("torch", "onnxruntime", "openvino", "auto")
 
 
 class Backend:
-    """A network: `__call__(batch (B, C, *S) tensor) -> (B, K, *S) float32 logits tensor` (on the CPU for
-    the non-torch runtimes). `name`: the runtime; `describe()`: one line for logs and reports."""
+    """A network: `__call__(batch (B, C, *S) tensor) -> (B, K, *S) float32 logits tensor` on the batch's
+    device (the non-torch runtimes compute on the CPU). `name`: the runtime; `describe()`: one line."""
 
     name = "backend"
 
@@ -93,7 +93,7 @@ class OnnxRuntimeBackend(Backend):
         self.version = ort.__version__
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run([self.output], {self.input: _numpy(batch)})[0])
+        return torch.from_numpy(self.session.run([self.output], {self.input: _numpy(batch)})[0]).to(batch.device)
 
     def describe(self) -> str:
         return f"onnxruntime {self.version} ({', '.join(self.session.get_providers())})"
@@ -124,7 +124,7 @@ class OpenVINOBackend(Backend):
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         self.request.infer({0: _numpy(batch)})
-        return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
+        return torch.from_numpy(self.request.get_output_tensor(0).data.copy()).to(batch.device)  # back where the windows are
 
     def describe(self) -> str:
         return f"openvino {self.version} (CPU, inference precision {self.precision})"
