@@ -1,7 +1,7 @@
 """What medseg sends back to a PACS: a SEG and/or an RTSTRUCT per series, stamped with the algorithm.
 
-`medseg.write(segmentation, format=...)` already gives new Study-level-consistent UIDs (a new
-series and SOP instance), the references to the source instances and coded segment labels. This
+`medseg.write(segmentation, format=...)` already gives new UIDs (a new series and SOP instance in
+the source's study), the references to the source instances and coded segment labels. This
 module adds the algorithm identification that a PACS worker needs to recognise its own output:
 
 - name: "<dataset> <model>" from the bundle (e.g. "Hippocampus unet3d"), as the SEG's

@@ -21,11 +21,10 @@ import logging
 import re
 import signal
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from medseg.errors import MedsegError
+from medseg.errors import ConfigError, MedsegError
 from medseg.pacs.dicomweb import NON_IMAGE_MODALITIES, Client, PacsUnavailable
 from medseg.pacs.outputs import FORMATS, Algorithm, algorithm_of, warm_up
 from medseg.pacs.state import StateStore
@@ -154,13 +153,13 @@ class Watcher:
         try:
             self.description = re.compile(series_description) if series_description else None
         except re.error as exc:
-            raise MedsegError(f"--series-description {series_description!r} is not a valid regular expression ({exc}); "
+            raise ConfigError(f"--series-description {series_description!r} is not a valid regular expression ({exc}); "
                               "e.g. 'T1|MPRAGE'") from None
         self.poll_interval, self.backoff, self.max_attempts = poll_interval, backoff, max_attempts
         self.algorithm = algorithm or algorithm_of(predictor)
         root = orthanc_root(client) if source in ("auto", "orthanc") else None
         if source == "orthanc" and root is None:
-            raise MedsegError(f"{client.url}: --source orthanc, but no Orthanc REST API answers beside it; use --source qido")
+            raise ConfigError(f"{client.url}: --source orthanc, but no Orthanc REST API answers beside it; use --source qido")
         self.source = OrthancChanges(client, root) if root else QidoPoller(client, since)
         self.stopping = threading.Event()
         self.processed: dict[str, int] = {"done": 0, "skipped": 0, "empty": 0, "failed": 0}
