@@ -6,7 +6,8 @@ Settings (each in a fresh process, since OpenMP reads its environment when torch
 - torch default: one thread per core, OpenMP's default (spinning) wait policy;
 - OMP_NUM_THREADS=1;
 - OMP_WAIT_POLICY=PASSIVE (one thread per core, waiting threads sleep);
-- medseg default (`medseg.threads`: passive waiting, threads = cores less the 1-minute load).
+- medseg default (`medseg.threads`: passive waiting, one thread per core; docs/benchmarks.md
+  records the figure of an earlier default that cut the threads by the 1-minute load).
 Each runs alone, then beside a neighbour: one CPU-bound busy-loop process this script starts
 and stops itself. The model: a small 3D U-Net (features 8-16-32, patch 24x32x24, batch 2), AdamW, on
 random tensors; the first iteration (warm-up) is not timed.
@@ -86,6 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=15)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--only", action="append", choices=list(SETTINGS), help="run only these settings (repeatable)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -94,7 +96,7 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0))
     print(f"{cores} core(s); {args.iterations} iterations per run; seconds (threads used; 1-min load before the run)")
     print(f"{'setting':<26} {'alone':>24} {'beside one busy loop':>30}")
-    for setting in SETTINGS:
+    for setting in args.only or SETTINGS:
         cells = []
         for neighbour in (False, True):
             spinners = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(1 if neighbour else 0)]

@@ -2,12 +2,13 @@
 
 PyTorch's default (one thread per core, OpenMP threads spinning while they wait) collapses when
 another process shares the CPU: each step waits for the thread whose core was taken, while the
-others spin. Measured in docs/benchmarks.md ("Issue 23: threads"). medseg's default instead:
-- OMP_WAIT_POLICY=PASSIVE (waiting threads sleep instead of spinning), set before torch starts
-  its OpenMP runtime (`prepare_environment`, called by the CLI first thing); an explicit
-  OMP_WAIT_POLICY in the environment is kept;
-- as many threads as there are cores this process may use, minus the cores other processes keep
-  busy (the 1-minute load average), at least 1 (`default_threads`).
+others spin. Measured in docs/benchmarks.md ("Issue 23: threads"): with OMP_WAIT_POLICY=PASSIVE
+(waiting threads sleep instead of spinning) all cores stay faster than one thread even beside a
+busy process, so medseg's default is
+- OMP_WAIT_POLICY=PASSIVE, set before torch starts its OpenMP runtime (`prepare_environment`,
+  called by the CLI first thing); an explicit OMP_WAIT_POLICY in the environment is kept;
+- one thread per core this process may use (its CPU affinity: a container's or taskset's share),
+  `default_threads`; a count that does not change with the load, so runs repeat exactly.
 `--threads N` (or `threads: N` in a training config) sets N exactly; OMP_NUM_THREADS in the
 environment is honoured as it is when neither is given.
 """
@@ -18,7 +19,6 @@ import logging
 import os
 
 log = logging.getLogger(__name__)
-_default: int | None = None  # the default, decided once per process (later runs in it get the same count)
 
 
 def prepare_environment() -> None:
@@ -34,23 +34,14 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def default_threads(cores: int | None = None, load: float | None = None) -> int:
-    """Threads for a process starting now: the cores, less those the others keep busy (1-min load)."""
-    cores = available_cores() if cores is None else cores
-    if load is None:
-        try:
-            load = os.getloadavg()[0]
-        except (AttributeError, OSError):
-            load = 0.0
-    return max(1, min(cores, cores - int(round(load))))
+def default_threads() -> int:
+    """One thread per core this process may use (with passive waiting, fastest quiet or loaded)."""
+    return available_cores()
 
 
 def set_threads(threads: int | None = None) -> int:
     """Set torch's intra-op threads: `threads` when given (>= 1), else OMP_NUM_THREADS when set,
-    else `default_threads()`, decided at the first call of the process and kept, so that runs in
-    one process (a resumed training in a notebook, a test session) use one thread count and
-    repeat exactly. Returns the number set."""
-    global _default
+    else `default_threads()`. Returns the number set."""
     import torch
 
     from medseg.errors import ConfigError
@@ -59,9 +50,7 @@ def set_threads(threads: int | None = None) -> int:
         raise ConfigError(f"threads {threads}: expected at least 1, e.g. --threads 2")
     if threads is None and os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
         return torch.get_num_threads()  # the user's own setting, applied by torch at start-up
-    if threads is None and _default is None:
-        _default = default_threads()
-    chosen = threads or _default
+    chosen = threads or default_threads()
     torch.set_num_threads(chosen)
     log.debug("torch uses %d thread(s) (%d core(s) available)", chosen, available_cores())
     return chosen

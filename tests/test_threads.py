@@ -13,9 +13,9 @@ from medseg.errors import ConfigError
 from medseg.threads import default_threads, prepare_environment, set_threads
 
 
-@pytest.mark.parametrize("cores, load, expected", [(8, 0.0, 8), (8, 2.6, 5), (2, 1.2, 1), (2, 12.9, 1), (16, 0.4, 16)])
-def test_default_leaves_the_cores_other_processes_keep_busy(cores, load, expected):
-    assert default_threads(cores, load) == expected
+def test_default_is_one_thread_per_core_this_process_may_use(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5})
+    assert default_threads() == 3  # the affinity (a container's or taskset's share), not os.cpu_count()
 
 
 def test_threads_given_are_set_exactly_and_zero_is_refused(monkeypatch):

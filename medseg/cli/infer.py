@@ -18,7 +18,7 @@ def command(
     series: Annotated[Optional[str], typer.Option(help="DICOM: SeriesInstanceUID or index of the series to load.")] = None,
     resample_irregular: Annotated[bool, typer.Option("--resample-irregular", help="DICOM: read a gantry-tilted or gapped series onto a regular grid; its SEG/RTSTRUCT go back onto the series' own slices.")] = False,
     volume: Annotated[Optional[int], typer.Option("--volume", min=0, help="DICOM: the 3D volume (0-based) of a 4D series (dynamic, multi-echo, diffusion).")] = None,
-    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads for torch; default: the cores less the 1-minute load, waiting threads sleep (see README).")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads for torch; default: one per core, waiting threads sleep (see README).")] = None,
     overlap: Annotated[float, typer.Option(help="Sliding-window overlap in [0, 1).")] = 0.5,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Windows per forward pass (default: 1 on the CPU, min(plan batch, 4) on CUDA).")] = None,
     fp16_buffer: Annotated[bool, typer.Option("--fp16-buffer", help="Sum the windows' logits in float16: half the buffer, for very large volumes on a GPU.")] = False,

@@ -42,7 +42,7 @@ def command(
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", min=0, help="Stop after the epoch that passes this many minutes, with a checkpoint."),
     time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Wall clock for the whole run (90s, 60m, 1.5h or plain minutes): epochs sized and re-sized so the LR schedule, final validation and bundle end within it. Not with --epochs/--max-minutes."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (weights, sampling, augmentation); default: the config's seed."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch (config: threads); default: the cores less the 1-minute load, waiting threads sleep (see README)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch (config: threads); default: one per core, waiting threads sleep (see README)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already trained in this fold's folder (else refused; --resume continues it)."),
     deterministic: bool = typer.Option(False, "--deterministic", help="Deterministic kernels, so resumed runs repeat exactly."),
     precision: Optional[Precision] = typer.Option(None, "--precision", help="auto picks bf16 + channels-last on CPUs with bf16 units."),

@@ -80,7 +80,7 @@ class TrainConfig(StrictModel):
     grad_clip: float = Field(12.0, gt=0.0)
     num_workers: Optional[int] = Field(None, ge=0)  # null: chosen from the CPU count (see loop.default_workers)
     seed: int = 12345
-    threads: Optional[int] = Field(None, ge=1)  # torch CPU threads; null: medseg.threads' default (cores less the load)
+    threads: Optional[int] = Field(None, ge=1)  # torch CPU threads; null: one per core (medseg.threads)
     deterministic: bool = False
     compile: bool = False  # torch.compile the training forward/backward (see docs/benchmarks.md for the gain)
     val_overlap: float = Field(0.5, ge=0.0, lt=1.0)
