@@ -115,6 +115,10 @@ class Client:
         self.session = self.settings.session()
         self.memory_limit = int(memory_limit_mb * 2**20)
         self.web = DICOMwebClient(self.settings.url, session=self.session, timeout=self.settings.timeout)
+        # dicomweb-client retries every failed request (a refused connection too) 5 times over 30 s;
+        # three tries within 1.5 s keep a busy server's 503 from failing a series, and the watch
+        # service has its own backoff per series
+        self.web.set_http_retry_params(retry=True, max_attempts=3, wait_exponential_multiplier=250)
 
     @property
     def url(self) -> str:

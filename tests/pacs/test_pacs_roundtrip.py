@@ -4,6 +4,8 @@ reference the source instances, and land on the voxels of `medseg infer`'s NIfTI
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pydicom
 import pytest
@@ -94,8 +96,8 @@ def test_pacs_segment_pushes_seg_and_rtstruct_that_match_medseg_infer(name, orth
 
 
 def test_client_search_retrieve_and_refusals(orthanc, pacs_bundle, shared_data, tmp_path):
-    """QIDO finds the uploaded study; WADO gives the stored (JPEG 2000) syntax; a spilled series reads
-    the same; wrong credentials and a stopped port are one-line PacsErrors naming the URL, not the secret."""
+    """QIDO finds the uploaded study; WADO gives the stored (JPEG 2000) syntax; a series spilled to a
+    temporary folder past the memory limit reads the same; wrong credentials and a stopped port are one-line PacsErrors naming the URL, not the secret."""
     from medseg.pacs import PacsError, PacsUnavailable
 
     folder = shared_data / "dicom" / "totalsegmentator" / "ct_series"
@@ -109,12 +111,16 @@ def test_client_search_retrieve_and_refusals(orthanc, pacs_bundle, shared_data, 
 
     with client.retrieve_series(study, series) as in_memory:
         assert in_memory.folder is None and len(in_memory.datasets) == 20
-        assert str(in_memory.datasets[0].file_meta.TransferSyntaxUID) == pydicom.uid.JPEG2000Lossless
-        volume = medseg.read(in_memory.datasets)
-    spilling = medseg.pacs.Client(orthanc.url, username=orthanc.user, password=orthanc.password, memory_limit_mb=0.5)
-    with spilling.retrieve_series(study, series) as spilled:
-        assert spilled.folder is not None and spilled.folder.is_dir() and len(list(spilled.folder.iterdir())) == 20
-        assert np.array_equal(medseg.read(spilled.datasets).array, volume.array)
+        assert str(in_memory.datasets[0].file_meta.TransferSyntaxUID) == pydicom.uid.JPEG2000Lossless  # as stored
+
+    crop = part10(read_series(shared_data / "dicom" / "tcia_mr_oblique" / "11_HCropVolume"))  # 40 x 3.4 kB of pixels
+    orthanc.upload(crop)
+    crop_study, crop_series = str(crop[0].StudyInstanceUID), str(crop[0].SeriesInstanceUID)
+    spilling = medseg.pacs.Client(orthanc.url, username=orthanc.user, password=orthanc.password, memory_limit_mb=0.05)
+    with spilling.retrieve_series(crop_study, crop_series) as spilled:
+        assert spilled.folder is not None and spilled.folder.is_dir() and 0 < len(list(spilled.folder.iterdir())) <= 40
+        assert len(spilled.datasets) == 40
+        assert np.array_equal(medseg.read(spilled.datasets).array, medseg.read(crop).array)
         folder_used = spilled.folder
     assert not folder_used.exists()  # removed once the series is done
 
@@ -124,7 +130,9 @@ def test_client_search_retrieve_and_refusals(orthanc, pacs_bundle, shared_data, 
     assert "not-the-password" not in str(err.value) and "\n" not in str(err.value)
     from conftest import free_port
 
+    start = time.monotonic()
     with pytest.raises(PacsUnavailable, match=r"cannot be reached"):
         medseg.pacs.Client(f"http://127.0.0.1:{free_port()}/dicom-web").search_studies()
+    assert time.monotonic() - start < 15  # three quick tries, not dicomweb-client's default 30 s of retries
     with pytest.raises(InputError, match="no MR series to segment .*found modalities: CT.*--series"):
         client.segment(study, medseg.load_model(pacs_bundle, device="cpu"))
