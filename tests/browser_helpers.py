@@ -25,26 +25,26 @@ def chromium() -> str:
     return path
 
 
-def run_chromium(url: str, tmp: Path, *args: str, network=OFFLINE, timeout_s: float = 90) -> subprocess.CompletedProcess:
+def run_chromium(url: str, tmp: Path, *args: str, network=OFFLINE, timeout_s: float = 180) -> subprocess.CompletedProcess:
     """One headless Chromium run on `url` with its own profile and HOME in `tmp`."""
     tmp.mkdir(parents=True, exist_ok=True)
     command = [chromium(), *QUIET, *network, f"--user-data-dir={tmp / 'profile'}", *args, url]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env={"HOME": str(tmp), "PATH": "/usr/bin:/bin"})
 
 
-def screenshot(url: str, tmp: Path, size=(1200, 1600), network=OFFLINE, extra=()) -> tuple[np.ndarray, list[str]]:
+def screenshot(url: str, tmp: Path, size=(1200, 1600), network=OFFLINE, extra=(), netlog: bool = True) -> tuple[np.ndarray, list[str]]:
     """(RGB screenshot as an (H, W, 3) uint8 array, URLs the page requested over the network).
 
-    The page's requests are read from Chromium's net log: those made for a document (network
-    isolation key of the page's site), not the browser's own background calls."""
+    The page's requests are read from Chromium's net log (`netlog`): those made for a document
+    (network isolation key of the page's site), not the browser's own background calls."""
     from PIL import Image
 
-    shot, netlog = tmp / "shot.png", tmp / "net.json"
-    done = run_chromium(url, tmp, f"--window-size={size[0]},{size[1]}", f"--screenshot={shot}", f"--log-net-log={netlog}",
-                        *extra, network=network)
+    shot, log = tmp / "shot.png", tmp / "net.json"
+    done = run_chromium(url, tmp, f"--window-size={size[0]},{size[1]}", f"--screenshot={shot}",
+                        *([f"--log-net-log={log}"] if netlog else []), *extra, network=network)
     assert shot.is_file(), done.stderr[-2000:]
     pixels = np.asarray(Image.open(shot).convert("RGB"))
-    return pixels, page_requests(netlog)
+    return pixels, page_requests(log) if netlog else []
 
 
 def page_requests(netlog: Path) -> list[str]:
