@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "medseg"
 # Top to bottom, as the table in docs/architecture.md. A module belongs to the longest prefix listed.
 LAYERS = [
     ("front ends", ["medseg.cli", "medseg.pipelines", "medseg.__main__"]),
-    ("commands", ["medseg.commands", "medseg.batch", "medseg.instance_evaluation", "medseg.report"]),
+    ("commands", ["medseg.commands", "medseg.batch", "medseg.output_paths", "medseg.instance_evaluation", "medseg.report",
+                  "medseg.interactive.evaluate"]),
     ("api", ["medseg.api", "medseg", "medseg.interactive.session", "medseg.pacs"]),
     ("training", ["medseg.training", "medseg.data.sampler", "medseg.data.augment", "medseg.postprocess.select"]),
     ("inference", ["medseg.inference", "medseg.export"]),
