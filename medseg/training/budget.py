@@ -52,7 +52,7 @@ def parse_minutes(value, what: str = "--time-budget") -> float:
 
 
 @dataclass
-class Plan:
+class SchedulePlan:
     """One (re-)plan: epochs in total (0-based epochs 0 .. total_epochs-1), validation interval and
     the costs it assumed, in seconds; `projected_s`: elapsed time at the projected end."""
 
@@ -84,7 +84,7 @@ class BudgetPlanner:
         self.min_epochs, self.margin, self.safety, self.max_val_fraction = int(min_epochs), margin, safety, max_val_fraction
         self.final_fixed_s = final_fixed_s
         self.spent_s, self.t0 = float(spent_s), clock() if started_at is None else float(started_at)
-        self.plan = Plan(max(int(initial_epochs), self.min_epochs), self.validate_every, math.nan, 0.0, math.nan, math.nan,
+        self.plan = SchedulePlan(max(int(initial_epochs), self.min_epochs), self.validate_every, math.nan, 0.0, math.nan, math.nan,
                          math.nan, -1, "initial")
         self.history: list[dict] = []  # every plan made, as dicts (logged and saved)
         self.resumed = spent_s > 0
@@ -136,7 +136,7 @@ class BudgetPlanner:
         return n, every, elapsed + n * per_epoch + mids + fixed
 
     def epoch_done(self, epoch: int, train_s: float, val_s: float | None = None,
-                   elapsed_s: float | None = None) -> Plan | None:
+                   elapsed_s: float | None = None) -> SchedulePlan | None:
         """Record epoch `epoch` (0-based): its training seconds and, if it validated, the
         validation's; `elapsed_s` (the max over ranks under DDP) defaults to the clock's.
         Returns the new plan when it re-planned, else None (also after the planned last epoch)."""
@@ -160,13 +160,13 @@ class BudgetPlanner:
         n, every, projected = self._size(epoch + 1, elapsed, train_s, overhead, new_val, final_s)
         total = max(epoch + 1 + n, self.min_epochs)
         same = self.history and reason != "resume" and (total, every) == (old.total_epochs, old.validate_every)
-        self.plan = Plan(total, every, float(train_s), overhead, new_val, final_s, projected, epoch, reason)
+        self.plan = SchedulePlan(total, every, float(train_s), overhead, new_val, final_s, projected, epoch, reason)
         if same:  # new costs, the same schedule: nothing to re-size
             return None
         self.history.append(asdict(self.plan))
         return self.plan
 
-    def _reason(self, old: Plan, train_s: float, val_s: float | None) -> str | None:
+    def _reason(self, old: SchedulePlan, train_s: float, val_s: float | None) -> str | None:
         if math.isnan(old.epoch_s):
             return "resume" if self.resumed else "warm-up measured"
         change = train_s / old.epoch_s - 1
@@ -195,11 +195,11 @@ class BudgetPlanner:
         """Continue a saved run: the time it spent counts against the budget; its plan continues."""
         self.spent_s = float(state["spent_s"])
         self.resumed = True
-        self.plan = Plan(**state["plan"])
+        self.plan = SchedulePlan(**state["plan"])
         self.plan.epoch_s = math.nan  # this machine's speed is measured anew: the first epoch re-plans
         self.history = [dict(h) for h in state.get("history", [])]
 
-    def describe(self, plan: Plan | None = None) -> str:
+    def describe(self, plan: SchedulePlan | None = None) -> str:
         p = plan or self.plan
         val = f", validate every {p.validate_every} epoch(s)" if self.has_validation else ""
         return (f"{p.total_epochs} epochs x {self.iters} it (step {p.epoch_s / self.iters:.3f} s{val}), "
