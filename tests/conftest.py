@@ -32,13 +32,16 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
+def _one_torch_thread(monkeypatch):
     """Run every test on one torch thread. Tests use tiny tensors, where OpenMP threads that wait
     on each other cost far more than they give (measured on a loaded 2-core machine: a 16^3
     DeepLab step 1.6 s on two threads vs 0.02 s on one), and several tests start subprocesses
     (torchrun ranks, loader workers) that would otherwise oversubscribe the cores."""
     import torch
 
+    # medseg sets its threads from OMP_NUM_THREADS (medseg.threads), in this process and in the
+    # subprocesses tests start: the same one thread everywhere, so runs compared across them agree
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

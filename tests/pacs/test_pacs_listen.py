@@ -19,10 +19,10 @@ from medseg.io.dicom import read_dicom_seg
 pytestmark = pytest.mark.slow
 
 
-def test_storescu_series_gets_its_seg_pushed(orthanc, pacs_bundle, shared_data, tmp_path):
+def test_storescu_series_gets_its_seg_pushed(orthanc, pacs_bundle, real_data, tmp_path):
     from medseg.pacs.listen import Listener, sender_for
 
-    datasets = renamed_series(part10(read_series(shared_data / "dicom" / "tcia_mr_oblique" / "11_HCropVolume")), "listen")
+    datasets = renamed_series(part10(read_series(real_data / "dicom" / "tcia_mr_oblique" / "11_HCropVolume")), "listen")
     files = []
     for i, ds in enumerate(datasets):
         files.append(tmp_path / f"{i:03d}.dcm")

@@ -12,14 +12,14 @@ import pytest
 
 import medseg
 import medseg.pacs
-from conftest import dciodvfy_errors, part10, read_series
+from conftest import dciodvfy_errors, free_port, part10, read_series
 from medseg.cli.main import run_argv
 from medseg.errors import InputError
 from medseg.io.dicom import read_dicom_seg, read_rtstruct, source_datasets
 
 pytestmark = pytest.mark.slow
 
-SERIES = {"oblique MR": "tcia_mr_oblique/11_HCropVolume", "JPEG 2000 CT": "totalsegmentator/ct_series"}
+SERIES = {"oblique MR": "tcia_mr_oblique/11_HCropVolume", "JPEG 2000 CT": "totalsegmentator/ct_series_4slices"}
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -27,8 +27,8 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("name", list(SERIES))
-def test_pacs_segment_pushes_seg_and_rtstruct_that_match_medseg_infer(name, orthanc, pacs_bundle, shared_data, tmp_path, capsys):
-    folder = shared_data / "dicom" / SERIES[name]
+def test_pacs_segment_pushes_seg_and_rtstruct_that_match_medseg_infer(name, orthanc, pacs_bundle, real_data, tmp_path, capsys):
+    folder = real_data / "dicom" / SERIES[name]
     # the CT's instances lack Study/Series UIDs (a PACS could not hold them): medseg's own fill-in, as an import would
     uploaded = part10(source_datasets(read_series(folder)))
     orthanc.upload(uploaded)
@@ -95,25 +95,25 @@ def test_pacs_segment_pushes_seg_and_rtstruct_that_match_medseg_infer(name, orth
     assert dice(rois["blob"], labels == 1) >= 0.95
 
 
-def test_client_search_retrieve_and_refusals(orthanc, pacs_bundle, shared_data, tmp_path):
+def test_client_search_retrieve_and_refusals(orthanc, pacs_bundle, real_data, tmp_path):
     """QIDO finds the uploaded study; WADO gives the stored (JPEG 2000) syntax; a series spilled to a
     temporary folder past the memory limit reads the same; wrong credentials and a stopped port are one-line PacsErrors naming the URL, not the secret."""
     from medseg.pacs import PacsError, PacsUnavailable
 
-    folder = shared_data / "dicom" / "totalsegmentator" / "ct_series"
+    folder = real_data / "dicom" / "totalsegmentator" / "ct_series_4slices"
     uploaded = part10(source_datasets(read_series(folder)))
     orthanc.upload(uploaded)
     study, series = str(uploaded[0].StudyInstanceUID), str(uploaded[0].SeriesInstanceUID)
     client = medseg.pacs.Client(orthanc.url, username=orthanc.user, password=orthanc.password)
     assert study in {str(s.StudyInstanceUID) for s in client.search_studies()}
     found = client.search_series(study)
-    assert [(str(s.Modality), int(s.NumberOfSeriesRelatedInstances)) for s in found if s.SeriesInstanceUID == series] == [("CT", 20)]
+    assert [(str(s.Modality), int(s.NumberOfSeriesRelatedInstances)) for s in found if s.SeriesInstanceUID == series] == [("CT", 4)]
 
     with client.retrieve_series(study, series) as in_memory:
-        assert in_memory.folder is None and len(in_memory.datasets) == 20
+        assert in_memory.folder is None and len(in_memory.datasets) == 4
         assert str(in_memory.datasets[0].file_meta.TransferSyntaxUID) == pydicom.uid.JPEG2000Lossless  # as stored
 
-    crop = part10(read_series(shared_data / "dicom" / "tcia_mr_oblique" / "11_HCropVolume"))  # 40 x 3.4 kB of pixels
+    crop = part10(read_series(real_data / "dicom" / "tcia_mr_oblique" / "11_HCropVolume"))  # 40 x 3.4 kB of pixels
     orthanc.upload(crop)
     crop_study, crop_series = str(crop[0].StudyInstanceUID), str(crop[0].SeriesInstanceUID)
     spilling = medseg.pacs.Client(orthanc.url, username=orthanc.user, password=orthanc.password, memory_limit_mb=0.05)
@@ -128,7 +128,6 @@ def test_client_search_retrieve_and_refusals(orthanc, pacs_bundle, shared_data, 
     with pytest.raises(PacsError, match=r"HTTP 401; check the credentials") as err:
         wrong.search_studies()
     assert "not-the-password" not in str(err.value) and "\n" not in str(err.value)
-    from conftest import free_port
 
     start = time.monotonic()
     with pytest.raises(PacsUnavailable, match=r"cannot be reached"):

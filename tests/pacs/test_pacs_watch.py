@@ -63,8 +63,8 @@ class Watch:
         return code
 
 
-def series_copy(shared_data, seed: str):
-    datasets = renamed_series(part10(read_series(shared_data / "dicom" / CROP)), seed)
+def series_copy(real_data, seed: str):
+    datasets = renamed_series(part10(read_series(real_data / "dicom" / CROP)), seed)
     for ds in datasets:
         ds.SeriesDescription = f"watch {seed}"
     return datasets, str(datasets[0].SeriesInstanceUID)
@@ -85,12 +85,12 @@ def counts(orthanc, series_uid: str) -> tuple[int, int]:
     return len(orthanc.derived_for(series_uid, "SEG")), len(orthanc.derived_for(series_uid, "RTSTRUCT"))
 
 
-def test_watch_segments_new_series_once_survives_orthanc_restart_and_stops_on_sigterm(orthanc, pacs_bundle, shared_data, tmp_path):
+def test_watch_segments_new_series_once_survives_orthanc_restart_and_stops_on_sigterm(orthanc, pacs_bundle, real_data, tmp_path):
     state = tmp_path / "state"
     watch = Watch(orthanc, pacs_bundle, state)
     watch.wait_for("watching .*OrthancChanges")  # Orthanc recognised: its /changes feed is used
 
-    first, first_uid = series_copy(shared_data, "first")
+    first, first_uid = series_copy(real_data, "first")
     orthanc.upload(first)
     assert wait_for_outputs(orthanc, first_uid, timeout=10, watch=watch) <= 10  # within 10 s of the upload (Orthanc's StableAge 1 s)
 
@@ -98,11 +98,11 @@ def test_watch_segments_new_series_once_survives_orthanc_restart_and_stops_on_si
     watch.wait_for("cannot be reached.*will keep polling")
     orthanc.start()  # ... and comes back with its storage
     watch.wait_for("answers again")
-    second, second_uid = series_copy(shared_data, "second")
+    second, second_uid = series_copy(real_data, "second")
     orthanc.upload(second)
     assert wait_for_outputs(orthanc, second_uid, timeout=10, watch=watch) <= 10
 
-    third, third_uid = series_copy(shared_data, "third")
+    third, third_uid = series_copy(real_data, "third")
     orthanc.upload(third)
     watch.wait_for(f"segmenting series {third_uid}")
     watch.process.send_signal(signal.SIGTERM)  # mid-series: it is finished, then the service exits
@@ -121,11 +121,11 @@ def test_watch_segments_new_series_once_survives_orthanc_restart_and_stops_on_si
     assert patient is None or patient not in printed
 
 
-def test_kill_9_mid_series_leaves_exactly_one_seg_after_restart(orthanc, pacs_bundle, shared_data, tmp_path):
+def test_kill_9_mid_series_leaves_exactly_one_seg_after_restart(orthanc, pacs_bundle, real_data, tmp_path):
     """Killed between storing the SEG and the RTSTRUCT (the state still says running): the restart
     finds the SEG in the PACS, adds only the RTSTRUCT."""
     state = tmp_path / "state"
-    killed, killed_uid = series_copy(shared_data, "killed")
+    killed, killed_uid = series_copy(real_data, "killed")
     watch = Watch(orthanc, pacs_bundle, state)
     watch.wait_for("watching")
     orthanc.upload(killed)
@@ -167,13 +167,13 @@ class Clock:
         return self.now
 
 
-def test_a_failing_series_is_retried_with_backoff_and_does_not_block_others(orthanc, pacs_bundle, shared_data, tmp_path,
+def test_a_failing_series_is_retried_with_backoff_and_does_not_block_others(orthanc, pacs_bundle, real_data, tmp_path,
                                                                             caplog, monkeypatch):
     from medseg.pacs import state as state_module
     from medseg.pacs.watch import Watcher
 
-    bad, bad_uid = series_copy(shared_data, "bad")
-    good, good_uid = series_copy(shared_data, "good")
+    bad, bad_uid = series_copy(real_data, "bad")
+    good, good_uid = series_copy(real_data, "good")
     for ds in bad + good:
         ds.SeriesDescription = ds.SeriesDescription.replace("watch", "flaky")
     orthanc.upload(bad + good)
@@ -183,10 +183,12 @@ def test_a_failing_series_is_retried_with_backoff_and_does_not_block_others(orth
                       backoff=(5.0, 600.0), max_attempts=5)
     clock = Clock()
     monkeypatch.setattr(state_module, "time", clock)
-    time.sleep(1.5)  # Orthanc's StableAge
     caplog.set_level(logging.INFO, logger="medseg.pacs")
-    watcher.run_once()
     state = watcher.state
+    deadline = time.monotonic() + 60  # Orthanc marks a series stable StableAge (1 s) after its last instance; slower when loaded
+    while time.monotonic() < deadline and not (state.get(good_uid) and state.get(bad_uid)):
+        time.sleep(0.5)
+        watcher.run_once()  # the bad series is tried once: its retry is not due on the frozen clock
     assert state.get(good_uid).status == "done" and counts(orthanc, good_uid) == (1, 1)  # not blocked by the bad one
     row = state.get(bad_uid)
     assert (row.status, row.attempts, row.error, row.next_try) == ("pending", 1, "planted failure for this series", clock.now + 5)
@@ -207,12 +209,12 @@ def test_a_failing_series_is_retried_with_backoff_and_does_not_block_others(orth
     watcher.state.close()
 
 
-def test_qido_polling_takes_a_series_once_its_instance_count_is_steady(orthanc, pacs_bundle, shared_data, tmp_path):
+def test_qido_polling_takes_a_series_once_its_instance_count_is_steady(orthanc, pacs_bundle, real_data, tmp_path):
     """Without Orthanc's feed (any DICOMweb server): QIDO-RS by StudyDate, a series taken on the
     second poll that finds it with the same instance count, segmented once."""
     from medseg.pacs.watch import QidoPoller, Watcher
 
-    datasets, uid = series_copy(shared_data, "qido")
+    datasets, uid = series_copy(real_data, "qido")
     for ds in datasets:
         ds.SeriesDescription = "qido polled"
     half = len(datasets) // 2

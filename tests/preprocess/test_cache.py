@@ -66,8 +66,8 @@ def test_rerun_skips_unchanged_and_redoes_changed(msd_factory, tmp_path, write_n
     assert first.processed == ["case_000", "case_001", "case_002"]
     again = run_preprocess(dataset, tmp_path / "w")
     assert again.processed == [] and again.skipped_unchanged == ["case_000", "case_001", "case_002"]
-    image = np.full((24, 20, 16), 3.0, np.float32)
-    image[5:9] = 9.0
+    image = np.random.default_rng(1).normal(3.0, 0.5, (24, 20, 16)).astype(np.float32)  # a changed scan (not a 2-valued map)
+    image[5:9] += 6.0
     write_nifti(image, dataset / "imagesTr" / "case_001.nii.gz")
     third = run_preprocess(dataset, tmp_path / "w")
     assert third.processed == ["case_001"]
