@@ -3,24 +3,15 @@ written on the acquisition's own slices, reference its real instances and pass d
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
 import numpy as np
 import pytest
 
 from cli_helpers import run
+from test_golden_dicom import dciodvfy_errors
 from medseg.io import read_volume
 from medseg.io.dicom import load_dicom_series, source_datasets, source_grid, to_source_slices
 
 TILTED = ("dicom", "dicom2nifti", "failing", "gantrytilting", "001")  # 4 CT slices, 14 degrees of tilt
-
-
-def dciodvfy_errors(path) -> list[str]:
-    if shutil.which("dciodvfy") is None:
-        pytest.fail("dciodvfy (Debian package dicom3tools) is not installed")
-    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
-    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
 
 
 @pytest.mark.slow
