@@ -42,8 +42,26 @@ def init_distributed(device_type: str) -> DistInfo:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if owns:  # a caller that made its own group (several train() calls in one job) keeps it
         # on GPU: NCCL for the gradients, gloo for the small CPU collectives (stop flags, Dice sums, RNG states)
-        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo")
+        backend = "cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo"
+        store = _restart_round_store(world)
+        if store is None:
+            dist.init_process_group(backend=backend)
+        else:
+            dist.init_process_group(backend=backend, store=store, rank=int(os.environ["RANK"]), world_size=world)
     return DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")), owns)
+
+
+def _restart_round_store(world: int):
+    """torchrun's c10d rendezvous hands its own TCP store to the workers of every restart round
+    with no per-round key prefix, so a restarted round's gloo could read the previous round's peer
+    addresses and wait forever to connect to a dead process (seen under load). A prefix per restart
+    count keeps the rounds apart. None outside torchrun's shared store (plain env:// then)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    import torch.distributed as dist
+
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False)
+    return dist.PrefixStore(f"medseg/restart_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def barrier(info: DistInfo) -> None:
