@@ -11,7 +11,8 @@ final validation and the bundle end within the budget:
    post-processing choice and artifacts <= budget * (1 - safety). Intermediate validations are
    thinned (validate_every raised) when they would take more than `max_val_fraction` of the time left.
 3. Re-plan after any epoch whose step or validation time differs from the plan's by more than
-   `margin` (another process arrived or left), or whose projection overruns the budget. The LR
+   `margin` (another process arrived or left), whose projection overruns the budget, or once the
+   time saved by slightly faster epochs holds another whole epoch. The LR
    schedule is re-sized continuously (`LrSchedule.retarget`): it never jumps and always ends at
    its final LR; a re-plan keeps at least one more epoch to get there, and the planned last epoch
    is never re-planned (never stops mid-schedule). An overrun is thus bounded by about one epoch.
@@ -89,6 +90,7 @@ class BudgetPlanner:
         self.history: list[dict] = []  # every plan made, as dicts (logged and saved)
         self.resumed = spent_s > 0
         self._last_mark: float | None = None  # elapsed at the previous epoch end
+        self._since_plan: list[float] = []  # training seconds of the epochs since the current plan
 
     # -- queries ----------------------------------------------------------------------------------
 
@@ -150,17 +152,28 @@ class BudgetPlanner:
         new_val = old.val_s if val_s is None else float(val_s)
         if math.isnan(new_val):
             new_val = 0.0 if not self.has_validation else train_s  # no validation measured yet: guess one epoch
+        self._since_plan.append(float(train_s))
         reason = self._reason(old, train_s, val_s)
+        epoch_s = train_s
         if reason is None:
+            limit = self.budget_s * (1 - self.safety)
             projected = self._project(epoch, elapsed, train_s, overhead, new_val)
-            if projected <= self.budget_s * (1 - self.safety):
-                return None
-            reason = f"projected {projected / 60:.2f} min overruns the budget"
+            if projected > limit:
+                reason = f"projected {projected / 60:.2f} min overruns the budget"
+            else:
+                # epochs a little faster than planned (inside the margin) add up: once the time saved
+                # holds another whole epoch, at the slowest of 2+ epochs measured since the plan, use it
+                epoch_s = max(self._since_plan)
+                slack = limit - self._project(epoch, elapsed, epoch_s, overhead, new_val)
+                if len(self._since_plan) < 2 or slack < epoch_s + overhead:
+                    return None
+                reason = f"{slack / 60:.2f} min saved: room for another epoch"
         final_s = 1.1 * new_val + self.final_fixed_s if self.has_validation else self.final_fixed_s
-        n, every, projected = self._size(epoch + 1, elapsed, train_s, overhead, new_val, final_s)
+        n, every, projected = self._size(epoch + 1, elapsed, epoch_s, overhead, new_val, final_s)
         total = max(epoch + 1 + n, self.min_epochs)
         same = self.history and reason != "resume" and (total, every) == (old.total_epochs, old.validate_every)
-        self.plan = SchedulePlan(total, every, float(train_s), overhead, new_val, final_s, projected, epoch, reason)
+        self.plan = SchedulePlan(total, every, float(epoch_s), overhead, new_val, final_s, projected, epoch, reason)
+        self._since_plan = []
         if same:  # new costs, the same schedule: nothing to re-size
             return None
         self.history.append(asdict(self.plan))

@@ -96,6 +96,20 @@ def test_small_speed_noise_does_not_replan():
     assert clock.now <= 600.0
 
 
+def test_time_saved_by_slightly_faster_epochs_buys_another_epoch():
+    """Coarse epochs (a tenth of the budget each) that run 12% faster than the warm-up, inside the
+    margin: the savings add up to another epoch, which the plan takes (the 60-minute Hippocampus run
+    left 11 of its 60 minutes unused before this)."""
+    step = lambda e: 6.0 if e == 0 else 5.3  # noqa: E731
+    planner, clock, lrs, schedule, epochs = simulate(600.0, step)
+    first = planner.history[0]["total_epochs"]
+    assert any("room for another epoch" in h["reason"] for h in planner.history)
+    assert epochs == planner.total_epochs > first  # more epochs than the warm-up's plan, all of them run
+    assert clock.now <= 600.0  # still inside the budget
+    assert clock.now + 53.0 + 0.5 > 600.0 * (1 - planner.safety)  # and no whole epoch left unused
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12) and max(map(abs, planner.lr_jumps)) < 1e-12
+
+
 @pytest.mark.parametrize("kind", ["cosine", "poly"])
 def test_the_resized_schedule_is_continuous_and_ends_at_its_final_lr(kind):
     step = lambda e: 1.0 if e < 8 else (3.0 if e < 14 else 0.7)  # noqa: E731
