@@ -21,6 +21,7 @@ CaBundle = Annotated[Optional[Path], typer.Option("--ca-bundle", help="PEM file 
 Model = Annotated[list[str], typer.Option("--model", "-m", help="Bundle folder, MLflow run id or registered model name; repeat to ensemble.")]
 Formats = Annotated[str, typer.Option("--format", help="dicom-seg, rtstruct, or both: dicom-seg,rtstruct.")]
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+ResampleIrregular = Annotated[bool, typer.Option("--resample-irregular", help="Read gantry-tilted or gapped series onto a regular grid instead of refusing them; their SEG/RTSTRUCT go back onto the series' own slices.")]
 
 
 def _formats(text: str) -> list[str]:
@@ -48,10 +49,10 @@ def _client(url, config, ca_bundle):
     return Client(url, config=config, ca_bundle=ca_bundle)
 
 
-def _model(model: list[str], device: str):
+def _model(model: list[str], device: str, resample_irregular: bool):
     import medseg
 
-    return medseg.load_model(model, device=device)
+    return medseg.load_model(model, device=device, resample_irregular=resample_irregular)
 
 
 @app.command("segment")
@@ -65,12 +66,13 @@ def segment(
     config: Config = None,
     ca_bundle: CaBundle = None,
     device: Device = "auto",
+    resample_irregular: ResampleIrregular = False,
 ) -> None:
     """Pull a series over WADO-RS, segment it, push the SEG and RTSTRUCT back with STOW-RS."""
     formats = _formats(format)
     _quiet_libraries()
     client = _client(url, config, ca_bundle)
-    results = client.segment(study, _model(model, device), series_uid=series, formats=formats, skip_existing=skip_existing)
+    results = client.segment(study, _model(model, device, resample_irregular), series_uid=series, formats=formats, skip_existing=skip_existing)
     for result in results:
         stages = ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items())
         typer.echo(f"series {result.series_uid}: {result.instances} instance(s); {stages}")
@@ -99,6 +101,7 @@ def watch(
     config: Config = None,
     ca_bundle: CaBundle = None,
     device: Device = "auto",
+    resample_irregular: ResampleIrregular = False,
 ) -> None:
     """Segment every new matching series once (a long-running service; SIGTERM stops it cleanly)."""
     from medseg.errors import ConfigError
@@ -110,7 +113,7 @@ def watch(
         raise ConfigError(f"--since {since!r} is not a date; expected YYYYMMDD, e.g. 20240101")
     formats = _formats(format)
     _quiet_libraries()
-    watcher = Watcher(_client(url, config, ca_bundle), _model(model, device), state, formats=formats, modality=modality,
+    watcher = Watcher(_client(url, config, ca_bundle), _model(model, device, resample_irregular), state, formats=formats, modality=modality,
                       series_description=series_description, poll_interval=poll, source=source, since=since)
     counts = watcher.run(once=once)
     typer.echo(", ".join(f"{k} {v}" for k, v in counts.items()))
@@ -130,6 +133,7 @@ def listen(
     config: Config = None,
     ca_bundle: CaBundle = None,
     device: Device = "auto",
+    resample_irregular: ResampleIrregular = False,
 ) -> None:
     """Receive series by C-STORE, segment each once it settles, send the SEG and RTSTRUCT on."""
     from medseg.errors import ConfigError
@@ -140,6 +144,6 @@ def listen(
     formats = _formats(format)
     _quiet_libraries()
     sender = sender_for(send_to, ae_title, config=config, ca_bundle=ca_bundle) if send_to.startswith("http") else sender_for(send_to, ae_title)
-    listener = Listener(_model(model, device), sender, port=port, ae_title=ae_title, host=host, settle=settle, formats=formats)
+    listener = Listener(_model(model, device, resample_irregular), sender, port=port, ae_title=ae_title, host=host, settle=settle, formats=formats)
     typer.echo(f"listening as {ae_title} on {host}:{port}; results to {send_to.split('?')[0]}")
     listener.serve_forever()
