@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from medseg.cli.main import main
+from cli_helpers import run
 from medseg.io import write_volume
 from medseg.metrics.instances import brats2023_lesion_scores, instance_scores, instances_from_labels
 from medseg.volume import Volume
@@ -17,12 +17,6 @@ from medseg.volume import Volume
 AFFINE = np.diag([1.5, 1.5, 2.0, 1.0])
 
 
-def run(*args) -> int:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def cases(tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -13,8 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent / "inference"))
-from cli_helpers import run  # noqa: E402
+from cli_helpers import run
 
 NAMES = {0: "background", 1: "necrosis", 2: "edema", 4: "enhancing"}
 SHAPE = (24, 20, 16)

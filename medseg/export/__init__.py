@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medseg.data.manifest import sha256_of
 from medseg.errors import ConfigError, MedsegError, OutputError
-from medseg.export.manifest import DEFAULT_OPSET, EXPORT_VERSION, FORMATS, MANIFEST, RUNTIMES_OF, runtime_versions, sha256_file, write_manifest
+from medseg.export.manifest import DEFAULT_OPSET, EXPORT_VERSION, FORMATS, MANIFEST, RUNTIMES_OF, runtime_versions, write_manifest
 
 log = logging.getLogger(__name__)
 PARITY_TOLERANCE = 1e-3  # max |logit| difference vs torch, relative to the largest |logit| (torch fp32 itself is 2.4e-4 off fp64 on the Hippocampus U-Net)
@@ -104,7 +105,7 @@ def export_bundle(bundle: str | os.PathLike, out: str | os.PathLike | None = Non
                        "shape": ["batch", len(source.labels), *symbolic[2:]],
                        "meaning": "logits (the predictor applies the head's softmax and argmax)"},
             "source": {"model": source.model_name, "configuration": source.configuration, "fold": source.meta.get("fold"),
-                       "weights_sha256": sha256_file(source.path / "model_best.pt")},
+                       "weights_sha256": sha256_of(source.path / "model_best.pt")},
         }
         lines = []
         if int8:

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medseg.bundle import BUNDLE_JSON, PLAN_JSON, Bundle
+from medseg.data.manifest import sha256_of
 from medseg.errors import BundleError
-from medseg.export.manifest import EXPORT_VERSION, FORMATS, MANIFEST, RUNTIMES_OF, sha256_file
+from medseg.export.manifest import EXPORT_VERSION, FORMATS, MANIFEST, RUNTIMES_OF
 
 
 @dataclass
@@ -62,7 +63,7 @@ def check_files(root: Path, manifest: dict) -> None:
             raise _fail(root / MANIFEST, f"names file {name!r} outside the folder; export again")
         if not path.is_file():
             raise _fail(path, "missing; the export folder is incomplete, copy the whole folder or run `medseg export` again")
-        found = sha256_file(path)
+        found = sha256_of(path)
         if found != digest:
             raise _fail(path, f"sha256 {found[:12]}... differs from the manifest's {str(digest)[:12]}...; the file was changed or damaged "
                               "after export; run `medseg export` again (or re-copy the folder)")

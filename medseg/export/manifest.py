@@ -16,25 +16,18 @@ EXPORT/model.onnx | model.xml + model.bin | model.ts
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
 from pathlib import Path
+
+from medseg.data.manifest import sha256_of
 
 MANIFEST = "manifest.json"
 EXPORT_VERSION = 1
 DEFAULT_OPSET = 17
 FORMATS = {"onnx": "model.onnx", "openvino": "model.xml", "torchscript": "model.ts"}
 RUNTIMES_OF = {"onnx": ["onnxruntime", "openvino"], "openvino": ["openvino"], "torchscript": ["torch"]}
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def cpu_signature() -> str:
@@ -73,6 +66,6 @@ def write_manifest(root: Path, manifest: dict) -> None:
     folder without a manifest is an unfinished export)."""
     from medseg.io.atomic import atomic_output
 
-    manifest["files"] = {p.name: sha256_file(p) for p in sorted(root.iterdir()) if p.is_file() and p.name != MANIFEST}
+    manifest["files"] = {p.name: sha256_of(p) for p in sorted(root.iterdir()) if p.is_file() and p.name != MANIFEST}
     with atomic_output(root / MANIFEST) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2))

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from medseg.data.manifest import sha256_of
+
 LEDGER_DIR = "medseg-ledger"
 STATES = ("pending", "claimed", "done", "failed")
 
@@ -36,14 +38,6 @@ def shard_of(index: int, count: int) -> int:
     """The rank (of `count`) that owns the case at position `index` of the job's case order:
     round robin, so every rank gets an equal share of a sorted folder."""
     return index % count
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def pid_alive(pid: int) -> bool:
@@ -117,7 +111,7 @@ class Ledger:
 
     def done(self, case: str, seconds: float, files: list[Path]) -> None:
         """Record `case` done with the sha256 of each written file (paths inside OUT)."""
-        outputs = {os.path.relpath(p, self.folder): file_sha256(p) for p in files}
+        outputs = {os.path.relpath(p, self.folder): sha256_of(p) for p in files}
         self._append({"event": "done", "case": case, "rank": self.rank, "seconds": round(seconds, 3), "outputs": outputs},
                      sync=True)
 
@@ -186,7 +180,7 @@ class Ledger:
             return False
         for name, sha in record.outputs.items():
             path = self.folder / name
-            if not path.is_file() or file_sha256(path) != sha:
+            if not path.is_file() or sha256_of(path) != sha:
                 return False
         return True
 

@@ -11,17 +11,6 @@ REPO = Path(__file__).resolve().parents[2]
 _inference = load_module(REPO / "tests" / "inference" / "conftest.py", "_export_helpers_inference")
 
 
-def run_cli(*args) -> int:
-    """`medseg ARGS...` in this process; the exit code."""
-    from medseg.cli.main import main
-
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
-
 def blob_volume(seed: int = 1, shape=(37, 29, 21)):
     """A 3 mm scan of bright balls (the tiny bundle's task) of an odd size: several windows, padding at edges."""
     from medseg.volume import Volume

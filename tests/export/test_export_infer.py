@@ -9,12 +9,13 @@ import shutil
 import numpy as np
 import pytest
 
-from export_helpers import blob_volume, run_cli
+from cli_helpers import run
+from export_helpers import blob_volume
 from medseg.errors import BundleError, ConfigError
 
 
 def test_manifest_describes_the_export(onnx_export, blob_bundle):
-    from medseg.export.manifest import sha256_file
+    from medseg.data.manifest import sha256_of
 
     manifest = json.loads((onnx_export / "manifest.json").read_text())
     assert manifest["format"] == "onnx" and manifest["precision"] == "fp32" and manifest["opset"] == 17
@@ -22,8 +23,8 @@ def test_manifest_describes_the_export(onnx_export, blob_bundle):
     assert manifest["input"] == {"name": "image", "layout": "NCDHW", "dtype": "float32", "shape": ["batch", 1, "x", "y", "z"]}
     assert manifest["output"]["name"] == "logits" and manifest["output"]["shape"] == ["batch", 2, "x", "y", "z"]
     assert set(manifest["files"]) == {"model.onnx", "bundle.json", "plan.json"}
-    assert all(sha256_file(onnx_export / n) == h for n, h in manifest["files"].items())
-    assert manifest["source"]["weights_sha256"] == sha256_file(blob_bundle / "model_best.pt")
+    assert all(sha256_of(onnx_export / n) == h for n, h in manifest["files"].items())
+    assert manifest["source"]["weights_sha256"] == sha256_of(blob_bundle / "model_best.pt")
     assert (onnx_export / "bundle.json").read_text() == (blob_bundle / "bundle.json").read_text()
     bench = manifest["benchmark"]
     assert set(bench["ms_per_window"]) == {"onnxruntime", "openvino"} and bench["fastest"] in bench["ms_per_window"]
@@ -53,13 +54,13 @@ def test_openvino_and_torchscript_exports_through_the_cli(blob_bundle, tmp_path)
     from medseg.io import read_volume, write_volume
 
     scan = write_volume(blob_volume(seed=3), tmp_path / "scan.nii.gz")
-    assert run_cli("infer", scan, "--model", blob_bundle, "-o", tmp_path / "bundle.nii.gz", "--precision", "fp32") == 0
+    assert run("infer", scan, "--model", blob_bundle, "-o", tmp_path / "bundle.nii.gz", "--precision", "fp32") == 0
     reference = read_volume(tmp_path / "bundle.nii.gz").array
     for fmt in ("openvino", "torchscript"):
         out = tmp_path / f"exp-{fmt}"
-        assert run_cli("export", blob_bundle, "--format", fmt, "-o", out, "--no-benchmark") == 0
+        assert run("export", blob_bundle, "--format", fmt, "-o", out, "--no-benchmark") == 0
         runtime = "openvino" if fmt == "openvino" else "torch"
-        assert run_cli("infer", scan, "--model", out, "-o", tmp_path / f"{fmt}.nii.gz", "--runtime", runtime) == 0
+        assert run("infer", scan, "--model", out, "-o", tmp_path / f"{fmt}.nii.gz", "--runtime", runtime) == 0
         assert np.array_equal(read_volume(tmp_path / f"{fmt}.nii.gz").array, reference), fmt
 
 
@@ -67,13 +68,13 @@ def test_infer_cli_on_an_onnx_export_writes_the_bundles_mask(onnx_export, blob_b
     from medseg.io import read_volume, write_volume
 
     scan = write_volume(blob_volume(seed=4), tmp_path / "scan.nii.gz")
-    assert run_cli("infer", scan, "--model", blob_bundle, "-o", tmp_path / "bundle.nii.gz", "--precision", "fp32") == 0
-    assert run_cli("infer", scan, "--model", onnx_export, "-o", tmp_path / "export.nii.gz", "--runtime", "onnxruntime") == 0
+    assert run("infer", scan, "--model", blob_bundle, "-o", tmp_path / "bundle.nii.gz", "--precision", "fp32") == 0
+    assert run("infer", scan, "--model", onnx_export, "-o", tmp_path / "export.nii.gz", "--runtime", "onnxruntime") == 0
     exported, reference = read_volume(tmp_path / "export.nii.gz"), read_volume(tmp_path / "bundle.nii.gz")
     assert reference.array.sum() > 0 and np.array_equal(exported.array, reference.array)
     assert np.allclose(exported.affine, reference.affine)
     capsys.readouterr()
-    assert run_cli("infer", scan, "--model", onnx_export, "-o", tmp_path / "x.nii.gz", "--runtime", "tensorrt") == 1
+    assert run("infer", scan, "--model", onnx_export, "-o", tmp_path / "x.nii.gz", "--runtime", "tensorrt") == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--runtime 'tensorrt' is unknown; use one of torch, onnxruntime, openvino, auto" in err
 
@@ -98,7 +99,7 @@ def _one_line_refusal(capsys, export, scan, pattern):
     with pytest.raises(BundleError, match=pattern):
         medseg.load_model(export, device="cpu")
     capsys.readouterr()
-    assert run_cli("infer", scan, "--model", export, "-o", export.parent / "mask.nii.gz") == 1
+    assert run("infer", scan, "--model", export, "-o", export.parent / "mask.nii.gz") == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("medseg: error:") and "Traceback" not in err, err
     assert not (export.parent / "mask.nii.gz").exists()
@@ -106,7 +107,7 @@ def _one_line_refusal(capsys, export, scan, pattern):
 
 
 def test_damaged_exports_are_refused_in_one_line(onnx_export, tmp_path, capsys):
-    from medseg.export.manifest import sha256_file
+    from medseg.data.manifest import sha256_of
     from medseg.io import write_volume
 
     scan = write_volume(blob_volume(), tmp_path / "scan.nii.gz")
@@ -131,7 +132,7 @@ def test_damaged_exports_are_refused_in_one_line(onnx_export, tmp_path, capsys):
     onnx.save(model, str(newer / "model.onnx"))
     manifest = json.loads((newer / "manifest.json").read_text())
     manifest["opset"] = 99
-    manifest["files"]["model.onnx"] = sha256_file(newer / "model.onnx")
+    manifest["files"]["model.onnx"] = sha256_of(newer / "model.onnx")
     (newer / "manifest.json").write_text(json.dumps(manifest))
     assert "opset 99" in _one_line_refusal(capsys, newer, scan, "ONNX opset 99, newer than the installed onnx")
 

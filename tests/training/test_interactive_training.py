@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from cli_helpers import run
 from medseg.training.interactive import InteractiveOptions, PromptSimulator
 from medseg.training.loop import train
 from medseg.volume import Volume
@@ -66,23 +67,22 @@ def test_a_tiny_promptable_model_trains_and_answers_a_click(tiny_config, tiny_wo
     assert dice > 0.6, f"one click on a ball like the training objects gives Dice {dice:.2f}"
 
     # the same click through `medseg infer --prompt`, on the scan's grid; a plain infer is refused in one line
-    from medseg.cli.main import main
     from medseg.io import read_volume, write_volume
 
     scan = write_volume(volume, tmp_path / "scan.nii.gz")
     (tmp_path / "prompts.json").write_text(json.dumps({"space": "voxel", "objects": [{"label": 7, "points": [{"xyz": [10, 10, 9]}]}]}))
-    code = run_cli(main, "infer", scan, "--model", result.bundle_dir, "--prompt", tmp_path / "prompts.json",
+    code = run("infer", scan, "--model", result.bundle_dir, "--prompt", tmp_path / "prompts.json",
                    "-o", tmp_path / "mask.nii.gz", "--precision", "fp32")
     assert code == 0
     written = np.asarray(read_volume(tmp_path / "mask.nii.gz").array)
     assert set(np.unique(written)) == {0, 7} and np.array_equal(written == 7, mask)
-    assert run_cli(main, "infer", scan, "--model", result.bundle_dir, "-o", tmp_path / "plain.nii.gz") == 1
+    assert run("infer", scan, "--model", result.bundle_dir, "-o", tmp_path / "plain.nii.gz") == 1
     assert "promptable" in capsys.readouterr().err and not (tmp_path / "plain.nii.gz").exists()
 
     # the simulated user on the fold's validation cases: a curve per object, one click at a time
     write_raw_manifest(tiny_workdir, tmp_path / "raw")
     out = tmp_path / "interactive.json"
-    assert run_cli(main, "evaluate-interactive", result.bundle_dir, "--workdir", tiny_workdir, "--clicks", "3", "-o", out) == 0
+    assert run("evaluate-interactive", result.bundle_dir, "--workdir", tiny_workdir, "--clicks", "3", "-o", out) == 0
     body = json.loads(out.read_text())
     val = json.loads((tiny_workdir / "splits.json").read_text())[0]["val"]
     assert {r["case_id"] for r in body["rows"]} == set(val)
@@ -112,9 +112,3 @@ def write_raw_manifest(workdir, folder) -> None:
     (workdir / "manifest.json").write_text(json.dumps(manifest))
 
 
-def run_cli(main, *args) -> int:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
