@@ -12,3 +12,12 @@ def run(*args) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     return 0
+
+
+def default_sigint() -> None:
+    """`preexec_fn` for a `medseg` subprocess that a test interrupts with SIGINT: a shell's
+    background job (`nohup ... &`, as a CI runner may start the suite) ignores SIGINT, children
+    inherit that, and Python then never raises KeyboardInterrupt."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

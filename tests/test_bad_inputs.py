@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import default_sigint
 from module_loader import load_module
 import yaml
 
@@ -745,7 +746,7 @@ def test_ctrl_c_during_training_says_how_to_resume(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.Popen([sys.executable, "-m", "medseg", "train", str(work), "--config", str(config), "--fold", "none"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                            env={**env, "OMP_NUM_THREADS": "1"})
+                            env={**env, "OMP_NUM_THREADS": "1"}, preexec_fn=default_sigint)
     deadline = time.monotonic() + 120
     while not (work / "mlruns.db").exists() and time.monotonic() < deadline:  # the run is open: training starts
         time.sleep(0.2)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from cli_helpers import default_sigint
 from medseg.training.loop import train
 
 
@@ -127,7 +128,8 @@ def test_ctrl_c_says_how_to_resume_and_marks_the_run_killed(tiny_workdir, tmp_pa
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "medseg", "train", str(tiny_workdir), "--config", str(tmp_path / "long.yaml"),
-                             "--fold", "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--fold", "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     deadline = time.monotonic() + 240
     for line in proc.stdout:  # wait for the first finished epoch (its checkpoint is on disk)
         if line.startswith("epoch 2/"):
