@@ -8,7 +8,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -17,17 +16,12 @@ import pydicom
 import pytest
 import requests
 from module_loader import load_module
+from pacs_helpers import free_port
 
 ORTHANC = Path("/usr/sbin/Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 REPO = Path(__file__).resolve().parents[2]
 _inference = load_module(REPO / "tests" / "inference" / "conftest.py", "_pacs_inference_fixtures")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Orthanc:
@@ -139,39 +133,3 @@ def orthanc(orthanc_binary, tmp_path_factory):
 def pacs_bundle(tmp_path_factory):
     """The tiny blob segmenter of tests/inference (deterministic; finds bright regions in MR and CT)."""
     return _inference.train_tiny_bundle(tmp_path_factory.mktemp("pacs_bundle") / "blobs")
-
-
-def read_series(folder: Path) -> list[pydicom.Dataset]:
-    return [pydicom.dcmread(f) for f in sorted(folder.iterdir()) if f.is_file()]
-
-
-def part10(datasets):
-    """Copies that save as Part 10 files (medseg's source_datasets copies lack the preamble)."""
-    for ds in datasets:
-        ds.preamble = b"\x00" * 128
-    return datasets
-
-
-def renamed_series(datasets, seed: str) -> list[pydicom.Dataset]:
-    """The same images as a new study and series (new Study/Series/SOP Instance UIDs, derived from `seed`)."""
-    import copy
-
-    from pydicom.uid import generate_uid
-
-    study, series = generate_uid(entropy_srcs=[seed, "study"]), generate_uid(entropy_srcs=[seed, "series"])
-    out = []
-    for ds in datasets:
-        ds = copy.deepcopy(ds)
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.SOPInstanceUID = generate_uid(entropy_srcs=[seed, str(ds.SOPInstanceUID)])
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        out.append(ds)
-    return out
-
-
-def dciodvfy_errors(ds: pydicom.Dataset, folder: Path) -> list[str]:
-    """The "Error" lines dciodvfy prints for `ds` (saved to `folder`)."""
-    path = folder / f"{ds.SOPInstanceUID}.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
-    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]

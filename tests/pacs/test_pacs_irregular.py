@@ -3,21 +3,16 @@ SEG and RTSTRUCT it stores lie on the acquisition's own tilted slices and refere
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import medseg.pacs
-from module_loader import load_module
+from pacs_helpers import dciodvfy_errors, part10, read_series
 from medseg.cli.main import run_argv
 from medseg.errors import DicomError
 from medseg.io.dicom import source_grid
 
 pytestmark = pytest.mark.slow
-
-_helpers = load_module(Path(__file__).with_name("conftest.py"), "_pacs_irregular_helpers")  # by path: robust to collection order
-dciodvfy_errors, part10, read_series = _helpers.dciodvfy_errors, _helpers.part10, _helpers.read_series
 
 TILTED = ("dicom", "dicom2nifti", "failing", "gantrytilting", "001")  # 4 CT slices, 14 degrees of tilt
 

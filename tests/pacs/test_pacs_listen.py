@@ -11,7 +11,7 @@ import pytest
 
 import medseg
 import medseg.pacs
-from conftest import free_port, part10, read_series, renamed_series
+from pacs_helpers import free_port, part10, read_series, renamed_series
 from medseg.cli.main import run_argv
 from medseg.errors import ConfigError
 from medseg.io.dicom import read_dicom_seg

@@ -12,7 +12,7 @@ import pytest
 
 import medseg
 import medseg.pacs
-from conftest import dciodvfy_errors, free_port, part10, read_series
+from pacs_helpers import dciodvfy_errors, free_port, part10, read_series
 from medseg.cli.main import run_argv
 from medseg.errors import InputError
 from medseg.io.dicom import read_dicom_seg, read_rtstruct, source_datasets

@@ -19,7 +19,7 @@ import pytest
 
 import medseg
 import medseg.pacs
-from conftest import part10, read_series, renamed_series
+from pacs_helpers import part10, read_series, renamed_series
 from medseg.errors import InputError
 
 pytestmark = pytest.mark.slow
