@@ -120,6 +120,6 @@ def log_artifacts(tracker, workdir, out_dir, history, model, val_ids, plan, conf
     with tempfile.TemporaryDirectory() as tmp:
         plots = Path(tmp)
         plot_curves(history, plots / "learning_curves.png")
-        for case_id in (val_ids[:2] if not getattr(plan, "prompt_channels", 0) else []):  # a promptable model needs prompts
+        for case_id in (val_ids[:2] if not plan.prompt_channels else []):  # a promptable model needs prompts
             plot_overlay(model, workdir, case_id, plan, config, precision, device, plots / f"overlay_{case_id}.png")
         tracker.log_artifacts(plots, artifact_path="plots")

@@ -73,6 +73,7 @@ def test_planted_malicious_training_state_is_refused_and_runs_nothing(tiny_workd
 
 @pytest.mark.slow
 def test_stale_temporary_files_are_removed_and_never_uploaded(tiny_config, tiny_workdir, dead_tracking_uri):
+    from medseg.preprocess.plan import Plan
     from medseg.training.artifacts import log_artifacts
 
     bundle = tiny_workdir / "models" / "unet3d" / "fold_0"
@@ -96,7 +97,8 @@ def test_stale_temporary_files_are_removed_and_never_uploaded(tiny_config, tiny_
     stale.write_bytes(b"left by a kill after the last write")
     (bundle / ".model_best.tmp-77.pt").write_bytes(b"medseg.io.atomic's naming")
     rec = Recorder()
-    log_artifacts(rec, tiny_workdir, bundle, {"train_loss": [1.0], "val_mean": [], "ema": []}, None, [], None, None, None, None)
+    plan = Plan.load(bundle / "plan.json")  # no validation cases given: no overlays, so no model, config or device
+    log_artifacts(rec, tiny_workdir, bundle, {"train_loss": [1.0], "val_mean": [], "ema": []}, None, [], plan, None, None, None)
     uploaded = {name for where, name in rec.paths if where == "bundle"}
     assert {"model_last.pt", "model_best.pt", ckpt.STATE_FILE, "bundle.json"} <= uploaded
     assert not [n for n in uploaded if ".tmp-" in n]
