@@ -164,9 +164,11 @@ class BudgetPlanner:
                 # epochs a little faster than planned (inside the margin) add up: once the time saved
                 # holds another whole epoch, with every epoch left as slow as the slowest of 2+ measured
                 # since the plan plus half the margin (so the next epoch's noise does not undo it), use it
+                if len(self._since_plan) < 2:
+                    return None
                 epoch_s = max(self._since_plan)
                 slack = limit - self._project(epoch, elapsed, epoch_s * (1 + self.margin / 2), overhead, new_val)
-                if len(self._since_plan) < 2 or slack < epoch_s + overhead:
+                if slack < epoch_s + overhead:
                     return None
                 reason = f"{slack / 60:.2f} min saved: room for another epoch"
         final_s = 1.1 * new_val + self.final_fixed_s if self.has_validation else self.final_fixed_s

@@ -35,6 +35,7 @@ def init_distributed(device_type: str) -> DistInfo:
         return DistInfo()
     import torch.distributed as dist
 
+    rank = int(os.environ["RANK"])
     owns = not dist.is_initialized()
     if device_type == "cuda":
         import torch
@@ -47,8 +48,8 @@ def init_distributed(device_type: str) -> DistInfo:
         if store is None:
             dist.init_process_group(backend=backend)
         else:
-            dist.init_process_group(backend=backend, store=store, rank=int(os.environ["RANK"]), world_size=world)
-    return DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")), owns)
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world)
+    return DistInfo(rank, world, int(os.environ.get("LOCAL_RANK", "0")), owns)
 
 
 def _restart_round_store(world: int):
