@@ -10,7 +10,7 @@ from pathlib import Path
 from medseg.bundle import BUNDLE_JSON, PLAN_JSON, Bundle
 from medseg.data.manifest import sha256_of
 from medseg.errors import BundleError
-from medseg.export.manifest import EXPORT_VERSION, FORMATS, MANIFEST, RUNTIMES_OF
+from medseg.export.manifest import DEFAULT_OPSET, EXPORT_VERSION, FORMATS, MANIFEST, RUNTIMES_OF
 
 
 @dataclass
@@ -70,8 +70,14 @@ def check_files(root: Path, manifest: dict) -> None:
 
 
 def check_opset(root: Path, manifest: dict) -> None:
-    """An ONNX network's opset is the manifest's and one the installed ONNX tooling knows."""
+    """An ONNX network's opset is the manifest's and one the installed ONNX tooling knows.
+
+    An opset no newer than the one this medseg writes (`DEFAULT_OPSET`) is one its runtimes run, and
+    `check_files` has verified the network against the manifest's sha256: `onnx` (0.9 s to import)
+    is then not needed."""
     if manifest["format"] != "onnx":
+        return
+    if isinstance(manifest.get("opset"), int) and manifest["opset"] <= DEFAULT_OPSET:
         return
     from medseg.extras import require
 

@@ -8,6 +8,7 @@ No torch import here: `medseg.read_scan` and these dataclasses stay cheap to imp
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,9 +61,9 @@ class Segmentation:
 
 
 def _is_dataset(value: Any) -> bool:
-    from pydicom import Dataset
-
-    return isinstance(value, Dataset)
+    # a pydicom Dataset exists only once pydicom is imported: a NIfTI run need not pay its import (0.5 s)
+    pydicom = sys.modules.get("pydicom")
+    return pydicom is not None and isinstance(value, pydicom.Dataset)
 
 
 def read_scan(inputs: Any, series: str | None = None, *, resample_irregular: bool = False, volume: int | None = None) -> Scan:
