@@ -39,7 +39,9 @@ class InteractiveReport:
             reached = [int(np.argmax(c >= threshold)) + 1 if np.any(c >= threshold) else self.clicks + 1 for c in curves]
             return float(np.mean(reached))
 
-        return {"objects": len(self.rows), "dice_per_click": self.dice_curve(), "dice_auc": float(curves.mean()),
+        seeded = [r["dice_seed"] for r in self.rows if "dice_seed" in r]
+        return {"objects": len(self.rows), **({"dice_seed": float(np.mean(seeded))} if seeded else {}),
+                "dice_per_click": self.dice_curve(), "dice_auc": float(curves.mean()),
                 "noc85": noc(0.85), "noc90": noc(0.90), "median_seconds_per_click": float(np.median(seconds)),
                 "per_label": {str(label): [float(np.mean([r["dice"][k] for r in self.rows if r["label"] == label]))
                                             for k in range(self.clicks)]
@@ -47,9 +49,11 @@ class InteractiveReport:
 
 
 def evaluate_interactive(predictor, workdir: str | Path, fold: int = 0, clicks: int = 5, labels: list[int] | None = None,
-                         seed: int = 0, max_cases: int | None = None, progress=None) -> InteractiveReport:
+                         seed: int = 0, max_cases: int | None = None, progress=None, refine=None) -> InteractiveReport:
     """Run the simulated user on the validation cases of `fold` of WORKDIR (its resolved manifest's
-    images and labels, on their original grids). labels: the label values to click on (default all)."""
+    images and labels, on their original grids). labels: the label values to click on (default all).
+    refine: a semantic `Predictor` whose mask of each label seeds its object's session; click 1 is
+    then a correction of that mask, and each row also holds the seed's Dice ("dice_seed")."""
     from medseg.data.manifest import load_manifest
     from medseg.data.splits import fold_cases, load_or_create_splits
     from medseg.interactive.session import InteractiveSession
@@ -68,14 +72,22 @@ def evaluate_interactive(predictor, workdir: str | Path, fold: int = 0, clicks: 
         case = by_id[case_id]
         volumes = [read_volume(p) for p in case.images]
         reference = np.asarray(read_volume(case.label).array)
-        session = InteractiveSession(predictor, volumes)
+        session = InteractiveSession(predictor, volumes) if refine is None else None
+        automatic = np.asarray(refine.segment(volumes).labels.array) if refine is not None else None
         for value in sorted(int(v) for v in np.unique(reference) if v not in (0, 255)):
             if labels is not None and value not in labels:
                 continue
             target = reference == value
-            session.reset()
+            row = {"case_id": case_id, "label": value}
+            if automatic is None:
+                session.reset()
+                click = {"click": interior_point(target, rng), "positive": True}
+            else:  # the automatic mask of this label is the object's first state; clicks correct it
+                first = automatic == value
+                session = InteractiveSession(predictor, volumes, seed=volumes[0].with_array(first.astype(np.uint8)))
+                row["dice_seed"] = dice(first, target)
+                click = corrective_click(first, target, rng) or {"click": interior_point(target, rng), "positive": True}
             curve, seconds = [], []
-            click = {"click": interior_point(target, rng), "positive": True}
             for _ in range(clicks):
                 start = time.perf_counter()
                 session.add_point(click["click"], positive=click["positive"], space="voxel")
@@ -83,7 +95,7 @@ def evaluate_interactive(predictor, workdir: str | Path, fold: int = 0, clicks: 
                 seconds.append(time.perf_counter() - start)
                 curve.append(dice(predicted, target))
                 click = corrective_click(predicted, target, rng) or click
-            report.rows.append({"case_id": case_id, "label": value, "dice": curve, "seconds": seconds})
+            report.rows.append({**row, "dice": curve, "seconds": seconds})
         if progress:
             progress(f"[{n}/{len(val_ids)}] {case_id}: Dice after click 1 / {clicks}: "
                      + ", ".join(f"{r['dice'][0]:.3f}/{r['dice'][-1]:.3f}" for r in report.rows if r["case_id"] == case_id))
@@ -121,8 +133,10 @@ def plot_dice_curve(report: InteractiveReport, path: str | Path) -> Path:
 
 
 def run_evaluate_interactive(model, workdir, *, fold: int = 0, clicks: int = 5, labels: str | None = None,
-                             output="interactive.json", device: str = "auto", seed: int = 0, echo=lambda *a, **k: None):
-    """`medseg evaluate-interactive`: evaluate, write the JSON and the curve plot, print the summary, log to MLflow."""
+                             output="interactive.json", device: str = "auto", seed: int = 0, refine=None,
+                             echo=lambda *a, **k: None):
+    """`medseg evaluate-interactive`: evaluate, write the JSON and the curve plot, print the summary, log to MLflow.
+    refine: a semantic bundle (path, run id or name) whose masks seed the sessions (clicks then correct them)."""
     from medseg import tracking
     from medseg.api import load_model
     from medseg.commands import parse_labels
@@ -132,13 +146,21 @@ def run_evaluate_interactive(model, workdir, *, fold: int = 0, clicks: int = 5, 
     predictor = load_model(model, workdir=workdir, device=device, precision="fp32")
     if not predictor.bundle.plan.prompt_channels:
         raise ConfigError(f"{predictor.bundle.path}: not a promptable model; train one with configs/interactive3d.yaml")
+    automatic = None
+    if refine is not None:
+        automatic = load_model(refine, workdir=workdir, device=device, precision="fp32")
+        if automatic.bundle.plan.prompt_channels:
+            raise ConfigError(f"{automatic.bundle.path}: --refine takes a semantic bundle (its masks seed the clicks), "
+                              "not a promptable one")
     report = evaluate_interactive(predictor, workdir, fold=fold, clicks=clicks, labels=parse_labels(labels), seed=seed,
-                                  progress=echo)
+                                  progress=echo, refine=automatic)
     summary = report.summary()
     written = write_interactive_report(report, output)
     plot = output.with_name(output.stem + "_dice_per_click.png")
     if available("matplotlib"):
         plot_dice_curve(report, plot)
+    if "dice_seed" in summary:
+        echo(f"Dice of the automatic masks before any click: {summary['dice_seed']:.3f}")
     echo(f"{summary['objects']} objects; Dice per click: " + ", ".join(f"{d:.3f}" for d in summary.get("dice_per_click", [])))
     if summary["objects"]:
         echo(f"Dice AUC {summary['dice_auc']:.3f}, NoC@85 {summary['noc85']:.2f}, NoC@90 {summary['noc90']:.2f}, "
@@ -147,7 +169,8 @@ def run_evaluate_interactive(model, workdir, *, fold: int = 0, clicks: int = 5, 
     if tracking.has_store(workdir):
         with tracking.open_tracker(workdir, predictor.bundle.plan.dataset_name, run_name="evaluate-interactive",
                                    tags={"medseg.command": "evaluate-interactive"}) as tracker:
-            tracker.log_params({"interactive.fold": fold, "interactive.clicks": clicks, "interactive.seed": seed})
+            tracker.log_params({"interactive.fold": fold, "interactive.clicks": clicks, "interactive.seed": seed,
+                                **({"interactive.refine": str(refine)} if refine is not None else {})})
             tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)})
             for k, value in enumerate(summary.get("dice_per_click", []), start=1):
                 tracker.log_metrics({"dice_after_click": value}, step=k)

@@ -30,13 +30,16 @@ class InteractiveOptions(StrictModel):
     p_drop_box: float = 0.2      # after corrective clicks, the box channel is dropped
     radius_mm: float = 2.0       # clicks are balls of this radius
     box_jitter: int = 2          # voxels each box side may move
+    exclude_labels: list[int] = []  # label values never chosen as objects (held-out classes: background to the model)
 
 
 class PromptSimulator:
     """`(model, image (B, C, *S), target (B, [1,] *S) channels) -> (inputs (B, C + 4, *S), target 0/1/255 of the target's shape)`."""
 
-    def __init__(self, options: InteractiveOptions, spacing, seed: int = 0):
+    def __init__(self, options: InteractiveOptions, spacing, seed: int = 0, exclude_channels: tuple[int, ...] = ()):
+        """exclude_channels: the label channels of `options.exclude_labels` (never an object)."""
         self.options = options
+        self.exclude = tuple(exclude_channels)
         self.spacing = np.asarray(spacing, np.float64)
         self.rng = np.random.default_rng(seed)
 
@@ -54,7 +57,7 @@ class PromptSimulator:
         prompts = np.zeros((batch, PROMPT_CHANNELS, *spatial), np.float32)
         objects = np.zeros((batch, *spatial), bool)
         for b in range(batch):
-            obj = pick_object(labels[b], rng, options.p_component)
+            obj = pick_object(labels[b], rng, options.p_component, exclude=self.exclude)
             if obj is None:  # nothing annotated here: no prompt, no object (the model learns to stay empty)
                 continue
             objects[b] = obj

@@ -56,7 +56,13 @@ class Trainer:
 
             if self.conf.spatial_dims != 3:
                 raise ConfigError("interactive: promptable training needs a 3D configuration (model.configuration: 3d)")
-            self.prompter = PromptSimulator(config.interactive, run_plan.target_spacing, seed=config.seed + dist.rank)
+            held_out = [v for v in config.interactive.exclude_labels if v not in plan.label_values[1:]]
+            if held_out:
+                raise ConfigError(f"interactive.exclude_labels: {held_out} are not foreground labels of the plan "
+                                  f"({plan.label_values[1:]}); list label values to hold out")
+            exclude = tuple(plan.label_values.index(v) for v in config.interactive.exclude_labels)
+            self.prompter = PromptSimulator(config.interactive, run_plan.target_spacing, seed=config.seed + dist.rank,
+                                            exclude_channels=exclude)
         if config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False

@@ -43,6 +43,24 @@ def test_the_simulator_builds_one_object_target_and_prompt_channels_deterministi
     assert target[1, 0, 0, 0] == 255, "unannotated voxels stay ignored"
 
 
+def test_a_held_out_class_is_never_an_object_and_stays_background():
+    labels = np.zeros((8, 12, 12, 12), np.uint8)
+    labels[:, 1:5, 1:5, 1:5] = 1
+    labels[:, 7:11, 7:11, 7:11] = 2
+    labels[3] = np.where(labels[3] == 1, 0, labels[3])  # a sample holding only the held-out class
+
+    def model(inputs):
+        return torch.zeros(inputs.shape[0], 2, *inputs.shape[2:])
+
+    simulator = PromptSimulator(InteractiveOptions(max_corrective_clicks=1, exclude_labels=[2]), (1.0, 1.0, 1.0),
+                                seed=0, exclude_channels=(2,))
+    inputs, target = simulator(model, torch.randn(8, 1, 12, 12, 12), torch.from_numpy(labels))
+    target = target.numpy()
+    assert not target[labels == 2].any(), "held-out voxels are background in every target"
+    assert all(target[b][labels[b] == 1].all() or not target[b].any() for b in range(8))
+    assert not target[3].any() and not inputs[3, 1:].any(), "nothing to prompt when only the held-out class is there"
+
+
 @pytest.mark.slow
 def test_a_tiny_promptable_model_trains_and_answers_a_click(tiny_config, tiny_workdir, dead_tracking_uri, tmp_path, capsys):
     from medseg.api import load_model
@@ -91,6 +109,22 @@ def test_a_tiny_promptable_model_trains_and_answers_a_click(tiny_config, tiny_wo
     assert summary["objects"] == len(body["rows"]) and 1 <= summary["noc85"] <= 4
     assert summary["dice_auc"] == pytest.approx(np.mean([r["dice"] for r in body["rows"]]))
     assert (tmp_path / "interactive_dice_per_click.png").is_file()
+
+    # refinement of a first pass (item 4): a "semantic model" that finds the box (label 2) exactly and misses the ball
+    from medseg.interactive.evaluate import evaluate_interactive
+
+    class BoxOnly:
+        def __init__(self, manifest):
+            self.labels = {np.asarray(read_volume(c["images"][0]).array).tobytes(): c["label"] for c in manifest["cases"]}
+
+        def segment(self, volumes):
+            reference = np.asarray(read_volume(self.labels[np.asarray(volumes[0].array).tobytes()]).array)
+            return type("Result", (), {"labels": volumes[0].with_array(np.where(reference == 2, 2, 0).astype(np.uint8))})
+
+    predictor = load_model(result.bundle_dir, device="cpu", precision="fp32")
+    report = evaluate_interactive(predictor, tiny_workdir, clicks=2, refine=BoxOnly(json.loads((tiny_workdir / "manifest.json").read_text())))
+    assert {(r["label"], r["dice_seed"]) for r in report.rows} == {(1, 0.0), (2, 1.0)}
+    assert report.summary()["dice_seed"] == pytest.approx(0.5) and all(len(r["dice"]) == 2 for r in report.rows)
 
 
 def write_raw_manifest(workdir, folder) -> None:
