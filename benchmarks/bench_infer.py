@@ -408,17 +408,23 @@ def latency_worker(folders_json: str, out_json: str, rounds: int) -> None:
     Path(out_json).write_text(json.dumps({t: statistics.median(v) for t, v in times.items()}))
 
 
-def bench_backends(bundle: Path, workdir: Path, inputs: list[Path], work: Path, repeats: int, rounds: int,
-                   gate_cases: int | None) -> dict:
+def bench_backends(name: str, bundle: Path, workdir: Path, inputs: list[Path], work: Path, repeats: int, rounds: int,
+                   gate_cases: int | None, overlap: float = 0.5) -> dict:
     """Export the bundle (fp32 ONNX; int8 ONNX calibrated on WORKDIR and gated on its validation cases),
-    then every backend of BACKENDS: per-window latency (one process), end-to-end `medseg infer` wall time
-    and peak RSS (own process each, interleaved), mask Dice vs torch fp32."""
+    then every backend of BACKENDS and the MONAI fp32 reference: per-window latency (one process),
+    end-to-end wall time and peak RSS (own process each, interleaved), mask Dice vs torch fp32, and the
+    seconds `medseg infer` spent inside its cases (its "[i/n] ... s" lines: the rest is start-up)."""
+    import re
+
     import numpy as np
 
     from medseg.bundle import load_bundle
     from medseg.export import export_bundle
     from medseg.io import read_volume
 
+    work = work / name
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"\n== {name}: {len(inputs)} case(s), bundle {bundle}", flush=True)
     folders = {"bundle": str(bundle)}
     for kind in ("fp32", "int8"):
         out = work / f"export_{kind}"
@@ -436,35 +442,81 @@ def bench_backends(bundle: Path, workdir: Path, inputs: list[Path], work: Path, 
     in_dir.mkdir(parents=True)
     for p in inputs:
         (in_dir / p.name).symlink_to(p)
-    results: dict[str, list[tuple[float, float]]] = {t: [] for t in BACKENDS}
+    listing = work / "inputs.txt"
+    listing.write_text("\n".join(str(p) for p in inputs))
+    tools = [*BACKENDS, "monai"]
+    results: dict[str, list[tuple[float, float]]] = {t: [] for t in tools}
+    in_cases: dict[str, list[float]] = {t: [] for t in BACKENDS}
     for r in range(repeats):
-        for tool, (which, runtime, precision) in BACKENDS.items():
+        for tool in tools:
             out = work / f"backends_{tool}"
             shutil.rmtree(out, ignore_errors=True)
-            cmd = [sys.executable, "-m", "medseg", "infer", str(in_dir), "-m", folders[which], "-o", str(out), "--device", "cpu",
-                   "--runtime", runtime, "--precision", precision]
-            wall, rss = run_child(cmd, work / f"backends_{tool}.log")
+            out.mkdir()
+            if tool == "monai":
+                cmd = [sys.executable, __file__, "--worker", str(bundle), str(listing), str(out), str(overlap), "1", "monai"]
+            else:
+                which, runtime, precision = BACKENDS[tool]
+                cmd = [sys.executable, "-m", "medseg", "infer", str(in_dir), "-m", folders[which], "-o", str(out), "--device", "cpu",
+                       "--runtime", runtime, "--precision", precision, "--overlap", str(overlap)]
+            log = work / f"backends_{tool}.log"
+            wall, rss = run_child(cmd, log)
             results[tool].append((wall, rss))
-            print(f"run {r + 1} {tool:<11} {wall:7.1f} s {rss:7.0f} MiB  load {os.getloadavg()[0]:.1f}", flush=True)
+            if tool in in_cases:
+                in_cases[tool].append(sum(float(x) for x in re.findall(r"^\[\d+/\d+[^\]]*\] [^:]+: ([\d.]+) s", log.read_text(), re.M)))
+            print(f"{name} run {r + 1} {tool:<11} {wall:7.1f} s {rss:7.0f} MiB  load {os.getloadavg()[0]:.1f}", flush=True)
     classes = [c for c in load_bundle(bundle).labels if c != 0]
-    dice: dict[str, list[float]] = {t: [] for t in BACKENDS if t != "torch_fp32"}
+    dice: dict[str, list[float]] = {t: [] for t in tools if t != "torch_fp32"}
     for p in inputs:
-        name = p.name.split(".")[0] + ".nii.gz"
-        ref = read_volume(work / "backends_torch_fp32" / name).array
+        stem = p.name.split(".")[0]
+        ref = read_volume(work / "backends_torch_fp32" / f"{stem}.nii.gz").array
         for tool in dice:
-            dice[tool].append(dice_mc(read_volume(work / f"backends_{tool}" / name).array, ref, classes))
+            mask = work / f"backends_{tool}" / (f"{stem}_monai.nii.gz" if tool == "monai" else f"{stem}.nii.gz")
+            dice[tool].append(dice_mc(np.asarray(read_volume(mask).array), ref, classes))
     manifest = json.loads((Path(folders["int8"]) / "manifest.json").read_text())
+    latency["monai"] = latency["torch_fp32"]  # MONAI runs the same eager torch fp32 network (NCDHW)
     summary = {"latency_ms": latency, "dice_vs_torch_fp32": dice, "int8_gate": manifest["int8"]["gate"],
                "auto_choice": json.loads((Path(folders["fp32"]) / "manifest.json").read_text())["benchmark"],
+               "seconds_in_cases": {t: float(np.median(v)) for t, v in in_cases.items() if v},
                "tools": {t: (float(np.median([w for w, _ in v])), float(max(m for _, m in v))) for t, v in results.items()}}
-    base = summary["tools"]["torch_auto"]
-    print(f"\n{len(inputs)} cases: per-window ms, median wall, max peak RSS, Dice vs torch fp32 (min / mean)")
+    auto, monai = summary["tools"]["torch_auto"], summary["tools"]["monai"]
+    print(f"\n{name}, {len(inputs)} case(s): per-window ms, median wall, seconds in the cases, max peak RSS, "
+          "speed vs torch auto and vs MONAI fp32, Dice vs torch fp32 (min / mean)")
     for tool, (wall, rss) in summary["tools"].items():
         d = dice.get(tool)
         dtext = f"{min(d):.4f} / {np.mean(d):.4f}" if d else "reference"
-        print(f"  {tool:<11} {latency[tool]:8.1f} ms {wall:7.1f} s {rss:7.0f} MiB  {base[0] / wall:4.2f}x torch auto  Dice {dtext}")
+        inside = summary["seconds_in_cases"].get(tool)
+        itext = f"{inside:7.1f} s" if inside is not None else "      - "
+        print(f"  {tool:<11} {latency[tool]:8.1f} ms {wall:7.1f} s {itext} {rss:7.0f} MiB  "
+              f"{auto[0] / wall:4.2f}x auto {monai[0] / wall:4.2f}x MONAI  Dice {dtext}")
     print(f"  int8 gate: {summary['int8_gate']}")
     return summary
+
+
+def make_ct_workdir(work: Path, slices: int, steps: int) -> tuple[Path, Path, list[Path]]:
+    """A 3-case synthetic CT workdir (seeds 0-2 of `make_ct`): fold 0 trains on ct_0 and ct_1 (int8
+    calibration) and validates on ct_2 (the int8 gate); the CT bundle is trained on ct_0. Returns
+    (workdir, bundle, [the validation scan])."""
+    from medseg.preprocess.case import preprocess_case
+    from medseg.preprocess.cache import write_case
+
+    workdir = work / "ct_workdir"
+    bundle = workdir / "models" / "unet3d" / "fold_0"
+    scans = [workdir / f"ct_{i}.nii" for i in range(3)]
+    if (bundle / "bundle.json").is_file():
+        return workdir, bundle, scans[2:]
+    workdir.mkdir(parents=True, exist_ok=True)
+    for i, scan in enumerate(scans):
+        image, label = make_ct(scan, slices, seed=i)
+        if i == 0:
+            make_ct_bundle(bundle, image, label, steps)
+            from medseg.bundle import load_bundle
+
+            plan = load_bundle(bundle).plan
+            (workdir / "plan.json").write_text(plan.model_dump_json(indent=1))
+        write_case(workdir, f"ct_{i}", preprocess_case([image], plan, label), stamp={"synthetic": True})
+        del image, label
+    (workdir / "splits.json").write_text(json.dumps([{"train": ["ct_0", "ct_1"], "val": ["ct_2"]}]))
+    return workdir, bundle, scans[2:]
 
 
 def main() -> None:
@@ -510,10 +562,15 @@ def main() -> None:
     if args.backends is not None:
         from medseg.bundle import bundle_fold
 
-        val = json.loads((args.backends / "splits.json").read_text())[bundle_fold(args.hippo_bundle)]["val"]
-        inputs = [DATA / "imagesTr" / f"{case}.nii.gz" for case in val][: args.cases]
-        summary["backends"] = bench_backends(args.hippo_bundle, args.backends, inputs, args.work, args.repeats,
-                                             args.latency_rounds, args.gate_cases)
+        if args.only in (None, "hippo"):
+            val = json.loads((args.backends / "splits.json").read_text())[bundle_fold(args.hippo_bundle)]["val"]
+            inputs = [DATA / "imagesTr" / f"{case}.nii.gz" for case in val][: args.cases]
+            summary["backends_hippocampus"] = bench_backends("hippocampus", args.hippo_bundle, args.backends, inputs, args.work,
+                                                             args.repeats, args.latency_rounds, args.gate_cases, args.overlap)
+        if args.only in (None, "ct"):
+            workdir, bundle, inputs = make_ct_workdir(args.work, args.ct_slices, args.ct_train_steps)
+            summary["backends_ct"] = bench_backends(f"ct_512x512x{args.ct_slices}", bundle, workdir, inputs, args.work,
+                                                    args.repeats, args.latency_rounds, None, args.overlap)
         summary["load_end"] = os.getloadavg()
         print(f"load average at end: {summary['load_end']}")
         (args.work / "summary_backends.json").write_text(json.dumps(summary, indent=2))
