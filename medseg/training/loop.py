@@ -177,7 +177,7 @@ def train(
     set_threads(config.threads)
     trainer = Trainer(workdir, plan, effective_plan(plan, config), config, out_dir, saved=saved, preset_name=preset_name,
                       fold=fold, echo=echo, progress=progress)
-    planner = budget_mod.make_planner(config, saved, has_validation=bool(trainer.val_ids), started_at=t_start,
+    planner = budget_mod.make_planner(config, saved, has_validation=trainer.validates, started_at=t_start,
                                       tracked=config.time_budget is not None and budget_mod.tracked(trainer))
     with preempt.handling_signals() as trainer.preempt_flag:  # SIGTERM / SIGUSR1: checkpoint and exit 75
         result = trainer.fit(max_minutes, budget=planner)

@@ -94,6 +94,12 @@ class Trainer:
 
     # -- set-up -----------------------------------------------------------------------------------
 
+    @property
+    def validates(self) -> bool:
+        """Whether epochs run the sliding-window validation: the fold has validation cases and the model
+        is semantic (a promptable one is scored by `medseg evaluate-interactive` instead)."""
+        return bool(self.val_ids) and self.prompter is None
+
     def _split_cases(self) -> None:
         """The fold's training and validation case ids (the split made on rank 0 and broadcast)."""
         from medseg.data.splits import fold_cases, load_or_create_splits
@@ -325,7 +331,7 @@ class Trainer:
                 over_time = max_minutes is not None and (time.monotonic() - t_start) / 60 >= max_minutes
                 stop = any_rank(dist, over_time)  # stopping early still validates, so the checkpoint has a score
                 due = budget.should_validate(epoch) if budget is not None else (epoch + 1) % config.validate_every == 0
-                if self.val_ids and self.prompter is None and (due or last_epoch or stop):  # promptable: scored by evaluate-interactive
+                if self.validates and (due or last_epoch or stop):
                     val_dice, best_state = self.validate_epoch(epoch, metrics)
                 elif (self.fold is None or self.prompter is not None) and dist.is_main:
                     best_state = self._weights()  # no validation: last is best

@@ -62,6 +62,18 @@ def test_a_held_out_class_is_never_an_object_and_stays_background():
 
 
 @pytest.mark.slow
+def test_a_budgeted_promptable_run_reserves_no_time_for_validations_it_never_runs(tiny_config, tiny_workdir, dead_tracking_uri):
+    # a promptable model is scored by evaluate-interactive, not by the epochs' sliding-window validation:
+    # a plan that reserved that time (the fold has validation cases) left a third of a 45-minute budget unused
+    config = tiny_config("interactive3d", epochs=2, iterations_per_epoch=2)
+    lines: list[str] = []
+    result = train(tiny_workdir, config, preset_name="interactive3d", fold=0, time_budget="20s", echo=lines.append)
+    plans = result.budget["plans"]
+    assert plans and all(p["val_s"] == 0.0 for p in plans), plans
+    assert not any("val Dice" in line or "validate every" in line for line in lines), lines
+
+
+@pytest.mark.slow
 def test_a_tiny_promptable_model_trains_and_answers_a_click(tiny_config, tiny_workdir, dead_tracking_uri, tmp_path, capsys):
     from medseg.api import load_model
     from medseg.bundle import load_bundle
