@@ -32,6 +32,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "onnx": ("onnx", "export"),
     "onnxruntime": ("onnxruntime", "export"),
     "openvino": ("openvino", "export"),
+    "nncf": ("nncf", "export"),
 }
 
 

@@ -22,6 +22,7 @@ import torch
 
 from medseg.data.manifest import sha256_of
 from medseg.errors import ConfigError, MedsegError, OutputError
+from medseg.extras import available
 from medseg.export.manifest import DEFAULT_OPSET, EXPORT_VERSION, FORMATS, MANIFEST, RUNTIMES_OF, runtime_versions, write_manifest
 
 log = logging.getLogger(__name__)
@@ -114,10 +115,14 @@ def export_bundle(bundle: str | os.PathLike, out: str | os.PathLike | None = Non
             workdir = Path(calibration)
             train_ids, val_ids = quantize.fold_split(workdir, parse_fold(source.meta.get("fold")))
             windows = quantize.calibration_windows(workdir, train_ids, config, calibration_windows)
-            manifest["int8"] = quantize.quantize_onnx(tmp / "model.onnx", tmp / "model.int8.onnx", windows)
+            if format == "openvino" and available("nncf"):  # OpenVINO's own quantiser: faster int8 there
+                manifest["int8"] = quantize.quantize_nncf(tmp / "model.onnx", tmp / FORMATS[format], windows)
+                (tmp / "model.onnx").unlink()
+            else:  # a QDQ graph: runs int8 on onnxruntime and openvino alike
+                manifest["int8"] = quantize.quantize_onnx(tmp / "model.onnx", tmp / "model.int8.onnx", windows)
+                os.replace(tmp / "model.int8.onnx", tmp / "model.onnx")
             manifest["int8"]["calibration_cases"] = min(len(train_ids), max(1, calibration_windows // 2))
-            os.replace(tmp / "model.int8.onnx", tmp / "model.onnx")
-        if format == "openvino":
+        if format == "openvino" and (tmp / "model.onnx").is_file():
             convert.to_openvino(tmp / "model.onnx", tmp / FORMATS[format])
             (tmp / "model.onnx").unlink()
         from medseg.inference.backends import TorchBackend, open_backend

@@ -118,6 +118,20 @@ def quantize_onnx(fp32_path: Path, int8_path: Path, windows: list[np.ndarray]) -
     return {"method": "onnxruntime.quantization.quantize_static", **settings, "calibration_windows": len(windows)}
 
 
+def quantize_nncf(fp32_path: Path, xml_path: Path, windows: list[np.ndarray]) -> dict:
+    """OpenVINO IR int8 model from the fp32 ONNX one with NNCF (`nncf.quantize`, its default preset:
+    symmetric per-channel weights, OpenVINO's own fusions), calibrated on `windows`. On this AVX2 CPU its
+    network ran 1.28x faster than the `quantize_onnx` graph on OpenVINO at the same validation Dice
+    (benchmarks/bench_int8_quantisers.py), so `--format openvino --int8` uses it when nncf is installed."""
+    import nncf
+    import openvino as ov
+
+    model = nncf.quantize(ov.Core().read_model(str(fp32_path)), nncf.Dataset(windows), subset_size=len(windows))
+    ov.save_model(model, str(xml_path))
+    return {"method": "nncf.quantize", "nncf": nncf.__version__, "preset": "performance (default)",
+            "per_channel": True, "weight_type": "QInt8", "calibration_windows": len(windows)}
+
+
 def mean_dice(network, workdir: Path, case_ids: list[str], plan, config, head, overlap: float = 0.5) -> float:
     """Training's val_dice_mean of `network` (a torch module or a backend) over `case_ids` (float32)."""
     from medseg.inference.predictor import predict_on_grid

@@ -32,6 +32,28 @@ def test_int8_export_passes_its_gate_and_records_both_dice(fold_workdir, tmp_pat
 
 
 @pytest.mark.slow
+def test_an_openvino_int8_export_is_quantised_by_nncf_and_gated(fold_workdir, tmp_path):
+    from medseg.inference.backends import load_networks
+
+    work, bundle = fold_workdir
+    report = export_bundle(bundle, tmp_path / "ov_int8", format="openvino", int8=True, calibration=work, tolerance=0.05,
+                           calibration_windows=8, benchmark=False)
+    manifest = json.loads((report.path / "manifest.json").read_text())
+    assert manifest["int8"]["method"] == "nncf.quantize" and manifest["int8"]["calibration_windows"] == 8
+    gate = manifest["int8"]["gate"]
+    assert gate["passed"] and set(gate["dice_int8"]) == {"openvino"} and gate["dice_fp32"] > 0.3
+    assert not (report.path / "model.onnx").exists() and (report.path / "model.xml").is_file()
+    xml = (report.path / "model.xml").read_text()
+    assert "FakeQuantize" in xml or "FakeConvert" in xml  # int8 quantisation nodes in the IR
+    import torch
+
+    from medseg.precision import resolve_precision
+
+    _, net = load_networks(report.path, "openvino", device=torch.device("cpu"), precision=resolve_precision("fp32", "cpu"))
+    assert net(torch.zeros(1, 1, 17, 19, 15)).shape[2:] == (17, 19, 15)  # odd sizes still run
+
+
+@pytest.mark.slow
 def test_int8_gate_refuses_a_badly_calibrated_network(fold_workdir, tmp_path, monkeypatch):
     """Calibrated on windows 100x too dim, the activations clip: the masks lose Dice and the export is
     refused, naming both Dice values, leaving no folder behind."""
