@@ -6,9 +6,8 @@ Reports, for each: per-window latency (one plan-sized window, median of --rounds
 the gate's mean validation Dice on the fold's validation cases (`medseg.export.quantize.mean_dice`,
 what the export's accuracy gate computes), next to float32's.
 
-NNCF is not a medseg dependency; install it beside the venv for this script, e.g.
-    pip install --target /tmp/nncf_site nncf ninja pydot tabulate psutil safetensors --no-deps
-    PYTHONPATH=/tmp/nncf_site .venv/bin/python benchmarks/bench_int8_quantisers.py --export FP32_EXPORT --workdir WORK
+NNCF comes with the `export` extra (`medseg export --format openvino --int8` uses it); the recorded
+run predates that and had it beside the venv (PYTHONPATH=/tmp/nncf_site, see docs/benchmarks.md).
 
 Usage: .venv/bin/python benchmarks/bench_int8_quantisers.py --export FP32_EXPORT_DIR --workdir WORKDIR
            [--int8-export INT8_EXPORT_DIR] [--gate-cases N] [--rounds 5] [--work /tmp/medseg_bench/quantisers]
@@ -33,8 +32,6 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/medseg_bench/quantisers"))
     args = ap.parse_args()
 
-    import nncf
-    import openvino as ov
     import torch
 
     from medseg.bundle import parse_fold
@@ -56,10 +53,8 @@ def main() -> None:
         quantize.quantize_onnx(fp32_onnx, ort_int8, windows)
         print(f"onnxruntime quantize_static: {time.perf_counter() - t0:.0f} s", flush=True)
     t0 = time.perf_counter()
-    model = ov.Core().read_model(str(fp32_onnx))
-    quantised = nncf.quantize(model, nncf.Dataset(windows), subset_size=len(windows))
     nncf_xml = args.work / "nncf_int8.xml"
-    ov.save_model(quantised, str(nncf_xml))
+    quantize.quantize_nncf(fp32_onnx, nncf_xml, windows)  # what `medseg export --format openvino --int8` runs
     print(f"nncf.quantize (default preset, {len(windows)} windows): {time.perf_counter() - t0:.0f} s", flush=True)
 
     backends = {"fp32": OpenVINOBackend(fp32_onnx), "onnxruntime quantize_static": OpenVINOBackend(ort_int8),

@@ -109,21 +109,22 @@ def export_bundle(bundle: str | os.PathLike, out: str | os.PathLike | None = Non
                        "weights_sha256": sha256_of(source.path / "model_best.pt")},
         }
         lines = []
+        nncf_ir = int8 and format == "openvino" and available("nncf")  # OpenVINO's own quantiser writes the IR: faster int8 there
         if int8:
             from medseg.export import quantize
 
             workdir = Path(calibration)
             train_ids, val_ids = quantize.fold_split(workdir, parse_fold(source.meta.get("fold")))
             windows = quantize.calibration_windows(workdir, train_ids, config, calibration_windows)
-            if format == "openvino" and available("nncf"):  # OpenVINO's own quantiser: faster int8 there
+            if nncf_ir:
                 manifest["int8"] = quantize.quantize_nncf(tmp / "model.onnx", tmp / FORMATS[format], windows)
-                (tmp / "model.onnx").unlink()
             else:  # a QDQ graph: runs int8 on onnxruntime and openvino alike
                 manifest["int8"] = quantize.quantize_onnx(tmp / "model.onnx", tmp / "model.int8.onnx", windows)
                 os.replace(tmp / "model.int8.onnx", tmp / "model.onnx")
             manifest["int8"]["calibration_cases"] = min(len(train_ids), max(1, calibration_windows // 2))
-        if format == "openvino" and (tmp / "model.onnx").is_file():
-            convert.to_openvino(tmp / "model.onnx", tmp / FORMATS[format])
+        if format == "openvino":
+            if not nncf_ir:
+                convert.to_openvino(tmp / "model.onnx", tmp / FORMATS[format])
             (tmp / "model.onnx").unlink()
         from medseg.inference.backends import TorchBackend, open_backend
 

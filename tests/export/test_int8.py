@@ -10,12 +10,17 @@ import pytest
 from medseg.export import ExportRefused, export_bundle
 
 
+def _int8_export(fold_workdir, out, format: str):
+    """An int8 export of the fold's bundle (8 calibration windows, tolerance 0.05) and its manifest."""
+    work, bundle = fold_workdir
+    report = export_bundle(bundle, out, format=format, int8=True, calibration=work, tolerance=0.05,
+                           calibration_windows=8, benchmark=False)
+    return report, json.loads((report.path / "manifest.json").read_text())
+
+
 @pytest.mark.slow
 def test_int8_export_passes_its_gate_and_records_both_dice(fold_workdir, tmp_path):
-    work, bundle = fold_workdir
-    report = export_bundle(bundle, tmp_path / "int8", format="onnx", int8=True, calibration=work, tolerance=0.05,
-                           calibration_windows=8, benchmark=False)
-    manifest = json.loads((report.path / "manifest.json").read_text())
+    report, manifest = _int8_export(fold_workdir, tmp_path / "int8", "onnx")
     assert manifest["precision"] == "int8"
     q = manifest["int8"]
     assert q["per_channel"] and q["weight_type"] == "QInt8" and q["calibration_windows"] == 8
@@ -35,10 +40,7 @@ def test_int8_export_passes_its_gate_and_records_both_dice(fold_workdir, tmp_pat
 def test_an_openvino_int8_export_is_quantised_by_nncf_and_gated(fold_workdir, tmp_path):
     from medseg.inference.backends import load_networks
 
-    work, bundle = fold_workdir
-    report = export_bundle(bundle, tmp_path / "ov_int8", format="openvino", int8=True, calibration=work, tolerance=0.05,
-                           calibration_windows=8, benchmark=False)
-    manifest = json.loads((report.path / "manifest.json").read_text())
+    report, manifest = _int8_export(fold_workdir, tmp_path / "ov_int8", "openvino")
     assert manifest["int8"]["method"] == "nncf.quantize" and manifest["int8"]["calibration_windows"] == 8
     gate = manifest["int8"]["gate"]
     assert gate["passed"] and set(gate["dice_int8"]) == {"openvino"} and gate["dice_fp32"] > 0.3
