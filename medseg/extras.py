@@ -33,6 +33,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "onnxruntime": ("onnxruntime", "export"),
     "openvino": ("openvino", "export"),
     "nncf": ("nncf", "export"),
+    "safetensors": ("safetensors", "hf"),
 }
 
 

@@ -35,6 +35,7 @@ def test_require_names_the_pip_install_of_each_extra(monkeypatch):
         "cv2": "opencv-python is not installed; `pip install medseg[rtstruct]` adds it",
         "skimage": "scikit-image is not installed; `pip install medseg[rtstruct]` adds it",
         "SimpleITK": "SimpleITK is not installed; `pip install medseg[itk]` adds it",
+        "safetensors": "safetensors is not installed; `pip install medseg[hf]` adds it",
     }
     for module, message in expected.items():
         assert available(module)  # installed here (make installs medseg[all])

@@ -63,6 +63,9 @@ class ModelSpec:
     optional: tuple[str, ...] = ()
     head: OutputHead = SEMANTIC_SOFTMAX
     description: str = ""
+    # `loader(model, folder) -> str`: fills a built model from `model.options.pretrained` (a fresh
+    # training run only; bundles carry their own weights); None: the family takes no checkpoint
+    pretrained: str | Callable[[nn.Module, str], str] | None = None
 
     def __post_init__(self):
         unknown = sorted(set(self.needs) - set(PLAN_FIELDS))
@@ -84,7 +87,8 @@ MODELS: dict[str, ModelSpec] = {
     "unet3d": ModelSpec(spatial_dims=3, **_UNET),
     "deeplabv3plus2d": ModelSpec(spatial_dims=2, **_DEEPLAB),
     "deeplabv3plus3d": ModelSpec(spatial_dims=3, **_DEEPLAB),
-    "segformer2d": ModelSpec(spatial_dims=2, options="medseg.models.segformer:SegFormer2DOptions", **_SEGFORMER),
+    "segformer2d": ModelSpec(spatial_dims=2, options="medseg.models.segformer:SegFormer2DOptions",
+                             pretrained="medseg.models.hf_segformer:load_hf_segformer", **_SEGFORMER),
     "segformer3d": ModelSpec(spatial_dims=3, options="medseg.models.segformer:SegFormer3DOptions", **_SEGFORMER),
 }
 
@@ -174,6 +178,15 @@ def build_model(name: str, plan: Any, *, in_channels: int, num_classes: int, spa
     typed = validate_options(name, options)
     inputs = model_plan(name, plan, in_channels=in_channels, num_classes=num_classes, spacing=spacing)
     return _resolve(spec.builder)(inputs, typed)
+
+
+def load_pretrained(name: str, model: nn.Module, options: Mapping[str, Any] | None) -> str | None:
+    """Fill `model` (built by `build_model(name, ...)`) from the checkpoint folder its options name
+    (`pretrained`); returns the loader's one-line report, or None when no checkpoint is named."""
+    folder = dict(options or {}).get("pretrained")
+    if not folder:
+        return None
+    return _resolve(model_spec(name).pretrained)(model, folder)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -56,6 +56,9 @@ class _SegFormerOptions(ModelOptions):
 
 class SegFormer2DOptions(_SegFormerOptions):
     variant: Literal["b0", "b1", "b2", "segformer3d"] = "b0"
+    # a local Hugging Face SegFormer folder (config.json + model.safetensors) a fresh training run
+    # starts from (`medseg.models.hf_segformer`); never downloaded; a bundle ignores it
+    pretrained: str | None = None
 
 
 class SegFormer3DOptions(_SegFormerOptions):

@@ -70,6 +70,12 @@ class Trainer:
 
         self._split_cases()
         self._build_model()
+        if saved is None:  # a resumed run has its own weights
+            from medseg.models import load_pretrained
+
+            report = load_pretrained(config.model.name, self.model, config.model.options)
+            if report and dist.is_main:
+                echo(report)
         self.start_epoch, self.history, self.run_id = 0, {"train_loss": [], "val_mean": [], "ema": []}, None
         self.best_ema, self.ema = -math.inf, None
         if saved is not None:
