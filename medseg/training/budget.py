@@ -10,8 +10,9 @@ final validation and the bundle end within the budget:
 2. Plan: the most epochs n for which elapsed + n * epoch + validations + final validation +
    post-processing choice and artifacts <= budget * (1 - safety). Intermediate validations are
    thinned (validate_every raised) when they would take more than `max_val_fraction` of the time left.
-3. Re-plan after any epoch whose step or validation time differs from the plan's by more than
-   `margin` (another process arrived or left), whose projection overruns the budget, or once the
+3. Re-plan after any epoch whose step time differs from the plan's by more than twice `margin`
+   (another process arrived or left), after two whose mean step time differs by more than `margin`,
+   after a validation that differs by more than `margin`, when the projection overruns the budget, or once the
    time saved by slightly faster epochs holds another whole epoch. The LR
    schedule is re-sized continuously (`LrSchedule.retarget`): it never jumps and always ends at
    its final LR; a re-plan keeps at least one more epoch to get there, and the planned last epoch
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -153,11 +155,12 @@ class BudgetPlanner:
         if math.isnan(new_val):
             new_val = 0.0 if not self.has_validation else train_s  # no validation measured yet: guess one epoch
         self._since_plan.append(float(train_s))
-        reason = self._reason(old, train_s, val_s)
-        epoch_s = train_s
+        recent = self._since_plan[-2:]
+        typical = statistics.median(self._since_plan[-5:])  # what the epochs left will cost: one odd epoch does not move it
+        reason, epoch_s = self._reason(old, train_s, sum(recent) / len(recent), len(recent), typical, val_s)
         if reason is None:
             limit = self.budget_s * (1 - self.safety)
-            projected = self._project(epoch, elapsed, train_s, overhead, new_val)
+            projected = self._project(epoch, elapsed, epoch_s, overhead, new_val)
             if projected > limit:
                 reason = f"projected {projected / 60:.2f} min overruns the budget"
             else:
@@ -182,16 +185,23 @@ class BudgetPlanner:
         self.history.append(asdict(self.plan))
         return self.plan
 
-    def _reason(self, old: SchedulePlan, train_s: float, val_s: float | None) -> str | None:
+    def _reason(self, old: SchedulePlan, train_s: float, smoothed: float, measured: int, typical: float,
+                val_s: float | None) -> tuple[str | None, float]:
+        """(why to re-plan or None, the epoch time to plan with). A step-time change counts at once when
+        it exceeds twice the margin (a process arrived or left), else only when the mean of the last
+        two epochs since the plan (`smoothed`) exceeds the margin: one epoch slowed by a neighbour's
+        burst does not re-size the schedule back and forth. Otherwise the epochs left are costed at
+        `typical`, the median of the last 5 since the plan."""
         if math.isnan(old.epoch_s):
-            return "resume" if self.resumed else "warm-up measured"
-        change = train_s / old.epoch_s - 1
-        if abs(change) > self.margin:
-            return f"step time {old.epoch_s / self.iters:.3f} -> {train_s / self.iters:.3f} s ({change:+.0%})"
+            return ("resume" if self.resumed else "warm-up measured"), train_s
+        for seconds, limit in ((train_s, 2 * self.margin), (smoothed if measured >= 2 else math.nan, self.margin)):
+            change = seconds / old.epoch_s - 1
+            if abs(change) > limit:
+                return f"step time {old.epoch_s / self.iters:.3f} -> {seconds / self.iters:.3f} s ({change:+.0%})", seconds
         if val_s is not None and self.has_validation:
             if old.val_s > 0 and abs(val_s / old.val_s - 1) > self.margin:
-                return f"validation {old.val_s:.1f} -> {val_s:.1f} s ({val_s / old.val_s - 1:+.0%})"
-        return None
+                return f"validation {old.val_s:.1f} -> {val_s:.1f} s ({val_s / old.val_s - 1:+.0%})", typical
+        return None, typical
 
     def _project(self, epoch: int, elapsed: float, train_s: float, overhead: float, val_s: float) -> float:
         """Elapsed time at the end of the current plan with the costs just measured."""

@@ -96,6 +96,20 @@ def test_small_speed_noise_does_not_replan():
     assert clock.now <= 600.0
 
 
+def test_one_epoch_slowed_by_a_neighbour_does_not_replan_but_two_do():
+    """A neighbour's validation slows one epoch by 25% (the SegFormer run of issue 16 re-planned 21
+    times on such blips): no re-size. The same slowdown held for two epochs re-sizes after the second."""
+    blip, clock, *_ = simulate(900.0, lambda e: 1.25 if e == 12 else 1.0)
+    after = [h for h in blip.history if h["made_after_epoch"] >= 12]
+    assert not any("step time" in h["reason"] for h in after) and clock.now <= 900.0
+    # at most one re-size, for the 2.5 s the blip really cost, and never back and forth
+    assert len(after) <= 1 and all(h["epoch_s"] == pytest.approx(10.0) for h in after)
+    held, clock, *_ = simulate(900.0, lambda e: 1.0 if e < 10 else 1.25)
+    slower = [h for h in held.history if h["epoch_s"] == pytest.approx(12.5)]
+    assert slower and slower[0]["made_after_epoch"] == 11  # sized to the new speed after its second epoch
+    assert clock.now <= 900.0 and held.total_epochs < blip.total_epochs
+
+
 def test_time_saved_by_slightly_faster_epochs_buys_another_epoch():
     """Coarse epochs (a tenth of the budget each) that run 12% faster than the warm-up, inside the
     margin: the savings add up to another epoch, which the plan takes (the 60-minute Hippocampus run
