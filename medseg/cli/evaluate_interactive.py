@@ -18,9 +18,10 @@ def command(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the simulated user (ties between interior points).")] = 0,
     refine: Annotated[Optional[str], typer.Option("--refine", help="A semantic bundle whose masks seed each object; the clicks then correct them (item 4: a first pass, then refinement).")] = None,
+    runtime: Annotated[str, typer.Option("--runtime", help="For an export folder of the promptable model (`medseg export`): torch, onnxruntime, openvino or auto, as in `medseg infer`.")] = "auto",
 ) -> None:
     """Dice after each click, Dice AUC, NoC@85/NoC@90 and seconds per click; logged to MLflow."""
     from medseg.interactive.evaluate import run_evaluate_interactive
 
     run_evaluate_interactive(model, workdir, fold=fold, clicks=clicks, labels=labels, output=output, device=device,
-                             seed=seed, refine=refine, echo=typer.echo)
+                             seed=seed, refine=refine, runtime=runtime, echo=typer.echo)

@@ -134,16 +134,17 @@ def plot_dice_curve(report: InteractiveReport, path: str | Path) -> Path:
 
 def run_evaluate_interactive(model, workdir, *, fold: int = 0, clicks: int = 5, labels: str | None = None,
                              output="interactive.json", device: str = "auto", seed: int = 0, refine=None,
-                             echo=lambda *a, **k: None):
+                             runtime: str = "auto", echo=lambda *a, **k: None):
     """`medseg evaluate-interactive`: evaluate, write the JSON and the curve plot, print the summary, log to MLflow.
-    refine: a semantic bundle (path, run id or name) whose masks seed the sessions (clicks then correct them)."""
+    refine: a semantic bundle (path, run id or name) whose masks seed the sessions (clicks then correct them).
+    runtime: for an export folder of the promptable model (`medseg export`), as `medseg infer --runtime`."""
     from medseg import tracking
     from medseg.api import load_model
     from medseg.commands import parse_labels
     from medseg.extras import available
 
     workdir, output = Path(workdir), Path(output)
-    predictor = load_model(model, workdir=workdir, device=device, precision="fp32")
+    predictor = load_model(model, workdir=workdir, device=device, precision="fp32", runtime=runtime)
     if not predictor.bundle.plan.prompt_channels:
         raise ConfigError(f"{predictor.bundle.path}: not a promptable model; train one with configs/interactive3d.yaml")
     automatic = None

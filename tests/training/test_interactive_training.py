@@ -122,6 +122,18 @@ def test_a_tiny_promptable_model_trains_and_answers_a_click(tiny_config, tiny_wo
     assert summary["dice_auc"] == pytest.approx(np.mean([r["dice"] for r in body["rows"]]))
     assert (tmp_path / "interactive_dice_per_click.png").is_file()
 
+    # the same clicks on its OpenVINO export (prompt channels included): the same masks, to rounding
+    exported = tmp_path / "exported"
+    assert run("export", result.bundle_dir, "--format", "openvino", "-o", exported, "--no-benchmark") == 0
+    assert run("export", result.bundle_dir, "--int8", "--calibration", tiny_workdir, "-o", tmp_path / "q") == 1
+    assert "promptable model is exported in float32 only" in capsys.readouterr().err
+    out_ov = tmp_path / "interactive_ov.json"
+    assert run("evaluate-interactive", exported, "--workdir", tiny_workdir, "--clicks", "3", "--runtime", "openvino",
+               "-o", out_ov) == 0
+    rows_ov = json.loads(out_ov.read_text())["rows"]
+    assert [r["case_id"] for r in rows_ov] == [r["case_id"] for r in body["rows"]]
+    assert np.allclose([r["dice"] for r in rows_ov], [r["dice"] for r in body["rows"]], atol=0.02)
+
     # refinement of a first pass (item 4): a "semantic model" that finds the box (label 2) exactly and misses the ball
     from medseg.interactive.evaluate import evaluate_interactive
 
