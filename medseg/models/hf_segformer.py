@@ -117,23 +117,23 @@ def hub_to_medseg(state: dict[str, torch.Tensor], in_channels: int) -> dict[str,
         if not key.startswith(prefix) and not key.startswith("decode_head."):
             continue  # another model's head (e.g. an ImageNet classifier): not ours
         parts = key.removeprefix(prefix).split(".")
-        if parts[:2] == ["encoder", "patch_embeddings"]:
+        if parts[:2] == ["encoder", "patch_embeddings"] and len(parts) == 5 and parts[3] in ("proj", "layer_norm"):
             i, kind = parts[2], {"proj": "conv", "layer_norm": "norm"}[parts[3]]
             if i == "0" and kind == "conv" and parts[4] == "weight":
                 value = _adapt_input(value, in_channels)
             out[f"stages.{i}.embed.{kind}.{parts[4]}"] = value
-        elif parts[:2] == ["encoder", "layer_norm"]:
+        elif parts[:2] == ["encoder", "layer_norm"] and len(parts) == 4:
             out[f"stages.{parts[2]}.norm.{parts[3]}"] = value
-        elif parts[:2] == ["encoder", "block"]:
+        elif parts[:2] == ["encoder", "block"] and len(parts) > 5:
             i, j, inner, leaf = parts[2], parts[3], ".".join(parts[4:-1]), parts[-1]
-            if inner in ("attention.self.key", "attention.self.value"):
-                continue  # fused below
+            if inner not in _BLOCK:
+                continue  # keys and values are fused below; anything else is not ours
             out[f"stages.{i}.blocks.{j}.{_BLOCK[inner]}.{leaf}"] = value
-            if inner == "attention.self.query":
-                base = key[: key.index("attention.self.query")]
-                out[f"stages.{i}.blocks.{j}.attn.kv.{leaf}"] = torch.cat(
-                    [state[f"{base}attention.self.key.{leaf}"], state[f"{base}attention.self.value.{leaf}"]])
-        elif key.startswith("decode_head.linear_c."):
+            base = key[: key.index(inner)]
+            k, v = state.get(f"{base}attention.self.key.{leaf}"), state.get(f"{base}attention.self.value.{leaf}")
+            if inner == "attention.self.query" and k is not None and v is not None:
+                out[f"stages.{i}.blocks.{j}.attn.kv.{leaf}"] = torch.cat([k, v])
+        elif key.startswith("decode_head.linear_c.") and len(parts) == 5:
             out[f"project.{parts[2]}.{parts[4]}"] = value
         elif key == "decode_head.linear_fuse.weight":
             out["fuse.weight"] = value.flatten(1)  # (D, 4D, 1, 1) -> (D, 4D)
@@ -163,14 +163,14 @@ def load_hf_segformer(model, folder: str | Path) -> str:
                               "match model.options (variant, widths, heads, reductions) to the checkpoint's config.json, "
                               "or use a patch of at least 16 per side (a 7x7 first embedding)")
         loaded[key] = value.to(own[key].dtype)
+    encoder = [k for k in own if k.startswith("stages.")]
+    missing = [k for k in encoder if k not in loaded]
+    if missing:  # checked before any weight is copied: the model is left as built
+        raise InputError(f"{folder}: the checkpoint lacks {len(missing)} of the encoder's {len(encoder)} tensors "
+                         f"(first: {missing[0]}); expected a complete SegFormer encoder")
     with torch.no_grad():
         for key, value in loaded.items():
             own[key].copy_(value)
-    encoder = [k for k in own if k.startswith("stages.")]
-    missing = [k for k in encoder if k not in loaded]
-    if missing:
-        raise InputError(f"{folder}: the checkpoint lacks {len(missing)} of the encoder's {len(encoder)} tensors "
-                         f"(first: {missing[0]}); expected a complete SegFormer encoder")
     fresh = sorted({k.split(".")[0] for k in own if k not in loaded})
     return (f"pretrained: {len(loaded)} of {len(own)} tensors from {folder} (encoder"
             f"{' and decoder projections' if decoder_fits and any(k.startswith('project.') for k in loaded) else ''}); "

@@ -116,3 +116,18 @@ def test_another_architecture_is_a_one_line_config_error(tmp_path):
 def test_only_segformer2d_takes_a_checkpoint_folder():
     with pytest.raises(ConfigError, match="unknown option"):
         build_model("segformer3d", {"patch_size": (16, 16, 16)}, in_channels=1, num_classes=2, pretrained="x")
+
+
+def test_an_incomplete_encoder_is_refused_and_the_model_left_as_built(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "cut"
+    _hf_folder(folder)
+    state = load_file(folder / "model.safetensors")
+    save_file({k: v for k, v in state.items() if "block.2.0.mlp" not in k}, folder / "model.safetensors")
+    ours = _ours(3)
+    before = {k: v.clone() for k, v in ours.state_dict().items()}
+    with pytest.raises(InputError, match="the checkpoint lacks 6 of the encoder's") as err:
+        load_pretrained("segformer2d", ours, {"pretrained": str(folder)})
+    assert "\n" not in str(err.value)
+    assert all(torch.equal(before[k], v) for k, v in ours.state_dict().items())
