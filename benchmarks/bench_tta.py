@@ -58,7 +58,7 @@ def main() -> None:
     rows = {"best, plain": ("best", False), "best, mirroring TTA": ("best", True), "last, plain": ("last", False)}
     dice = {r: {k: [] for k in fg} for r in rows}
     seconds = {r: [] for r in rows}
-    print(f"{len(val_ids)} fold-{args.fold} validation cases, {precision.describe()}, {torch.get_num_threads()} threads")
+    print(f"{len(val_ids)} fold-{args.fold} validation cases, {precision.describe()}, {torch.get_num_threads()} threads", flush=True)
     for i, case_id in enumerate(val_ids):
         case = load_case(args.work, case_id)
         image = torch.from_numpy(np.array(case.image, dtype=np.float32))
@@ -70,6 +70,7 @@ def main() -> None:
             for k, d in dice_per_class(pred, np.asarray(case.label), fg, empty=math.nan).items():
                 if not math.isnan(d):
                     dice[r][k].append(d)
+        print(f"{case_id}: " + ", ".join(f"{r} {seconds[r][-1]:.2f} s" for r in rows), flush=True)
     base = float(np.median(seconds["best, plain"]))
     print(f"| checkpoint, inference | {' | '.join(names[k] for k in fg)} | mean Dice | s per case (median) | x plain |")
     print("|---|" + "---|" * (len(fg) + 3))
