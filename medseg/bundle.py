@@ -188,7 +188,7 @@ class Bundle:
             network = build_model(
                 self.model_name,
                 cfg,
-                in_channels=len(self.plan.channel_names) + self.plan.prompt_channels,
+                in_channels=self.plan.in_channels,
                 num_classes=len(self.labels),
                 spacing=self.plan.target_spacing,
                 **self.meta.get("model_options", {}),

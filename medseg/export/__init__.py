@@ -83,7 +83,7 @@ def export_bundle(bundle: str | os.PathLike, out: str | os.PathLike | None = Non
     out.parent.mkdir(parents=True, exist_ok=True)
     config = source.configuration_plan
     network = source.build_network("best", device="cpu")
-    in_channels = len(source.plan.channel_names) + source.plan.prompt_channels  # a promptable model takes its prompts too
+    in_channels = source.plan.in_channels
     if int8 and source.plan.prompt_channels:
         raise ConfigError(f"{source.path}: --int8 calibrates on training windows without prompts, so a promptable model "
                           "is exported in float32 only; drop --int8")

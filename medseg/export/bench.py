@@ -58,8 +58,7 @@ def choose_runtime(exported, precision: str = "fp32") -> str:
     key = (str(exported.path.resolve()), precision)
     if key not in _MEASURED:
         cfg = exported.configuration_plan
-        result = measure(exported.path, exported.manifest, cfg.patch_size, len(exported.plan.channel_names) + exported.plan.prompt_channels,
-                         precision=precision)
+        result = measure(exported.path, exported.manifest, cfg.patch_size, exported.plan.in_channels, precision=precision)
         log.info("runtime auto: measured on this CPU (the export's timing was made elsewhere): %s -> %s",
                  result["ms_per_window"], result["fastest"])
         _MEASURED[key] = result["fastest"]

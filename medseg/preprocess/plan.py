@@ -180,6 +180,11 @@ class Plan(StrictModel):
         return sorted(self.labels)
 
     @property
+    def in_channels(self) -> int:
+        """The network's input channels: one per image channel, then a promptable model's prompt channels."""
+        return len(self.channel_names) + self.prompt_channels
+
+    @property
     def num_classes(self) -> int:
         return len(self.labels)
 

@@ -137,7 +137,7 @@ class Trainer:
         from medseg.training.schedule import build_optimizer_and_scheduler
 
         config = self.config
-        model = build_model(config.model.name, self.conf, in_channels=len(self.plan.channel_names) + self.run_plan.prompt_channels,
+        model = build_model(config.model.name, self.conf, in_channels=self.run_plan.in_channels,
                             num_classes=len(self.run_plan.labels), spacing=self.run_plan.target_spacing, **config.model.options)
         self.fmt = self.precision.memory_format(self.conf.spatial_dims)
         self.model = model.to(self.device).to(memory_format=self.fmt)
