@@ -1,7 +1,7 @@
 """Mirroring TTA in validation and inference: what it adds in Dice and costs in seconds per case
 (issue 22, part 2). Same bundle, same fold-0 validation cases, on the preprocessed grid exactly as
-training validation scores them (`medseg.training.validation.predict_case` with the predictor's
-`predict_on_grid`): plain against `tta=True` (the 8 mirrorings of a 3D case, nnU-Net's default),
+training validation scores them (the predictor's `predict_on_grid` with the arguments
+`medseg.training.validation.predict_case` passes, plus `tta`): plain against `tta=True` (the 8 mirrorings of a 3D case, nnU-Net's default),
 interleaved per case so both share every slowdown. Also the bundle's last checkpoint against its
 best (EMA-picked) one, plain.
 

@@ -155,9 +155,7 @@ class BudgetPlanner:
         if math.isnan(new_val):
             new_val = 0.0 if not self.has_validation else train_s  # no validation measured yet: guess one epoch
         self._since_plan.append(float(train_s))
-        recent = self._since_plan[-2:]
-        typical = statistics.median(self._since_plan[-5:])  # what the epochs left will cost: one odd epoch does not move it
-        reason, epoch_s = self._reason(old, train_s, sum(recent) / len(recent), len(recent), typical, val_s)
+        reason, epoch_s = self._reason(old, val_s)
         if reason is None:
             limit = self.budget_s * (1 - self.safety)
             projected = self._project(epoch, elapsed, epoch_s, overhead, new_val)
@@ -185,19 +183,23 @@ class BudgetPlanner:
         self.history.append(asdict(self.plan))
         return self.plan
 
-    def _reason(self, old: SchedulePlan, train_s: float, smoothed: float, measured: int, typical: float,
-                val_s: float | None) -> tuple[str | None, float]:
-        """(why to re-plan or None, the epoch time to plan with). A step-time change counts at once when
-        it exceeds twice the margin (a process arrived or left), else only when the mean of the last
-        two epochs since the plan (`smoothed`) exceeds the margin: one epoch slowed by a neighbour's
-        burst does not re-size the schedule back and forth. Otherwise the epochs left are costed at
-        `typical`, the median of the last 5 since the plan."""
+    def _reason(self, old: SchedulePlan, val_s: float | None) -> tuple[str | None, float]:
+        """(why to re-plan or None, the epoch time to plan with), from the epochs since the plan. A
+        step-time change counts at once when it exceeds twice the margin (a process arrived or left),
+        else only when the mean of the last two epochs exceeds the margin: one epoch slowed by a
+        neighbour's burst does not re-size the schedule back and forth. Otherwise the epochs left are
+        costed at the median of the last 5 (one odd epoch does not move it)."""
+        since = self._since_plan
         if math.isnan(old.epoch_s):
-            return ("resume" if self.resumed else "warm-up measured"), train_s
-        for seconds, limit in ((train_s, 2 * self.margin), (smoothed if measured >= 2 else math.nan, self.margin)):
+            return ("resume" if self.resumed else "warm-up measured"), since[-1]
+        candidates = [(since[-1], 2 * self.margin)]
+        if len(since) >= 2:
+            candidates.append(((since[-1] + since[-2]) / 2, self.margin))
+        for seconds, limit in candidates:
             change = seconds / old.epoch_s - 1
             if abs(change) > limit:
                 return f"step time {old.epoch_s / self.iters:.3f} -> {seconds / self.iters:.3f} s ({change:+.0%})", seconds
+        typical = statistics.median(since[-5:])
         if val_s is not None and self.has_validation:
             if old.val_s > 0 and abs(val_s / old.val_s - 1) > self.margin:
                 return f"validation {old.val_s:.1f} -> {val_s:.1f} s ({val_s / old.val_s - 1:+.0%})", typical
