@@ -69,11 +69,12 @@ def main() -> None:
     dice = re.search(r"^validation Dice: (.*)$", proc.stdout, re.M)
     if args.time_budget is not None:
         plans = re.findall(r"^time budget (?:plan|re-plan \d+) after epoch .*$", proc.stdout, re.M)
-        used = re.search(r"^time budget: used ([0-9.]+) of ([0-9.]+) min; (\d+) epochs", proc.stdout, re.M)
+        used = re.search(r"^time budget: used ([0-9.]+) of ([0-9.]+) min; (\d+) epochs x (\d+ it.*?) = (\d+) iterations",
+                         proc.stdout, re.M)
         print("\n".join(plans))
         print(f"RESULT precision={args.precision} time budget {args.time_budget} min: used {used.group(1) if used else '?'} min "
-              f"in training, wall {wall:.2f} min for the command; {epochs_done} epochs x {args.iterations_per_epoch} it "
-              f"= {epochs_done * args.iterations_per_epoch} iterations, {max(0, len(plans) - 1)} re-plan(s); "
+              f"in training, wall {wall:.2f} min for the command; {epochs_done} epochs x {used.group(4) if used else '?'} "
+              f"= {used.group(5) if used else '?'} iterations, {max(0, len(plans) - 1)} re-plan(s); "
               f"{dice.group(1) if dice else 'no validation'}")
         return
     print(f"RESULT precision={args.precision} epochs={epochs_done}/{epochs} x {args.iterations_per_epoch} it, "

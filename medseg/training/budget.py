@@ -7,14 +7,17 @@ final validation and the bundle end within the budget:
 
 1. Warm-up: the first epoch runs on the config's schedule length and (when the fold has
    validation cases) validates, which measures a step (data loading included) and a validation.
-2. Plan: the most epochs n for which elapsed + n * epoch + validations + final validation +
-   post-processing choice and artifacts <= budget * (1 - safety). Intermediate validations are
-   thinned (validate_every raised) when they would take more than `max_val_fraction` of the time left.
+2. Plan: the most iterations for which elapsed + training + validations + final validation +
+   post-processing choice and artifacts <= budget * (1 - safety), with each step costed half the
+   margin slower than measured (a cushion, so that noise neither overruns nor re-plans). They run
+   as whole epochs plus a shorter last one (`last_iterations`, at least a tenth of an epoch): the
+   plan lands within a few steps of the budget however long an epoch is. Intermediate validations
+   are thinned (validate_every raised) when they would take more than `max_val_fraction` of the time left.
 3. Re-plan after any epoch whose step time differs from the plan's by more than twice `margin`
    (another process arrived or left), after two whose mean step time differs by more than `margin`,
    after a validation that differs by more than `margin`, when the projection overruns the budget, or once the
-   time saved by slightly faster epochs holds another whole epoch. The LR
-   schedule is re-sized continuously (`LrSchedule.retarget`): it never jumps and always ends at
+   time saved by slightly faster epochs holds a quarter of an epoch (and 1% of the budget). The LR
+   schedule is re-sized continuously (`LrSchedule.retarget`) to the plan's total iterations: it never jumps and always ends at
    its final LR; a re-plan keeps at least one more epoch to get there, and the planned last epoch
    is never re-planned (never stops mid-schedule). An overrun is thus bounded by about one epoch.
 
@@ -56,10 +59,12 @@ def parse_minutes(value, what: str = "--time-budget") -> float:
 
 @dataclass
 class SchedulePlan:
-    """One (re-)plan: epochs in total (0-based epochs 0 .. total_epochs-1), validation interval and
-    the costs it assumed, in seconds; `projected_s`: elapsed time at the projected end."""
+    """One (re-)plan: epochs in total (0-based epochs 0 .. total_epochs-1), the iterations of the last
+    one (1 .. iterations_per_epoch; the others are whole), validation interval and the costs it
+    assumed, in seconds; `projected_s`: elapsed time at the projected end (costs as measured)."""
 
     total_epochs: int
+    last_iterations: int
     validate_every: int
     epoch_s: float  # one epoch's training (iterations x step time, loader start included)
     overhead_s: float  # per epoch besides training and validation (checkpoint, logging)
@@ -87,8 +92,8 @@ class BudgetPlanner:
         self.min_epochs, self.margin, self.safety, self.max_val_fraction = int(min_epochs), margin, safety, max_val_fraction
         self.final_fixed_s = final_fixed_s
         self.spent_s, self.t0 = float(spent_s), clock() if started_at is None else float(started_at)
-        self.plan = SchedulePlan(max(int(initial_epochs), self.min_epochs), self.validate_every, math.nan, 0.0, math.nan, math.nan,
-                         math.nan, -1, "initial")
+        self.plan = SchedulePlan(max(int(initial_epochs), self.min_epochs), self.iters, self.validate_every, math.nan, 0.0,
+                                 math.nan, math.nan, math.nan, -1, "initial")
         self.history: list[dict] = []  # every plan made, as dicts (logged and saved)
         self.resumed = spent_s > 0
         self._last_mark: float | None = None  # elapsed at the previous epoch end
@@ -102,6 +107,14 @@ class BudgetPlanner:
     @property
     def total_epochs(self) -> int:
         return self.plan.total_epochs
+
+    @property
+    def total_iterations(self) -> int:
+        """Optimizer steps of the whole plan: the LR schedule's length."""
+        return (self.plan.total_epochs - 1) * self.iters + self.plan.last_iterations
+
+    def iterations_in(self, epoch: int) -> int:
+        return self.plan.last_iterations if self.is_last(epoch) else self.iters
 
     def is_last(self, epoch: int) -> bool:
         return epoch >= self.plan.total_epochs - 1
@@ -122,22 +135,31 @@ class BudgetPlanner:
         return sum(1 for e in range(first, last) if (e + 1) % every == 0)
 
     def _size(self, next_epoch: int, elapsed: float, epoch_s: float, overhead_s: float, val_s: float,
-              final_s: float) -> tuple[int, int, float]:
-        """(epochs left n >= 1, validate_every, projected end) for the time left after `elapsed`."""
+              final_s: float) -> tuple[int, int, int, float]:
+        """(epochs left n >= 1, iterations of the last of them, validate_every, projected end at the
+        measured costs) for the time left after `elapsed`. Steps are costed half the margin slower
+        than measured; a last epoch shorter than a tenth of an epoch is not worth its overhead."""
         left = self.budget_s * (1 - self.safety) - elapsed
         fixed = (val_s if self.has_validation else 0.0) + final_s
-        per_epoch = epoch_s + overhead_s
+        padded = epoch_s * (1 + self.margin / 2)
+        step = padded / self.iters
+        min_last = max(1, math.ceil(self.iters / 10))
         every = self.validate_every
         while True:
-            n = max(1, int((left - fixed) // max(per_epoch, 1e-9)))
-            while n > 1 and n * per_epoch + self._mid_validations(next_epoch, n, every) * val_s + fixed > left:
+            n = max(1, int((left - fixed) // max(padded + overhead_s, 1e-9)) + 1)
+            while True:
+                mids = self._mid_validations(next_epoch, n, every) * val_s if self.has_validation else 0.0
+                room = left - fixed - mids - n * overhead_s - (n - 1) * padded  # seconds for the last epoch's steps
+                last = min(self.iters, int(room // max(step, 1e-9)))
+                if last >= min_last or n == 1:
+                    break
                 n -= 1
-            mids = self._mid_validations(next_epoch, n, every) * val_s if self.has_validation else 0.0
             if mids <= self.max_val_fraction * max(left, 0.0) or every > n:
                 break
             every = every * 2  # fewer validations, each still whole
-        mids = self._mid_validations(next_epoch, n, every) * val_s if self.has_validation else 0.0
-        return n, every, elapsed + n * per_epoch + mids + fixed
+        last = max(last, min_last)  # nothing fits: the shortest schedule that still anneals (the overrun is printed)
+        projected = elapsed + (n - 1 + last / self.iters) * epoch_s + n * overhead_s + mids + fixed
+        return n, last, every, projected
 
     def epoch_done(self, epoch: int, train_s: float, val_s: float | None = None,
                    elapsed_s: float | None = None) -> SchedulePlan | None:
@@ -163,20 +185,19 @@ class BudgetPlanner:
                 reason = f"projected {projected / 60:.2f} min overruns the budget"
             else:
                 # epochs a little faster than planned (inside the margin) add up: once the time saved
-                # holds another whole epoch, with every epoch left as slow as the slowest of 2+ measured
-                # since the plan plus half the margin (so the next epoch's noise does not undo it), use it
+                # holds a quarter of an epoch (and 1% of the budget), with every epoch left costed as a
+                # plan costs them (the median since the plan, 2+ epochs, plus half the margin), use it
                 if len(self._since_plan) < 2:
                     return None
-                epoch_s = max(self._since_plan)
                 slack = limit - self._project(epoch, elapsed, epoch_s * (1 + self.margin / 2), overhead, new_val)
-                if slack < epoch_s + overhead:
+                if slack < max(0.25 * epoch_s, 0.01 * self.budget_s):
                     return None
-                reason = f"{slack / 60:.2f} min saved: room for another epoch"
+                reason = f"{slack / 60:.2f} min saved: room for more iterations"
         final_s = 1.1 * new_val + self.final_fixed_s if self.has_validation else self.final_fixed_s
-        n, every, projected = self._size(epoch + 1, elapsed, epoch_s, overhead, new_val, final_s)
+        n, last, every, projected = self._size(epoch + 1, elapsed, epoch_s, overhead, new_val, final_s)
         total = max(epoch + 1 + n, self.min_epochs)
-        same = self.history and reason != "resume" and (total, every) == (old.total_epochs, old.validate_every)
-        self.plan = SchedulePlan(total, every, float(epoch_s), overhead, new_val, final_s, projected, epoch, reason)
+        same = self.history and reason != "resume" and (total, last, every) == (old.total_epochs, old.last_iterations, old.validate_every)
+        self.plan = SchedulePlan(total, last, every, float(epoch_s), overhead, new_val, final_s, projected, epoch, reason)
         self._since_plan = []
         if same:  # new costs, the same schedule: nothing to re-size
             return None
@@ -210,7 +231,8 @@ class BudgetPlanner:
         n = self.plan.total_epochs - 1 - epoch
         mids = self._mid_validations(epoch + 1, n, self.plan.validate_every) * val_s if self.has_validation else 0.0
         final = (val_s + 1.1 * val_s + self.final_fixed_s) if self.has_validation else self.final_fixed_s
-        return elapsed + n * (train_s + overhead) + mids + final
+        training = (n - 1 + self.plan.last_iterations / self.iters) * train_s if n > 0 else 0.0
+        return elapsed + training + n * overhead + mids + final
 
     # -- resume -----------------------------------------------------------------------------------
 
@@ -223,14 +245,15 @@ class BudgetPlanner:
         """Continue a saved run: the time it spent counts against the budget; its plan continues."""
         self.spent_s = float(state["spent_s"])
         self.resumed = True
-        self.plan = SchedulePlan(**state["plan"])
+        self.plan = SchedulePlan(**{"last_iterations": self.iters, **state["plan"]})  # states before partial epochs: whole
         self.plan.epoch_s = math.nan  # this machine's speed is measured anew: the first epoch re-plans
         self.history = [dict(h) for h in state.get("history", [])]
 
     def describe(self, plan: SchedulePlan | None = None) -> str:
         p = plan or self.plan
         val = f", validate every {p.validate_every} epoch(s)" if self.has_validation else ""
-        return (f"{p.total_epochs} epochs x {self.iters} it (step {p.epoch_s / self.iters:.3f} s{val}), "
+        last = f" (the last {p.last_iterations})" if p.last_iterations != self.iters else ""
+        return (f"{p.total_epochs} epochs x {self.iters} it{last} (step {p.epoch_s / self.iters:.3f} s{val}), "
                 f"projected {p.projected_s / 60:.2f} of {self.budget_s / 60:.2f} min")
 
 
@@ -276,10 +299,12 @@ def make_planner(config, saved: dict | None, *, has_validation: bool, clock: Cal
 
 
 def start(trainer, planner: BudgetPlanner) -> None:
-    """Before the first epoch: the schedule spans the planner's initial epochs; checkpoints save its state."""
+    """Before the first epoch: the schedule spans the planner's plan (a resumed run's own, whose
+    scheduler state already ends there); checkpoints save its state."""
     trainer.checkpoints.budget = planner
-    if trainer.config.epochs != planner.total_epochs:
-        _set_epochs(trainer, planner.total_epochs, step=trainer.start_epoch * trainer.iters)
+    if (trainer.config.epochs, trainer.schedule.total) != (planner.total_epochs, planner.total_iterations):
+        _set_plan(trainer, planner, step=trainer.start_epoch * trainer.iters)
+    trainer.last_iterations = planner.plan.last_iterations
     if trainer.dist.is_main:
         left = planner.budget_s - planner.elapsed()
         trainer.echo(f"time budget: {planner.budget_s / 60:.2f} min ({left / 60:.2f} left); "
@@ -289,13 +314,15 @@ def start(trainer, planner: BudgetPlanner) -> None:
                                         "budget.safety": planner.safety})
 
 
-def _set_epochs(trainer, epochs: int, step: int) -> None:
-    trainer.config = trainer.config.model_copy(update={"epochs": int(epochs)})
+def _set_plan(trainer, planner: BudgetPlanner, step: int) -> None:
+    """The trainer's epochs, its last epoch's iterations and the LR schedule's end follow the plan."""
+    trainer.config = trainer.config.model_copy(update={"epochs": planner.total_epochs})
     trainer.checkpoints.config = trainer.config  # the saved config (and a resume) follow the plan
+    trainer.last_iterations = planner.plan.last_iterations
     if step > 0:
-        trainer.schedule.retarget(step, epochs * trainer.iters)
+        trainer.schedule.retarget(step, planner.total_iterations)
     else:
-        trainer.schedule.total = epochs * trainer.iters
+        trainer.schedule.total = planner.total_iterations
 
 
 def after_epoch(trainer, planner: BudgetPlanner, epoch: int, metrics: dict) -> None:
@@ -307,8 +334,9 @@ def after_epoch(trainer, planner: BudgetPlanner, epoch: int, metrics: dict) -> N
     if plan is None:
         return
     old_total = trainer.config.epochs
-    _set_epochs(trainer, plan.total_epochs, step=(epoch + 1) * trainer.iters)
-    metrics.update({"budget_total_epochs": plan.total_epochs, "budget_projected_min": plan.projected_s / 60,
+    _set_plan(trainer, planner, step=(epoch + 1) * trainer.iters)
+    metrics.update({"budget_total_epochs": plan.total_epochs, "budget_total_iterations": planner.total_iterations,
+                    "budget_projected_min": plan.projected_s / 60,
                     "budget_step_s": plan.epoch_s / trainer.iters, "budget_validate_every": plan.validate_every,
                     "budget_replans": len(planner.history) - 1})
     if trainer.dist.is_main:
@@ -317,8 +345,8 @@ def after_epoch(trainer, planner: BudgetPlanner, epoch: int, metrics: dict) -> N
         per_epoch = plan.epoch_s + plan.overhead_s
         if len(planner.history) == 1 and per_epoch > 0.1 * planner.budget_s:
             fits = max(1, int(0.05 * planner.budget_s / max(plan.epoch_s / trainer.iters, 1e-9)))
-            trainer.echo(f"time budget: an epoch takes {per_epoch:.0f} s, over a tenth of the budget, so the plan is coarse; "
-                         f"--iterations-per-epoch {fits} would make epochs of about 5% of it")
+            trainer.echo(f"time budget: an epoch takes {per_epoch:.0f} s, over a tenth of the budget, and the plan can react "
+                         f"to a change of speed only once an epoch; --iterations-per-epoch {fits} would make epochs of about 5% of it")
         if plan.projected_s > planner.budget_s:
             trainer.echo(f"time budget: even one more epoch ends {(plan.projected_s - planner.budget_s) / 60:.2f} min "
                          "past the budget; finishing the schedule anyway (give a larger budget or fewer iterations per epoch)")
@@ -329,11 +357,13 @@ def finish(trainer, planner: BudgetPlanner) -> dict:
     used = planner.elapsed()
     first = planner.history[0] if planner.history else asdict(planner.plan)
     summary = {"budget_min": planner.budget_s / 60, "used_min": used / 60, "epochs": trainer.config.epochs,
-               "iterations": trainer.config.epochs * trainer.iters, "replans": max(0, len(planner.history) - 1),
+               "iterations": planner.total_iterations, "replans": max(0, len(planner.history) - 1),
                "first_plan_epochs": first["total_epochs"], "plans": planner.history}
     if trainer.dist.is_main:
+        last = f" (the last {planner.plan.last_iterations})" if planner.plan.last_iterations != trainer.iters else ""
         trainer.echo(f"time budget: used {used / 60:.2f} of {planner.budget_s / 60:.2f} min; {summary['epochs']} epochs x "
-                     f"{trainer.iters} it, first plan {first['total_epochs']} epochs, {summary['replans']} re-plan(s)")
+                     f"{trainer.iters} it{last} = {summary['iterations']} iterations, first plan {first['total_epochs']} epochs, "
+                     f"{summary['replans']} re-plan(s)")
         if trainer.tracker is not None:
             trainer.tracker.log_metrics({"budget_used_min": used / 60, "budget_replans": summary["replans"]},
                                         step=trainer.config.epochs - 1)

@@ -117,7 +117,7 @@ def stop(trainer, epoch: int, iteration: int, losses: list[float]) -> None:
                          ema=trainer.ema, run_id=trainer.run_id)
         finally:
             writer.resume_at = None
-        trainer.echo(f"{name}: checkpoint at epoch {epoch + 1}, iteration {iteration}/{trainer.iters}; "
+        trainer.echo(f"{name}: checkpoint at epoch {epoch + 1}, iteration {iteration}/{trainer.iterations_in(epoch)}; "
                      f"exiting with {PREEMPTED_EXIT} (resumable)")
         if trainer.tracker is not None:
             trainer.tracker.end("KILLED")  # stopped from outside, not a failure

@@ -146,6 +146,7 @@ class Trainer:
             loss_fn = DeepSupervisionLoss(loss_fn)  # nnU-Net's weights, one per output the model returns
         self.loss_fn = loss_fn
         self.iters = iters = config.iterations_per_epoch
+        self.last_iterations: int | None = None  # a time budget's shorter last epoch (None: whole, as every other)
         self.optimizer, self.scheduler, self.schedule = build_optimizer_and_scheduler(
             self.model.parameters(), config.optimizer, config.epochs * iters, iters)
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.precision.use_grad_scaler)
@@ -163,7 +164,8 @@ class Trainer:
                              "train without --resume") from None
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
-        self.schedule.total = config.epochs * self.iters  # --epochs on a finished run stretches the curve from here
+        if not saved.get("budget"):  # a budgeted run's schedule ends where its plan does (budget.start)
+            self.schedule.total = config.epochs * self.iters  # --epochs on a finished run stretches the curve from here
         self.scheduler.lr_lambdas = [self.schedule]
         if saved.get("grad_scaler"):
             self.scaler.load_state_dict(saved["grad_scaler"])
@@ -227,6 +229,12 @@ class Trainer:
 
     # -- one epoch --------------------------------------------------------------------------------
 
+    def iterations_in(self, epoch: int) -> int:
+        """Optimizer steps of `epoch`: `iters`, except a time budget's last epoch, which may be shorter."""
+        if self.last_iterations is not None and epoch == self.config.epochs - 1:
+            return self.last_iterations
+        return self.iters
+
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One epoch of optimizer steps; returns its metrics (loss averaged over ranks, lr, speed)."""
         import torch
@@ -238,8 +246,10 @@ class Trainer:
         t0 = time.monotonic()
         self.dataset.set_epoch(epoch)
         skip, losses = preempt.resume_point(self, epoch)  # (0, []) unless resumed mid-epoch
+        steps = self.iterations_in(epoch)
+        samples = self.my_samples[skip * self.per_rank_batch:steps * self.per_rank_batch]
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=self.per_rank_batch, sampler=self.my_samples[skip * self.per_rank_batch:], num_workers=self.workers,
+            self.dataset, batch_size=self.per_rank_batch, sampler=samples, num_workers=self.workers,
             worker_init_fn=seed_worker if self.workers else None, pin_memory=self.device_type == "cuda", drop_last=True,
         )
         self.train_model.train()
@@ -267,7 +277,7 @@ class Trainer:
             self.scheduler.step()
             losses.append(float(loss.detach()))
             if self.progress is not None and self.dist.is_main:
-                self.progress(it + 1, self.iters, losses[-1])
+                self.progress(it + 1, steps, losses[-1])
             if preempt.requested(self):  # SIGTERM / SIGUSR1 on any rank: checkpoint here, exit resumable
                 preempt.stop(self, epoch, it + 1, losses)
         train_loss = mean_over_ranks(self.dist, float(np.mean(losses)))
@@ -275,7 +285,7 @@ class Trainer:
         self.history.setdefault("lr", []).append(float(self.optimizer.param_groups[0]["lr"]))  # for the learning curves
         epoch_time = time.monotonic() - t0
         return {"train_loss": train_loss, "lr": float(self.optimizer.param_groups[0]["lr"]), "epoch_time_s": epoch_time,
-                "samples_per_s": self.iters * config.batch_size / max(epoch_time, 1e-9)}
+                "samples_per_s": (steps - skip) * config.batch_size / max(epoch_time, 1e-9)}
 
     def validate_epoch(self, epoch: int, metrics: dict[str, float]) -> tuple[dict[str, float], dict | None]:
         """Validation Dice of this epoch (every rank its share of the cases), its EMA into `metrics`
