@@ -1,7 +1,10 @@
-"""Plain convolutional U-Net in the nnU-Net style, 2D or 3D.
+"""Convolutional U-Net in the nnU-Net style, 2D or 3D, with a plain or a residual encoder.
 
-Each stage is two (conv, norm, LeakyReLU) layers; the first conv of a stage carries its stride, so
-the encoder downsamples by strided convolution, never by pooling.
+Plain (nnU-Net's default): each stage is two (conv, norm, LeakyReLU) layers; the first conv of a
+stage carries its stride, so the encoder downsamples by strided convolution, never by pooling.
+Residual (`encoder: residual`, nnU-Net's ResEnc presets, their recommendation since 2024): a stem
+conv, then per stage `blocks_per_stage` residual blocks, the first carrying the stride; the
+decoder is the same, usually with one conv per stage (`decoder_convs: 1`) as in ResEnc.
 Stages, features, strides and kernel sizes come from the plan's `ConfigurationPlan`.
 """
 
@@ -27,6 +30,10 @@ class UNetOptions(ModelOptions):
     norm: Literal["instance", "batch"] = "instance"
     deep_supervision: bool = False  # training mode returns one output per decoder level but the deepest
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    encoder: Literal["plain", "residual"] = "plain"
+    # residual only: blocks per encoder stage; null: nnU-Net ResEnc-M's 1, 3, 4, 6, 6, 6, ... cut to the plan's stages
+    blocks_per_stage: list[int] | None = None
+    decoder_convs: int = Field(2, ge=1, le=2)  # (conv, norm, LeakyReLU) layers per decoder stage; ResEnc uses 1
 
 
 def build_unet(plan: ModelPlan, options: UNetOptions) -> "UNet":
@@ -45,26 +52,79 @@ class ConvBlock(nn.Module):
     """
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, kernel_size: Sequence[int],
-                 stride: Sequence[int], norm: str, dropout: float = 0.0):
+                 stride: Sequence[int], norm: str, dropout: float = 0.0, convs: int = 2):
         super().__init__()
-        conv = conv_cls(spatial_dims)
-
-        def conv_layer(c_in: int, s: Sequence[int]) -> nn.Sequential:
-            padding = tuple((k - si + 1) // 2 for k, si in zip(kernel_size, s))
-            layers = [("conv", conv(c_in, out_channels, tuple(kernel_size), stride=tuple(s), padding=padding, bias=False))]
-            if dropout:
-                layers.append(("dropout", (nn.Dropout3d if spatial_dims == 3 else nn.Dropout2d)(dropout)))
-            return nn.Sequential(OrderedDict(layers))
-
-        self.conv1 = conv_layer(in_channels, stride)
+        self.conv1 = _conv_layer(spatial_dims, in_channels, out_channels, kernel_size, stride, dropout)
         self.norm1 = norm_layer(norm, spatial_dims, out_channels)
-        self.conv2 = conv_layer(out_channels, [1] * spatial_dims)
-        self.norm2 = norm_layer(norm, spatial_dims, out_channels)
+        if convs == 2:  # one: a decoder stage of nnU-Net's ResEnc
+            self.conv2 = _conv_layer(spatial_dims, out_channels, out_channels, kernel_size, [1] * spatial_dims, dropout)
+            self.norm2 = norm_layer(norm, spatial_dims, out_channels)
         self.lrelu = nn.LeakyReLU(0.01, inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.lrelu(self.norm1(self.conv1(x)))
-        return self.lrelu(self.norm2(self.conv2(x)))
+        if hasattr(self, "conv2"):
+            x = self.lrelu(self.norm2(self.conv2(x)))
+        return x
+
+
+def _conv_layer(spatial_dims: int, c_in: int, c_out: int, kernel_size: Sequence[int], stride: Sequence[int],
+                dropout: float = 0.0) -> nn.Sequential:
+    """A bias-free conv with "same" padding (its output: the input's size / stride, rounded up), then dropout."""
+    padding = tuple((k - s + 1) // 2 for k, s in zip(kernel_size, stride))
+    layers = [("conv", conv_cls(spatial_dims)(c_in, c_out, tuple(kernel_size), stride=tuple(stride), padding=padding, bias=False))]
+    if dropout:
+        layers.append(("dropout", (nn.Dropout3d if spatial_dims == 3 else nn.Dropout2d)(dropout)))
+    return nn.Sequential(OrderedDict(layers))
+
+
+class ResEncBlock(nn.Module):
+    """nnU-Net's BasicBlockD: (conv, norm, LeakyReLU, conv, norm) plus the skip, then LeakyReLU.
+
+    (B, C_in, *S) -> (B, C_out, *S / stride). The skip is the identity, or average pooling by the
+    stride and/or a 1x1 conv + norm when the size or the channels change (the "D" skip of He et al.
+    2019: pooled rather than a strided 1x1 conv, which would drop most of its input; DeepLab's
+    `ResidualBlock` keeps the strided one, and dilates).
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, kernel_size: Sequence[int],
+                 stride: Sequence[int], norm: str, dropout: float = 0.0):
+        super().__init__()
+        self.conv1 = _conv_layer(spatial_dims, in_channels, out_channels, kernel_size, stride, dropout)
+        self.norm1 = norm_layer(norm, spatial_dims, out_channels)
+        self.conv2 = _conv_layer(spatial_dims, out_channels, out_channels, kernel_size, [1] * spatial_dims)
+        self.norm2 = norm_layer(norm, spatial_dims, out_channels)
+        skip: list[nn.Module] = []
+        if any(s > 1 for s in stride):
+            pool = nn.AvgPool3d if spatial_dims == 3 else nn.AvgPool2d
+            skip.append(pool(tuple(stride), stride=tuple(stride), ceil_mode=True))
+        if in_channels != out_channels:
+            skip += [conv_cls(spatial_dims)(in_channels, out_channels, kernel_size=1, bias=False),
+                     norm_layer(norm, spatial_dims, out_channels)]
+        self.skip = nn.Sequential(*skip)  # empty: the identity
+        self.lrelu = nn.LeakyReLU(0.01, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual = self.skip(x)
+        x = self.lrelu(self.norm1(self.conv1(x)))
+        return self.lrelu(self.norm2(self.conv2(x)) + residual)
+
+
+RESENC_M_BLOCKS = (1, 3, 4, 6, 6, 6, 6, 6)  # nnU-Net's ResEnc-M encoder, blocks per stage
+
+
+def residual_stage(spatial_dims: int, in_channels: int, out_channels: int, kernel_size: Sequence[int],
+                   stride: Sequence[int], norm: str, dropout: float, blocks: int, stem: bool) -> nn.Sequential:
+    """One encoder stage of residual blocks, the first carrying the stride; the first stage starts
+    with a stem (conv, norm, LeakyReLU) that maps the image channels to the stage's features."""
+    layers: list[nn.Module] = []
+    if stem:
+        layers.append(ConvBlock(spatial_dims, in_channels, out_channels, kernel_size, stride, norm, convs=1))
+        in_channels, stride = out_channels, [1] * spatial_dims
+    for b in range(blocks):
+        layers.append(ResEncBlock(spatial_dims, in_channels if b == 0 else out_channels, out_channels, kernel_size,
+                                    stride if b == 0 else [1] * spatial_dims, norm, dropout))
+    return nn.Sequential(*layers)
 
 
 class _Upsample(nn.Module):
@@ -115,13 +175,23 @@ class UNet(nn.Module):
         norm: str = "instance",
         deep_supervision: bool = False,
         dropout: float = 0.0,
+        encoder: str = "plain",
+        blocks_per_stage: Sequence[int] | None = None,
+        decoder_convs: int = 2,
     ):
         super().__init__()
+        from medseg.errors import ConfigError
+
         features, strides, kernel_sizes = validate_topology(spatial_dims, features_per_stage, strides, kernel_sizes)
         if upsample not in ("transpose", "interp"):
-            from medseg.errors import ConfigError
-
             raise ConfigError(f"model option upsample={upsample!r} is not supported; expected 'transpose' or 'interp'")
+        if encoder == "plain" and blocks_per_stage is not None:
+            raise ConfigError("model option blocks_per_stage is for encoder: residual; drop it or set encoder: residual")
+        if encoder == "residual":
+            blocks = list(blocks_per_stage) if blocks_per_stage is not None else list(RESENC_M_BLOCKS[:len(features)])
+            if len(blocks) != len(features) or min(blocks) < 1:
+                raise ConfigError(f"model option blocks_per_stage {blocks}: expected {len(features)} positive counts, "
+                                  f"one per stage of the plan (features_per_stage {features})")
         self.spatial_dims = spatial_dims
         self.deep_supervision = deep_supervision
         self.strides = strides
@@ -132,8 +202,11 @@ class UNet(nn.Module):
 
         self.encoder = nn.ModuleList()
         channels = in_channels
-        for f, s, k in zip(features, strides, kernel_sizes):
-            self.encoder.append(ConvBlock(in_channels=channels, out_channels=f, kernel_size=k, stride=s, **block))
+        for i, (f, s, k) in enumerate(zip(features, strides, kernel_sizes)):
+            if encoder == "residual":
+                self.encoder.append(residual_stage(spatial_dims, channels, f, k, s, norm, dropout, blocks[i], stem=i == 0))
+            else:
+                self.encoder.append(ConvBlock(in_channels=channels, out_channels=f, kernel_size=k, stride=s, **block))
             channels = f
         self.upsamples = nn.ModuleList()
         self.decoder = nn.ModuleList()
@@ -147,7 +220,7 @@ class UNet(nn.Module):
             self.upsamples.append(_Upsample(spatial_dims, features[i + 1], features[i], strides[i + 1], upsample))
             self.decoder.append(
                 ConvBlock(in_channels=2 * features[i], out_channels=features[i], kernel_size=kernel_sizes[i],
-                          stride=[1] * spatial_dims, **block)
+                          stride=[1] * spatial_dims, convs=decoder_convs, **block)
             )
             if level in self.output_levels:
                 self.heads[str(level)] = conv_cls(spatial_dims)(features[i], num_classes, kernel_size=1)

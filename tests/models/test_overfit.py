@@ -25,7 +25,8 @@ def _volume(size=16):
 
 @pytest.mark.parametrize(
     "name, options, lr",
-    [("unet3d", {"deep_supervision": True}, 3e-2), ("deeplabv3plus3d", {"output_stride": 8, "blocks_per_stage": 1}, 1e-2)],
+    [("unet3d", {"deep_supervision": True}, 3e-2), ("deeplabv3plus3d", {"output_stride": 8, "blocks_per_stage": 1}, 1e-2),
+     ("unet3d", {"deep_supervision": True, "encoder": "residual", "decoder_convs": 1}, 1e-2)],
 )
 def test_loss_halves_on_one_volume(name, options, lr):
     torch.manual_seed(0)

@@ -52,7 +52,7 @@ def _torchrun(args: list[str], env: dict) -> subprocess.CompletedProcess:
 
 
 # presets not in the torchrun matrix (for time), still checked for unused parameters
-OTHER_PRESETS = {"segformer3d": ("segformer3d", None), "unet2d_cpu": ("unet2d_cpu", None)}
+OTHER_PRESETS = {"segformer3d": ("segformer3d", None), "unet2d_cpu": ("unet2d_cpu", None), "resenc3d_cpu": ("resenc3d_cpu", None)}
 
 
 @pytest.mark.parametrize("name", list(VARIANTS) + list(OTHER_PRESETS))
