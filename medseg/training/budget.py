@@ -249,11 +249,16 @@ class BudgetPlanner:
         self.plan.epoch_s = math.nan  # this machine's speed is measured anew: the first epoch re-plans
         self.history = [dict(h) for h in state.get("history", [])]
 
+    def epochs_text(self, plan: SchedulePlan | None = None) -> str:
+        """"12 epochs x 100 it (the last 81)"."""
+        p = plan or self.plan
+        last = f" (the last {p.last_iterations})" if p.last_iterations != self.iters else ""
+        return f"{p.total_epochs} epochs x {self.iters} it{last}"
+
     def describe(self, plan: SchedulePlan | None = None) -> str:
         p = plan or self.plan
         val = f", validate every {p.validate_every} epoch(s)" if self.has_validation else ""
-        last = f" (the last {p.last_iterations})" if p.last_iterations != self.iters else ""
-        return (f"{p.total_epochs} epochs x {self.iters} it{last} (step {p.epoch_s / self.iters:.3f} s{val}), "
+        return (f"{self.epochs_text(p)} (step {p.epoch_s / self.iters:.3f} s{val}), "
                 f"projected {p.projected_s / 60:.2f} of {self.budget_s / 60:.2f} min")
 
 
@@ -304,7 +309,6 @@ def start(trainer, planner: BudgetPlanner) -> None:
     trainer.checkpoints.budget = planner
     if (trainer.config.epochs, trainer.schedule.total) != (planner.total_epochs, planner.total_iterations):
         _set_plan(trainer, planner, step=trainer.start_epoch * trainer.iters)
-    trainer.last_iterations = planner.plan.last_iterations
     if trainer.dist.is_main:
         left = planner.budget_s - planner.elapsed()
         trainer.echo(f"time budget: {planner.budget_s / 60:.2f} min ({left / 60:.2f} left); "
@@ -315,10 +319,10 @@ def start(trainer, planner: BudgetPlanner) -> None:
 
 
 def _set_plan(trainer, planner: BudgetPlanner, step: int) -> None:
-    """The trainer's epochs, its last epoch's iterations and the LR schedule's end follow the plan."""
+    """The trainer's epochs and the LR schedule's end follow the plan (the last epoch's iterations the
+    trainer asks the planner for: `Trainer.iterations_in`)."""
     trainer.config = trainer.config.model_copy(update={"epochs": planner.total_epochs})
     trainer.checkpoints.config = trainer.config  # the saved config (and a resume) follow the plan
-    trainer.last_iterations = planner.plan.last_iterations
     if step > 0:
         trainer.schedule.retarget(step, planner.total_iterations)
     else:
@@ -360,9 +364,8 @@ def finish(trainer, planner: BudgetPlanner) -> dict:
                "iterations": planner.total_iterations, "replans": max(0, len(planner.history) - 1),
                "first_plan_epochs": first["total_epochs"], "plans": planner.history}
     if trainer.dist.is_main:
-        last = f" (the last {planner.plan.last_iterations})" if planner.plan.last_iterations != trainer.iters else ""
-        trainer.echo(f"time budget: used {used / 60:.2f} of {planner.budget_s / 60:.2f} min; {summary['epochs']} epochs x "
-                     f"{trainer.iters} it{last} = {summary['iterations']} iterations, first plan {first['total_epochs']} epochs, "
+        trainer.echo(f"time budget: used {used / 60:.2f} of {planner.budget_s / 60:.2f} min; {planner.epochs_text()} "
+                     f"= {summary['iterations']} iterations, first plan {first['total_epochs']} epochs, "
                      f"{summary['replans']} re-plan(s)")
         if trainer.tracker is not None:
             trainer.tracker.log_metrics({"budget_used_min": used / 60, "budget_replans": summary["replans"]},

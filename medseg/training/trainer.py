@@ -146,7 +146,7 @@ class Trainer:
             loss_fn = DeepSupervisionLoss(loss_fn)  # nnU-Net's weights, one per output the model returns
         self.loss_fn = loss_fn
         self.iters = iters = config.iterations_per_epoch
-        self.last_iterations: int | None = None  # a time budget's shorter last epoch (None: whole, as every other)
+        self.budget = None  # the run's BudgetPlanner under a time budget (`fit`): it sizes the epochs
         self.optimizer, self.scheduler, self.schedule = build_optimizer_and_scheduler(
             self.model.parameters(), config.optimizer, config.epochs * iters, iters)
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.precision.use_grad_scaler)
@@ -231,9 +231,7 @@ class Trainer:
 
     def iterations_in(self, epoch: int) -> int:
         """Optimizer steps of `epoch`: `iters`, except a time budget's last epoch, which may be shorter."""
-        if self.last_iterations is not None and epoch == self.config.epochs - 1:
-            return self.last_iterations
-        return self.iters
+        return self.budget.iterations_in(epoch) if self.budget is not None else self.iters
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One epoch of optimizer steps; returns its metrics (loss averaged over ranks, lr, speed)."""
@@ -338,6 +336,7 @@ class Trainer:
         stopped = False
         epoch = self.start_epoch - 1
         try:
+            self.budget = budget
             if budget is not None:
                 budget_glue.start(self, budget)
             for epoch in self._epochs():
