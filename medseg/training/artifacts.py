@@ -23,11 +23,12 @@ class CheckpointWriter:
     weights on disk (from a resumed state), kept in the state so a kill between files is repaired."""
 
     def __init__(self, out_dir: Path, *, model, optimizer, scheduler, scaler, config, run_plan, labels: dict[int, str],
-                 fold: int | None, precision, world_size: int, best_sha: str | None = None):
+                 fold: int | None, precision, world_size: int, averaged=None, best_sha: str | None = None):
         self.out_dir = Path(out_dir)
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
         self.config, self.run_plan, self.labels, self.fold = config, run_plan, labels, fold
         self.precision, self.world_size, self.best_sha = precision, world_size, best_sha
+        self.averaged = averaged  # the weights' moving average (`weight_ema`): the bundle's weights, else the live ones
         self.budget = None  # a time budget's planner (`medseg.training.budget`): its state is saved too
         self.resume_at = None  # a preemption's stop inside an epoch (`medseg.training.preempt`)
 
@@ -37,15 +38,20 @@ class CheckpointWriter:
         before the first validation it is the last weights)."""
         from medseg.bundle import write_bundle
 
+        from medseg.training import weight_average
+
         config, out_dir = self.config, self.out_dir
-        last = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        live = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        averaged = weight_average.state_of(self.averaged) if self.averaged is not None else None
+        last = averaged["weights"] if averaged is not None else live  # model_last.pt
         if best_state is None and not (out_dir / "model_best.pt").is_file():
             best_state = last  # until the first validation
         if best_state is not None:
             self.best_sha = ckpt.tensors_sha256(best_state)
         training_state = {
             "format": ckpt.STATE_FORMAT,
-            "model": last,
+            "model": live,
+            "averaged": averaged,
             "best_sha256": self.best_sha,
             "epoch": epoch,
             "optimizer": self.optimizer.state_dict(),

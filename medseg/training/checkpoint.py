@@ -1,6 +1,6 @@
 """Training state for exact resume, and the crash-safe way checkpoints are written.
 
-`training_state.pt` holds the last weights themselves, with optimizer, scheduler, grad scaler, epoch,
+`training_state.pt` holds the last weights themselves (and their moving average with `weight_ema`), with optimizer, scheduler, grad scaler, epoch,
 history and every rank's RNG states, all as tensors and plain containers: it loads with
 `torch.load(weights_only=True)`, so a planted file can never run code. It is the commit point of a
 checkpoint: written first (temp name, fsync, rename, directory fsync), then `model_last.pt` and
@@ -174,7 +174,8 @@ def repair_weights(folder: str | os.PathLike, state: dict[str, Any], last_name: 
     state's rename and theirs); return the names rewritten."""
     folder = Path(folder)
     fixed = []
-    model = state["model"]
+    averaged = state.get("averaged")  # with `weight_ema` the weight files hold the average, not the live weights
+    model = averaged["weights"] if averaged else state["model"]
     model_sha = tensors_sha256(model)
     want = {last_name: model_sha, best_name: state.get("best_sha256")}
     for name, sha in want.items():

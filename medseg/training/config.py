@@ -76,6 +76,9 @@ class TrainConfig(StrictModel):
     foreground_oversampling: float = Field(0.33, ge=0.0, le=1.0)
     validate_every: int = Field(50, ge=1)
     ema_alpha: float = Field(0.9, gt=0.0, le=1.0)  # weight of the past in the smoothed val Dice
+    # decay of a moving average of the weights (e.g. 0.99), which validation and the bundle then use
+    # (medseg.training.weight_average); null: the live weights
+    weight_ema: Optional[float] = Field(None, gt=0.0, lt=1.0)
     precision: Precision = Precision.auto
     grad_clip: float = Field(12.0, gt=0.0)
     num_workers: Optional[int] = Field(None, ge=0)  # null: chosen from the CPU count (see loop.default_workers)

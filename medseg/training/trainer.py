@@ -80,6 +80,13 @@ class Trainer:
         self.best_ema, self.ema = -math.inf, None
         if saved is not None:
             self._restore(saved)
+        self.averaged = None  # the weights' moving average (`weight_ema`), which validation and the bundle use
+        if config.weight_ema is not None:
+            from medseg.training import weight_average
+
+            self.averaged = weight_average.averaged_copy(self.model, config.weight_ema)
+            if saved is not None and saved.get("averaged"):
+                weight_average.load_state(self.averaged, saved["averaged"])
         self._build_loader()
         self._wrap_model()
 
@@ -88,7 +95,7 @@ class Trainer:
         self.checkpoints = CheckpointWriter(
             self.out_dir, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
             config=config, run_plan=run_plan, labels=self.labels, fold=fold, precision=self.precision,
-            world_size=dist.world_size, best_sha=saved.get("best_sha256") if saved is not None else None,
+            world_size=dist.world_size, averaged=self.averaged, best_sha=saved.get("best_sha256") if saved is not None else None,
         )
         self.tracker = None
         if dist.is_main:
@@ -99,6 +106,12 @@ class Trainer:
                  f"batch {config.batch_size}, patch {config.patch_size}, {self.workers} loader worker(s)")
 
     # -- set-up -----------------------------------------------------------------------------------
+
+    @property
+    def eval_model(self):
+        """The network validation, the best checkpoint and the bundle use: the weights' moving average
+        when `weight_ema` is set, else the live model."""
+        return self.averaged.module if self.averaged is not None else self.model
 
     @property
     def validates(self) -> bool:
@@ -273,6 +286,8 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            if self.averaged is not None:
+                self.averaged.update_parameters(self.model)
             losses.append(float(loss.detach()))
             if self.progress is not None and self.dist.is_main:
                 self.progress(it + 1, steps, losses[-1])
@@ -291,7 +306,7 @@ class Trainer:
         from medseg.training.validation import smoothed, validate
 
         t_val = time.monotonic()
-        val_dice = validate(self.model, self.workdir, self.val_ids, self.run_plan, self.config, self.precision,
+        val_dice = validate(self.eval_model, self.workdir, self.val_ids, self.run_plan, self.config, self.precision,
                             self.device, self.labels, self.dist)
         mean = val_dice["mean"]
         metrics["val_time_s"] = time.monotonic() - t_val  # a cost the time budget plans with
@@ -309,7 +324,7 @@ class Trainer:
         return val_dice, best_state
 
     def _weights(self) -> dict:
-        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        return {k: v.detach().cpu().clone() for k, v in self.eval_model.state_dict().items()}
 
     # -- the run ----------------------------------------------------------------------------------
 
@@ -373,7 +388,7 @@ class Trainer:
 
                     select_for_fold(self.tracker, self.workdir, self.out_dir, self.val_ids, self.run_plan, config,
                                     self.precision, self.device, echo)
-                log_artifacts(self.tracker, self.workdir, self.out_dir, self.history, self.model, self.val_ids,
+                log_artifacts(self.tracker, self.workdir, self.out_dir, self.history, self.eval_model, self.val_ids,
                               self.run_plan, config, self.precision, self.device)
                 if budget is not None:
                     self.budget_summary = budget_glue.finish(self, budget)
