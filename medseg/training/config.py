@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from medseg.errors import ConfigError, first_validation_problem
 from medseg.precision import Precision
@@ -25,7 +25,17 @@ class ModelConfig(StrictModel):
     name: str  # a key of medseg.models.MODELS, e.g. "unet3d"
     configuration: Literal["2d", "3d"]  # which plan configuration supplies patch/batch/strides
     features_per_stage: Optional[list[Positive]] = Field(None, min_length=1)  # null: the plan's
+    # multiplies the plan's features_per_stage (0.5: half the channels, about a quarter of the FLOPs);
+    # only with features_per_stage null; the resolved config records the features it gave (and 1.0)
+    width: float = Field(1.0, gt=0.0, le=4.0)
     options: dict[str, Any] = Field(default_factory=dict)  # passed to build_model (deep_supervision, ...)
+
+    @model_validator(mode="after")
+    def _width_scales_the_plans_features(self):
+        if self.width != 1.0 and self.features_per_stage is not None:
+            raise ValueError(f"width {self.width:g} scales the plan's features, but features_per_stage is given "
+                             f"({self.features_per_stage}); set one of them (features_per_stage: null, or width: 1.0)")
+        return self
 
 
 class LossConfig(StrictModel):
@@ -119,7 +129,8 @@ class TrainConfig(StrictModel):
             )
         model = self.model
         if model.features_per_stage is None:
-            model = model.model_copy(update={"features_per_stage": list(conf.features_per_stage)})
+            features = [max(1, round(f * model.width)) for f in conf.features_per_stage]
+            model = model.model_copy(update={"features_per_stage": features, "width": 1.0})
         update["model"] = model
         return self.model_copy(update=update)
 

@@ -69,3 +69,25 @@ def test_out_of_range_value_from_the_cli_exits_1_with_one_line(tmp_path, capsys)
     assert info.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "optimizer.lr" in err[0] and "Traceback" not in err[0]
+
+
+def test_width_scales_the_plans_features_and_the_resolved_config_records_them(tmp_path):
+    from training.conftest import tiny_plan
+
+    from medseg.models import build_model
+    from medseg.training.loop import effective_plan
+
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {name: unet3d, configuration: 3d, width: 0.5}\n")
+    plan = tiny_plan()  # features 4, 8
+    resolved = load_train_config(path).resolve_with_plan(plan)
+    assert resolved.model.features_per_stage == [2, 4] and resolved.model.width == 1.0
+    assert type(resolved).model_validate(resolved.model_dump(mode="json")) == resolved  # a resumed run reloads it
+    conf = effective_plan(plan, resolved).configurations["3d"]
+    net = build_model("unet3d", conf, in_channels=1, num_classes=3, spacing=plan.target_spacing)
+    assert [m.out_channels for m in net.modules() if hasattr(m, "out_channels")][0] == 2
+
+    path.write_text("model: {name: unet3d, configuration: 3d, width: 0.5, features_per_stage: [8, 16]}\n")
+    with pytest.raises(ConfigError, match="set one of them") as info:
+        load_train_config(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
