@@ -118,6 +118,7 @@ def test_labels_0_1_2_4_go_through_preprocess_train_infer_and_evaluate(tmp_path,
                      foreground_oversampling=0.6, augment={k: 0.0 for k in train_cfg["augment"]})
     train_cfg["optimizer"].update(lr=1e-2, warmup_epochs=0)
     train_cfg["model"]["options"] = {"deep_supervision": False}
+    train_cfg["model"]["width"] = 1.0  # the plan's 8-16 features: at half, 160 steps do not learn every label
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(train_cfg))
     assert run("train", work, "--config", tmp_path / "train.yaml", "--fold", "0") == 0
     out = capsys.readouterr().out

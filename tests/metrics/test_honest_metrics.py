@@ -103,7 +103,7 @@ def test_trainer_logs_raw_dice_as_headline_and_the_ema_beside_it(monkeypatch):
     scores = iter([{"ball": 0.4, "mean": 0.4}, {"ball": 0.8, "mean": 0.8}])
     monkeypatch.setattr(validation, "validate", lambda *args, **kwargs: next(scores))
     trainer = SimpleNamespace(
-        model=None, workdir=None, val_ids=["x"], run_plan=None, config=SimpleNamespace(ema_alpha=0.9), precision=None,
+        model=None, eval_model=None, workdir=None, val_ids=["x"], run_plan=None, config=SimpleNamespace(ema_alpha=0.9), precision=None,
         device="cpu", labels={}, dist=SimpleNamespace(is_main=True), ema=None, best_ema=-math.inf,
         history={"train_loss": [], "val_mean": [], "ema": []}, _weights=lambda: {"w": 1},
     )

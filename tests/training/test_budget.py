@@ -364,7 +364,8 @@ def test_under_ddp_the_slowest_rank_sets_the_pace(tiny_workdir, tmp_path, dead_t
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["plans"] == r1["plans"] and r0["plans"]  # the same decisions on every rank
     assert r0["epochs"] == r1["epochs"] == r0["plans"][-1]["total_epochs"] and r0["sha256"] == r1["sha256"]
-    for plan in r0["plans"]:  # each plan's epoch time is the slowest rank's measurement of that epoch
-        e = plan["made_after_epoch"]
-        assert plan["epoch_s"] == pytest.approx(max(r0["own_epoch_s"][e], r1["own_epoch_s"][e]))
-        assert plan["epoch_s"] >= r1["own_epoch_s"][e] >= 0.4
+    slowest = [max(a, b) for a, b in zip(r0["own_epoch_s"], r1["own_epoch_s"])]
+    for plan in r0["plans"]:  # from the slowest rank's epochs: the last one, or the mean or median of those since the last plan
+        seen = slowest[: plan["made_after_epoch"] + 1]
+        assert min(seen) - 1e-9 <= plan["epoch_s"] <= max(seen) + 1e-9
+        assert plan["epoch_s"] >= min(r1["own_epoch_s"]) >= 0.4
