@@ -33,6 +33,11 @@ def test_ui_serves_the_workdir_runs(tmp_path, monkeypatch, capsys):
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(url + "/health", ui)
+        for line in ui.stdout:  # the URL line, printed once `medseg ui` sees the server up (MLflow's log shares the pipe)
+            if f"MLflow UI at {url}" in line:
+                break
+        else:
+            pytest.fail("medseg ui exited without printing its URL")
         with urllib.request.urlopen(url + "/", timeout=10) as response:
             assert response.status == 200
         experiments = post_json(url + "/api/2.0/mlflow/experiments/search", {"max_results": 100})["experiments"]
@@ -43,7 +48,6 @@ def test_ui_serves_the_workdir_runs(tmp_path, monkeypatch, capsys):
         # SIGTERM to `medseg ui` alone stops the server it started
         ui.send_signal(signal.SIGTERM)
         ui.wait(timeout=30)
-        assert f"MLflow UI at {url}" in ui.stdout.read()
         with pytest.raises(OSError):
             urllib.request.urlopen(url + "/health", timeout=2)
     finally:
