@@ -14,6 +14,7 @@ import yaml
 from medseg.errors import ConfigError
 from medseg.losses import build_loss
 from medseg.models import build_model, count_gflops, count_parameters
+from medseg.precision import cpu_bf16_units
 from medseg.models.segformer import EfficientAttention, stage_strides
 
 ODD = {2: (37, 51), 3: (37, 51, 29)}
@@ -171,18 +172,11 @@ def _tiny_workdir(root):
     return root
 
 
-@pytest.mark.slow
-def _cpu_has_bf16_units() -> bool:
-    try:
-        return "avx512_bf16" in open("/proc/cpuinfo").read() or "amx_bf16" in open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-
-
 # A known, open bug (issue 22's closing note, 2026-12-02): on a CPU with bf16 units the tiny SegFormer's
 # first bf16 training steps give non-finite gradients and NaN weights (forward is finite); where bf16
 # is emulated the test passes. Not strict: the same runs passed earlier on the same machine type.
-@pytest.mark.xfail(_cpu_has_bf16_units(), reason="bf16 SegFormer training diverges to NaN on CPUs with bf16 units (open bug)", strict=False)
+@pytest.mark.slow
+@pytest.mark.xfail(cpu_bf16_units() is not None, reason="bf16 SegFormer training diverges to NaN on CPUs with bf16 units (open bug)", strict=False)
 def test_bf16_trained_bundle_predicts_in_fp32(tmp_path, monkeypatch):
     """Trained under bf16 autocast + channels-last (the CPU path), saved as a bundle, rebuilt from it
     and run in fp32 and bf16 through the sliding window: fp32 weights, the same maps up to rounding."""
