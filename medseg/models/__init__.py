@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from torch import nn
 
 from medseg.errors import ConfigError
+from medseg.models.common import use_safe_conv3d
 from medseg.models.heads import SEMANTIC_SOFTMAX, OutputHead
 from medseg.schema import StrictModel
 
@@ -177,7 +178,7 @@ def build_model(name: str, plan: Any, *, in_channels: int, num_classes: int, spa
     spec = model_spec(name)
     typed = validate_options(name, options)
     inputs = model_plan(name, plan, in_channels=in_channels, num_classes=num_classes, spacing=spacing)
-    return _resolve(spec.builder)(inputs, typed)
+    return use_safe_conv3d(_resolve(spec.builder)(inputs, typed))
 
 
 def load_pretrained(name: str, model: nn.Module, options: Mapping[str, Any] | None) -> str | None:

@@ -17,6 +17,37 @@ def conv_cls(spatial_dims: int) -> type[nn.Module]:
     return nn.Conv3d if spatial_dims == 3 else nn.Conv2d
 
 
+class Conv3d(nn.Conv3d):
+    """nn.Conv3d (same parameters and state dict) that trains in float32 where torch's CPU bf16
+    convolution returns a wrong weight gradient: under CPU bf16 autocast, along a stride-1 axis whose
+    input is longer than 1 and shorter than the kernel (measured with torch 2.13 on an AVX512-BF16 CPU:
+    a 2-voxel axis at kernel 3, 2-4 voxels at kernel 5; every call, values up to 1e37 or NaN; the
+    forward pass and the input gradient are right). Such maps are thin, so float32 costs little.
+    `build_model` gives every 3D network this class (`use_safe_conv3d`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _cpu_bf16_weight_grad_is_wrong(self, x):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)
+
+
+def _cpu_bf16_weight_grad_is_wrong(conv: nn.Conv3d, x: torch.Tensor) -> bool:
+    """True when this call would train `conv` through the wrong CPU bf16 weight gradient (`Conv3d`)."""
+    return (x.device.type == "cpu" and torch.is_grad_enabled() and conv.weight.requires_grad
+            and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16 and not exporting()
+            and any(s == 1 and 1 < n < k for n, k, s in zip(x.shape[2:], conv.kernel_size, conv.stride)))
+
+
+def use_safe_conv3d(model: nn.Module) -> nn.Module:
+    """Turn every plain nn.Conv3d of `model` (MONAI's blocks included) into `Conv3d`, in place: the
+    same parameters, a float32 weight gradient where the CPU bf16 one is wrong. Returns `model`."""
+    for module in model.modules():
+        if type(module) is nn.Conv3d:
+            module.__class__ = Conv3d
+    return model
+
+
 def norm_spec(norm: str) -> tuple:
     """MONAI norm spec; instance norm with learnable affine as nnU-Net uses."""
     if norm not in NORMS:
