@@ -15,7 +15,7 @@ final validation and the bundle end within the budget:
    are thinned (validate_every raised) when they would take more than `max_val_fraction` of the time left.
 3. Re-plan after any epoch whose step time differs from the plan's by more than twice `margin`
    (another process arrived or left), after two whose mean step time differs by more than `margin`,
-   after a validation that differs by more than `margin`, when the projection overruns the budget, or once the
+   after a validation that differs by more than `margin` (and, over the validations left, by a quarter epoch), when the projection overruns the budget, or once the
    time saved by slightly faster epochs holds a quarter of an epoch (and 1% of the budget). The LR
    schedule is re-sized continuously (`LrSchedule.retarget`) to the plan's total iterations: it never jumps and always ends at
    its final LR; a re-plan keeps at least one more epoch to get there, and the planned last epoch
@@ -177,7 +177,7 @@ class BudgetPlanner:
         if math.isnan(new_val):
             new_val = 0.0 if not self.has_validation else train_s  # no validation measured yet: guess one epoch
         self._since_plan.append(float(train_s))
-        reason, epoch_s = self._reason(old, val_s)
+        reason, epoch_s = self._reason(old, epoch, val_s)
         if reason is None:
             limit = self.budget_s * (1 - self.safety)
             projected = self._project(epoch, elapsed, epoch_s, overhead, new_val)
@@ -204,7 +204,7 @@ class BudgetPlanner:
         self.history.append(asdict(self.plan))
         return self.plan
 
-    def _reason(self, old: SchedulePlan, val_s: float | None) -> tuple[str | None, float]:
+    def _reason(self, old: SchedulePlan, epoch: int, val_s: float | None) -> tuple[str | None, float]:
         """(why to re-plan or None, the epoch time to plan with), from the epochs since the plan. A
         step-time change counts at once when it exceeds twice the margin (a process arrived or left),
         else only when the mean of the last two epochs exceeds the margin: one epoch slowed by a
@@ -221,8 +221,12 @@ class BudgetPlanner:
             if abs(change) > limit:
                 return f"step time {old.epoch_s / self.iters:.3f} -> {seconds / self.iters:.3f} s ({change:+.0%})", seconds
         typical = statistics.median(since[-5:])
-        if val_s is not None and self.has_validation:
-            if old.val_s > 0 and abs(val_s / old.val_s - 1) > self.margin:
+        if val_s is not None and self.has_validation and old.val_s > 0 and abs(val_s / old.val_s - 1) > self.margin:
+            # only when it matters: the validations left, at the new cost, move the end by a quarter
+            # epoch (a 2 s validation taking 2.8 s does not)
+            n = old.total_epochs - 1 - epoch
+            left = self._mid_validations(epoch + 1, n, old.validate_every) + 2  # the mid ones, the last epoch's, the final
+            if abs(val_s - old.val_s) * left >= 0.25 * typical:
                 return f"validation {old.val_s:.1f} -> {val_s:.1f} s ({val_s / old.val_s - 1:+.0%})", typical
         return None, typical
 

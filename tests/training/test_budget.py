@@ -98,6 +98,30 @@ def test_small_speed_noise_does_not_replan():
     assert clock.now <= 600.0
 
 
+def _run_with_validations(budget_s, epoch_s, val_s_of_epoch, iters=10):
+    """The planner fed constant epochs and validations that cost val_s_of_epoch(epoch) seconds."""
+    clock = FakeClock()
+    planner = BudgetPlanner(budget_s, iters, initial_epochs=4, validate_every=2, has_validation=True, min_epochs=2, clock=clock)
+    epoch = 0
+    while epoch < planner.total_epochs:
+        clock.now += epoch_s * planner.iterations_in(epoch) / iters
+        val_s = val_s_of_epoch(epoch) if planner.should_validate(epoch) else None
+        clock.now += val_s or 0.0
+        planner.epoch_done(epoch, epoch_s * planner.iterations_in(epoch) / iters, val_s)
+        epoch += 1
+    return planner
+
+
+def test_a_validation_cost_change_replans_only_when_it_moves_the_end():
+    """The 60-minute Hippocampus run re-planned 5 times on validations of 2.1 s taking 2.8 s (+32%)
+    beside 80 s epochs: nothing to re-size. A validation that grows from 5 to 40 s beside 10 s epochs
+    re-plans."""
+    noise = _run_with_validations(3600.0, 80.0, lambda e: 2.1 if (e // 2) % 2 else 2.8)
+    assert not any("validation" in h["reason"] for h in noise.history)
+    grown = _run_with_validations(900.0, 10.0, lambda e: 5.0 if e < 4 else 40.0)
+    assert any("validation 5.0 -> 40.0 s" in h["reason"] for h in grown.history)
+
+
 def test_one_epoch_slowed_by_a_neighbour_does_not_replan_but_two_do():
     """A neighbour's validation slows one epoch by 25% (the SegFormer run of issue 16 re-planned 21
     times on such blips): no re-size. The same slowdown held for two epochs re-sizes after the second."""
