@@ -9,8 +9,6 @@ from torch import nn
 from medseg.models import build_model
 from medseg.models.common import Conv3d
 
-torch.set_num_threads(1)
-
 
 def _weight_grads(conv: nn.Conv3d, size, seed=0):
     """(the weight gradient under CPU bf16 autocast, the float32 one of the same bf16-rounded inputs)."""

@@ -25,10 +25,11 @@ class FakeClock:
 def simulate(budget_s, step_s, *, iters=10, val_s=5.0, overhead_s=0.5, final_s=None, kind="cosine", warmup_epochs=1,
              planner=None, clock=None, start_epoch=0, schedule=None, stop_after=None):
     """Run the planner as the trainer does: each epoch costs iters * step_s(epoch) (+ validation,
-    + overhead); the LR schedule is re-sized at each re-plan. Returns (planner, clock, per-step LR
-    factors, schedule, epochs run)."""
+    + overhead); the LR schedule is re-sized at each re-plan. `val_s`: seconds per validation, or
+    a function of the epoch. Returns (planner, clock, per-step LR factors, schedule, epochs run)."""
+    val_of = val_s if callable(val_s) else (lambda epoch: val_s)
     clock = clock or FakeClock()
-    planner = planner or BudgetPlanner(budget_s, iters, initial_epochs=4, validate_every=4, has_validation=val_s > 0,
+    planner = planner or BudgetPlanner(budget_s, iters, initial_epochs=4, validate_every=4, has_validation=val_of(0) > 0,
                                        min_epochs=warmup_epochs + 1, clock=clock)
     schedule = schedule or LrSchedule(kind, planner.total_iterations, warmup=warmup_epochs * iters)
     lrs, epoch = [], start_epoch
@@ -39,8 +40,8 @@ def simulate(budget_s, step_s, *, iters=10, val_s=5.0, overhead_s=0.5, final_s=N
         clock.now += train_s
         validated = planner.should_validate(epoch)
         if validated:
-            clock.now += val_s
-        plan = planner.epoch_done(epoch, train_s, val_s if validated else None)
+            clock.now += val_of(epoch)
+        plan = planner.epoch_done(epoch, train_s, val_of(epoch) if validated else None)
         if plan is not None:
             before = schedule((epoch + 1) * iters)
             schedule.retarget((epoch + 1) * iters, planner.total_iterations)
@@ -49,7 +50,7 @@ def simulate(budget_s, step_s, *, iters=10, val_s=5.0, overhead_s=0.5, final_s=N
         epoch += 1
         if stop_after is not None and epoch == stop_after:
             return planner, clock, lrs, schedule, epoch
-    clock.now += final_s if final_s is not None else 1.1 * val_s + 3.0  # post-processing choice, artifacts
+    clock.now += final_s if final_s is not None else 1.1 * val_of(epoch) + 3.0  # post-processing choice, artifacts
     lrs.append(schedule(planner.total_iterations))  # the LR after the last step
     return planner, clock, lrs, schedule, epoch
 
@@ -98,27 +99,13 @@ def test_small_speed_noise_does_not_replan():
     assert clock.now <= 600.0
 
 
-def _run_with_validations(budget_s, epoch_s, val_s_of_epoch, iters=10):
-    """The planner fed constant epochs and validations that cost val_s_of_epoch(epoch) seconds."""
-    clock = FakeClock()
-    planner = BudgetPlanner(budget_s, iters, initial_epochs=4, validate_every=2, has_validation=True, min_epochs=2, clock=clock)
-    epoch = 0
-    while epoch < planner.total_epochs:
-        clock.now += epoch_s * planner.iterations_in(epoch) / iters
-        val_s = val_s_of_epoch(epoch) if planner.should_validate(epoch) else None
-        clock.now += val_s or 0.0
-        planner.epoch_done(epoch, epoch_s * planner.iterations_in(epoch) / iters, val_s)
-        epoch += 1
-    return planner
-
-
 def test_a_validation_cost_change_replans_only_when_it_moves_the_end():
     """The 60-minute Hippocampus run re-planned 5 times on validations of 2.1 s taking 2.8 s (+32%)
     beside 80 s epochs: nothing to re-size. A validation that grows from 5 to 40 s beside 10 s epochs
     re-plans."""
-    noise = _run_with_validations(3600.0, 80.0, lambda e: 2.1 if (e // 2) % 2 else 2.8)
+    noise, *_ = simulate(3600.0, lambda e: 8.0, val_s=lambda e: 2.8 if (e // 4) % 2 else 2.1)  # 80 s epochs
     assert not any("validation" in h["reason"] for h in noise.history)
-    grown = _run_with_validations(900.0, 10.0, lambda e: 5.0 if e < 4 else 40.0)
+    grown, *_ = simulate(900.0, lambda e: 1.0, val_s=lambda e: 5.0 if e < 4 else 40.0)
     assert any("validation 5.0 -> 40.0 s" in h["reason"] for h in grown.history)
 
 
