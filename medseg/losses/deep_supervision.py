@@ -1,4 +1,5 @@
-"""Deep supervision: one loss per decoder output, weighted 1, 1/2, 1/4, ... as nnU-Net does."""
+"""Deep supervision: one loss per decoder output, weighted 1, 1/2, 1/4, ... as nnU-Net does
+(or 1, d, d^2, ... for another `decay` d: `loss.deep_supervision_decay` in a training config)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,17 @@ from torch import nn
 from medseg.errors import ConfigError
 
 
-def default_weights(n: int) -> list[float]:
-    """1, 1/2, 1/4, ... for n outputs (full resolution first), normalised to sum to 1.
+def default_weights(n: int, decay: float = 0.5) -> list[float]:
+    """1, decay, decay^2, ... for n outputs (full resolution first), normalised to sum to 1;
+    decay 0.5 is nnU-Net's 1, 1/2, 1/4, ..., 1.0 weighs every output alike.
 
     nnU-Net also computes the lowest-resolution output and weights it 0; medseg's U-Net does not
     produce that output at all (an unused head would get no gradient, which DDP refuses), so every
     output here has a weight > 0 and the kept outputs get nnU-Net's relative weights.
     """
-    weights = [0.5**i for i in range(n)]
+    if not 0 < decay <= 1:
+        raise ConfigError(f"deep supervision decay {decay} is out of range; expected 0 < decay <= 1 (0.5: nnU-Net's weights)")
+    weights = [decay**i for i in range(n)]
     return [w / sum(weights) for w in weights]
 
 
@@ -44,15 +48,16 @@ class DeepSupervisionLoss(nn.Module):
     `target`: (B, 1 or K, *S_0) at full resolution.
     """
 
-    def __init__(self, loss: nn.Module, weights: Sequence[float] | None = None):
+    def __init__(self, loss: nn.Module, weights: Sequence[float] | None = None, decay: float = 0.5):
         super().__init__()
         self.loss = loss
         self.weights = None if weights is None else [float(w) for w in weights]
+        self.decay = float(decay)  # `default_weights(n, decay)` when no weights are given
 
     def forward(self, outputs: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         if isinstance(outputs, torch.Tensor):
             return self.loss(outputs, target)
-        weights = self.weights if self.weights is not None else default_weights(len(outputs))
+        weights = self.weights if self.weights is not None else default_weights(len(outputs), self.decay)
         if len(weights) != len(outputs):
             raise ConfigError(f"deep supervision has {len(weights)} weights for {len(outputs)} outputs; give one weight per output")
         total = outputs[0].new_zeros((), dtype=torch.float32)

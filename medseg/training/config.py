@@ -41,6 +41,9 @@ class ModelConfig(StrictModel):
 class LossConfig(StrictModel):
     name: str = "dice_ce"
     options: dict[str, Any] = Field(default_factory=dict)
+    # with model.options.deep_supervision: output k (0 = full resolution) weighs decay^k, normalised;
+    # 0.5 is nnU-Net's 1, 1/2, 1/4, 1.0 weighs every output alike
+    deep_supervision_decay: float = Field(0.5, gt=0.0, le=1.0)
 
 
 class OptimizerConfig(StrictModel):

@@ -156,7 +156,7 @@ class Trainer:
         self.model = model.to(self.device).to(memory_format=self.fmt)
         loss_fn = build_loss(config.loss.name, **config.loss.options)
         if config.model.options.get("deep_supervision", False):
-            loss_fn = DeepSupervisionLoss(loss_fn)  # nnU-Net's weights, one per output the model returns
+            loss_fn = DeepSupervisionLoss(loss_fn, decay=config.loss.deep_supervision_decay)  # one weight per output
         self.loss_fn = loss_fn
         self.iters = iters = config.iterations_per_epoch
         self.budget = None  # the run's BudgetPlanner under a time budget (`fit`): it sizes the epochs

@@ -176,6 +176,21 @@ def test_deep_supervision_weights_and_target_downsampling():
     assert DeepSupervisionLoss(base)(outputs[0], target).item() == pytest.approx(base(outputs[0], target).item())
 
 
+def test_deep_supervision_decay_sets_the_relative_weights():
+    assert default_weights(3, decay=1.0) == pytest.approx([1 / 3] * 3)  # every output alike
+    assert default_weights(3, decay=0.25) == pytest.approx([16 / 21, 4 / 21, 1 / 21])
+    assert default_weights(3) == default_weights(3, decay=0.5)  # nnU-Net's
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ConfigError, match=r"deep supervision decay .* expected 0 < decay <= 1"):
+            default_weights(3, decay=bad)
+    g = torch.Generator().manual_seed(1)
+    outputs = [torch.randn(1, 3, 8, 8, 8, generator=g), torch.randn(1, 3, 4, 4, 4, generator=g)]
+    target = torch.randint(0, 3, (1, 1, 8, 8, 8), generator=g)
+    base = build_loss("dice_ce")
+    equal = DeepSupervisionLoss(base, decay=1.0)(outputs, target)
+    assert equal.item() == pytest.approx((base(outputs[0], target) + base(outputs[1], target[:, :, ::2, ::2, ::2])).item() / 2, rel=1e-6)
+
+
 def test_errors_name_the_problem():
     with pytest.raises(ConfigError, match=r"unknown loss 'dice_c', did you mean 'dice_ce'\? Known: dice, dice_ce"):
         build_loss("dice_c")

@@ -46,6 +46,7 @@ def test_poly_and_cosine_curves():
     ("val_overlap: 1.0", "val_overlap", "1.0"),
     ("foreground_oversampling: 1.5", "foreground_oversampling", "1.5"),
     ("augment: {flip: 2}", "augment.flip", "2"),
+    ("loss: {deep_supervision_decay: 0}", "loss.deep_supervision_decay", "0"),
     ("model: {name: unet3d, configuration: 3d, features_per_stage: [32, 0]}", "model.features_per_stage.1", "0"),
 ])
 def test_out_of_range_values_are_one_line_errors_naming_file_and_field(tmp_path, setting, field, found):

@@ -94,6 +94,25 @@ def test_2d_model_trains_on_slices(tiny_config, tiny_workdir, dead_tracking_uri)
     assert result.val_dice == {}  # --fold none: every case trains, no validation
 
 
+def test_the_configs_deep_supervision_decay_weights_the_training_loss(tiny_config, tiny_workdir, dead_tracking_uri, monkeypatch):
+    import medseg.losses
+    from medseg.losses import DeepSupervisionLoss
+
+    decays = []
+
+    class Recording(DeepSupervisionLoss):
+        def forward(self, outputs, target):
+            decays.append((self.decay, isinstance(outputs, (list, tuple))))
+            return super().forward(outputs, target)
+
+    monkeypatch.setattr(medseg.losses, "DeepSupervisionLoss", Recording)
+    config = tiny_config(epochs=1, iterations_per_epoch=2, validate_every=1,
+                         loss={"name": "dice_ce", "deep_supervision_decay": 1.0})
+    assert config.model.options["deep_supervision"]
+    train(tiny_workdir, config, preset_name="unet3d", fold=0)
+    assert decays == [(1.0, True)] * 2  # every step, on the list of decoder outputs
+
+
 @pytest.mark.slow
 def test_compiled_training_step_matches_eager(tiny_config, tiny_workdir, tmp_path, dead_tracking_uri):
     """`compile: true` changes speed, not results: same per-epoch losses as an eager run (fp32, same seed)."""
