@@ -1,9 +1,11 @@
 """Bundle(s) -> masks on the scan's original grid.
 
-`Predictor` loads one or more bundles (folds of one training) once, then for each case:
-preprocess with the bundle's plan (the same `preprocess_case` as training) -> per fold, the model's
-output head stitches the sliding windows (optionally mirrored) and activates them (semantic head:
-Gaussian-weighted logits, softmax) -> the head's ensemble over folds -> inverted to the original grid
+`Predictor` loads one or more bundles (folds of one training, or of several configurations of one
+plan: 2D and 3D) once, then for each case: preprocess with the bundles' plan (the same
+`preprocess_case` as training) -> per fold, the model's output head stitches the sliding windows
+(optionally mirrored) and activates them (semantic head: Gaussian-weighted logits, softmax) -> the
+head's ensemble over the folds of each configuration, then over the configurations (each weighs the
+same, as nnU-Net's `nnUNetv2_ensemble`) -> inverted to the original grid
 -> the head's decode (argmax) -> channel k to the plan's k-th label value -> post-processing steps
 (whose `classes` name label values).
 """
@@ -94,6 +96,12 @@ def predict_on_grid(networks, image: torch.Tensor, config, precision: PrecisionP
     return head.ensemble(fold_output(network) for network in networks)
 
 
+def preprocessing_of(bundle: Bundle) -> dict:
+    """What turns a raw case into network input (the plan less its network configurations): bundles
+    that agree on it see the same preprocessed grid and can be ensembled."""
+    return bundle.plan.model_dump(exclude={"configurations"})
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -105,7 +113,8 @@ def resolve_device(device: str) -> torch.device:
 class Predictor:
     """Load bundles once; `predict` many cases.
 
-    bundle_paths: bundle folders of one training (folds); their plans and labels must agree.
+    bundle_paths: bundle folders of one plan: folds of one training, and/or other configurations
+        (2D beside 3D) preprocessed the same way; their preprocessing, labels and heads must agree.
     precision: "auto" | "fp32" | "bf16" | "fp16" (see medseg.precision).
     tta: average over all mirrorings of the spatial axes.
     accumulate_dtype: float16 halves the logit sum's buffer (for very large volumes on a GPU); the
@@ -146,24 +155,38 @@ class Predictor:
         self.bundles: list[Bundle] = [b for b, _ in loaded]
         first = self.bundles[0]
         for other in self.bundles[1:]:
-            if other.plan != first.plan or other.labels != first.labels or other.configuration != first.configuration:
+            if preprocessing_of(other) != preprocessing_of(first) or other.labels != first.labels:
                 raise BundleError(
-                    f"{other.path}: its plan, labels or configuration differ from {first.path}'s; "
-                    "ensemble only folds of the same training"
+                    f"{other.path}: its preprocessing or labels differ from {first.path}'s; "
+                    "ensemble only folds and configurations trained on the same plan"
                 )
         heads = {model_head(b.model_name).name for b in self.bundles}
         if len(heads) > 1:
             raise BundleError(f"the bundles' models have different output heads ({', '.join(sorted(heads))}); ensemble models of one kind")
         self.head: OutputHead = model_head(first.model_name)  # how windows are stitched and outputs decoded
-        self.config = first.configuration_plan
-        self.spatial_dims = self.config.spatial_dims
+        # the networks of each configuration (its folds), in the bundles' order: [(ConfigurationPlan, [network, ...]), ...]
+        self.groups: list[tuple] = []
+        for bundle, (_, network) in zip(self.bundles, loaded):
+            config = bundle.configuration_plan
+            for group_config, networks in self.groups:
+                if group_config == config:
+                    networks.append(network)
+                    break
+            else:
+                self.groups.append((config, [network]))
+        self.config = self.groups[0][0]  # the first bundle's configuration (promptable sessions use one)
+        self.spatial_dims = max(config.spatial_dims for config, _ in self.groups)
         self.tta = tta
         self.overlap = overlap
-        self.batch_size = batch_size or (max(1, min(self.config.batch_size, 4)) if self.device.type == "cuda" else 1)
+        plan_batch = min(config.batch_size for config, _ in self.groups)
+        self.batch_size = batch_size or (max(1, min(plan_batch, 4)) if self.device.type == "cuda" else 1)
         self.accumulate_dtype = accumulate_dtype
         self.crf = crf  # None, or keyword arguments of medseg.postprocess.crf.crf_refine
         self.steps = (list(first.postprocessing) if postprocess else []) + list(extra_steps or [])
         self.networks = [network for _, network in loaded]  # torch modules or `Backend`s: called alike
+        if len(self.groups) > 1:
+            log.info("ensembling %d configurations: %s", len(self.groups),
+                     ", ".join(f"{len(nets)} x {config.spatial_dims}D" for config, nets in self.groups))
 
     @property
     def bundle(self) -> Bundle:
@@ -195,12 +218,22 @@ class Predictor:
                         "give a volume, or use a bundle trained with the 2d configuration"
                     )
 
-    def logits_to_probabilities(self, image: torch.Tensor) -> torch.Tensor:
+    @torch.inference_mode()
+    def logits_to_probabilities(self, image: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
         """(C, X, Y, Z) preprocessed image -> (C_out, X, Y, Z) float32 activated output, combined over
-        folds as the head says (semantic head: softmax probabilities averaged over folds)."""
-        return predict_on_grid(self.networks, image, self.config, self.precision, self.head, device=self.device,
-                               overlap=self.overlap, batch_size=self.batch_size, tta=self.tta,
-                               accumulate_dtype=self.accumulate_dtype, num_classes=len(self.labels))
+        the folds of each configuration, then over configurations, as the head says (semantic head:
+        softmax probabilities averaged). num_classes: the output's classes, default the labels'."""
+        num_classes = num_classes or len(self.labels)
+
+        def per_configuration():
+            for config, networks in self.groups:
+                yield predict_on_grid(networks, image, config, self.precision, self.head, device=self.device,
+                                      overlap=self.overlap, batch_size=self.batch_size, tta=self.tta,
+                                      accumulate_dtype=self.accumulate_dtype, num_classes=num_classes)
+
+        if len(self.groups) == 1:
+            return next(per_configuration())
+        return self.head.ensemble(per_configuration())
 
     def segment(self, inputs, *, series: str | None = None, probabilities: bool = False):
         """One case -> `Segmentation` on its original grid (labels, optional probabilities, names,

@@ -161,12 +161,9 @@ def _network_predictor(model) -> PredictFn:
     """The promptable bundle's networks as a window predictor: object = the head's channel 1."""
     import torch
 
-    from medseg.inference.predictor import predict_on_grid
-
     def predict(inputs: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            out = predict_on_grid(model.networks, torch.from_numpy(inputs), model.config, model.precision, model.head,
-                                  num_classes=2, device=model.device, overlap=model.overlap, batch_size=model.batch_size)
+            out = model.logits_to_probabilities(torch.from_numpy(inputs), num_classes=2)
         return model.head.decode(out.cpu()).numpy() == 1
 
     return predict

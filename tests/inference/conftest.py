@@ -72,3 +72,38 @@ def train_tiny_bundle(path, steps: int = 40, seed: int = 0):
 def tiny_bundle(tmp_path_factory):
     """Path of a bundle folder holding a tiny trained blob segmenter (patch 32x32x16, 3 mm grid)."""
     return train_tiny_bundle(tmp_path_factory.mktemp("bundle") / "blobs")
+
+
+def train_tiny_2d_bundle(path, steps: int = 40, seed: int = 0, target_spacing=(3.0, 3.0, 3.0)):
+    """A tiny 2D U-Net on axial (axis 2) slices of the same blobs, with a "2d" configuration of the
+    same plan as `train_tiny_bundle`'s (so the two can be ensembled) unless `target_spacing` differs."""
+    from medseg.models import build_model
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    plan = tiny_plan(target_spacing)
+    plan.configurations["2d"] = ConfigurationPlan(
+        spatial_dims=2, patch_size=[32, 32], batch_size=8, features_per_stage=[8, 16],  # [4, 8] learns only background
+        strides=[[1, 1], [2, 2]], kernel_sizes=[[3, 3], [3, 3]], slice_axis=2,
+    )
+    net = build_model("unet2d", plan.configurations["2d"], in_channels=1, num_classes=2)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(steps):
+        x, y = blob_batch(rng, 2)
+        x2d, y2d = x.permute(0, 4, 1, 2, 3).flatten(0, 1), y.permute(0, 3, 1, 2).flatten(0, 1)  # (B*Z, 1, X, Y)
+        loss = torch.nn.functional.cross_entropy(net(x2d), y2d)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    return write_bundle(
+        path, model_name="unet2d", configuration="2d", fold=0, model_options={}, plan=plan,
+        config={"steps": steps}, labels=LABELS, label_codes={}, postprocessing=[], precision="fp32",
+        state_dict_best=state, state_dict_last=state,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_2d_bundle(tmp_path_factory):
+    """Path of a 2D bundle of the blob segmenter's plan (slices along axis 2, patch 32x32)."""
+    return train_tiny_2d_bundle(tmp_path_factory.mktemp("bundle2d") / "blobs2d")

@@ -64,6 +64,41 @@ def test_wrong_channel_count_and_2d_image_are_refused(tiny_bundle):
         predictor.predict([flat])
 
 
+def test_2d_and_3d_bundles_of_one_plan_ensemble_each_configuration_weighing_the_same(tiny_bundle, tiny_2d_bundle):
+    import torch
+
+    from medseg.preprocess.case import preprocess_case
+
+    image, mask = oblique_case(seed=7)
+    alone = {name: Predictor([b], device="cpu", precision="fp32") for name, b in (("3d", tiny_bundle), ("2d", tiny_2d_bundle))}
+    assert dice(alone["2d"].predict([image]).labels.array == 1, mask) > 0.7
+    x = torch.from_numpy(preprocess_case([image], alone["3d"].bundle.plan).image)
+    expected = (alone["3d"].logits_to_probabilities(x) + alone["2d"].logits_to_probabilities(x)) / 2
+    # two 3D folds and one 2D: each configuration's folds are averaged first, then the configurations
+    both = Predictor([tiny_bundle, tiny_2d_bundle, tiny_bundle], device="cpu", precision="fp32")
+    assert [(config.spatial_dims, len(nets)) for config, nets in both.groups] == [(3, 2), (2, 1)]
+    torch.testing.assert_close(both.logits_to_probabilities(x), expected, atol=1e-5, rtol=0)
+    out = both.predict([image])
+    assert np.array_equal(out.labels.affine, image.affine) and dice(out.labels.array == 1, mask) > 0.8
+    flat = Volume(np.zeros((40, 40, 1), np.int16), np.eye(4))
+    with pytest.raises(InputError, match="model is 3D"):  # the 3D member needs a volume
+        both.predict([flat])
+
+
+def test_bundles_preprocessed_differently_are_not_ensembled(tiny_bundle, tiny_2d_bundle, tmp_path):
+    import json
+    import shutil
+
+    from medseg.errors import BundleError
+
+    other = shutil.copytree(tiny_2d_bundle, tmp_path / "blobs2d_2mm")
+    plan = json.loads((other / "plan.json").read_text())
+    plan["target_spacing"] = [2.0, 2.0, 2.0]
+    (other / "plan.json").write_text(json.dumps(plan))
+    with pytest.raises(BundleError, match="blobs2d_2mm: its preprocessing or labels differ from .*same plan"):
+        Predictor([tiny_bundle, other], device="cpu", precision="fp32")
+
+
 def test_one_window_per_pass_on_cpu_by_default_and_batching_changes_nothing(tiny_bundle):
     image, _ = oblique_case(seed=4)
     single = Predictor([tiny_bundle], device="cpu", precision="fp32")
