@@ -3,6 +3,7 @@
 # same --time-budget (with N runs each gets about 2/N of a core; all share every slowdown of the machine):
 #   base   configs/unet3d_cpu.yaml as shipped (batch 2, patch 40x56x40, deep supervision)
 #   resenc configs/resenc3d_cpu.yaml (nnU-Net's ResEnc-M encoder, one-conv decoder stages)
+#   resenc_w05 resenc3d_cpu at unet3d_cpu's width 0.5 (half the features per stage)
 #   nods   unet3d_cpu without deep supervision (the loss on the full-resolution output only)
 #   b4     unet3d_cpu at batch 4 (half the steps of twice the samples)
 #   p32b4  unet3d_cpu at patch 32x40x32 and batch 4 (about the same voxels per step as base: patch against batch)
@@ -11,6 +12,7 @@
 #   aug_half unet3d_cpu with half the preset's augmentation probabilities (affine, intensity, noise)
 #   dsw_equal / dsw_steep  deep supervision weights 1, 1, 1, ... / 1, 1/4, 1/16, ... (loss.deep_supervision_decay
 #          1.0 / 0.25) instead of nnU-Net's 1, 1/2, 1/4, ...
+#   lr2x   unet3d_cpu at twice its AdamW learning rate (6e-3: the optimiser and schedule for a short run)
 #   ens    half the budget on configs/unet2d_cpu.yaml, then half on unet3d_cpu, one after the other in the
 #          same slot; benchmarks/bench_ensemble_2d3d.py then scores each and their mean probabilities
 # Usage: benchmarks/run_issue22_ablations.sh [BUDGET_MIN] [WORK_TEMPLATE] [VARIANT...]
@@ -40,6 +42,9 @@ sed -e 's/^  affine: .*/  affine: 0.05/' -e 's/^  brightness: .*/  brightness: 0
 [ "$(grep -cE '^  (affine|brightness|contrast|gamma): 0.05$|^  noise: 0.025$' /tmp/unet3d_cpu_aug_half.yaml)" = 5 ] || exit 1
 set_key /tmp/unet3d_cpu_dsw_equal.yaml 's/^  options: {}/  options: {}\n  deep_supervision_decay: 1.0/' "^  deep_supervision_decay: 1.0"
 set_key /tmp/unet3d_cpu_dsw_steep.yaml 's/^  options: {}/  options: {}\n  deep_supervision_decay: 0.25/' "^  deep_supervision_decay: 0.25"
+set_key /tmp/unet3d_cpu_lr2x.yaml 's/^  lr: 3.0e-3$/  lr: 6.0e-3/' "^  lr: 6.0e-3$"
+sed 's/^  features_per_stage: null .*/&\n  width: 0.5/' configs/resenc3d_cpu.yaml > /tmp/unet3d_cpu_resenc_w05.yaml
+grep -q "^  width: 0.5$" /tmp/unet3d_cpu_resenc_w05.yaml || { echo "variant resenc_w05: edit did not apply" >&2; exit 1; }
 config_of() { case $1 in base) echo configs/unet3d_cpu.yaml;; resenc) echo configs/resenc3d_cpu.yaml;; *) echo /tmp/unet3d_cpu_$1.yaml;; esac; }
 fresh() { rm -rf /tmp/medseg_bench/hippo_$1; mkdir -p /tmp/medseg_bench/hippo_$1
   cp -r $T/{fingerprint.json,manifest.json,plan.json,preprocessed} /tmp/medseg_bench/hippo_$1/; }
