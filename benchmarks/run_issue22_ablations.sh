@@ -24,8 +24,8 @@ T=${2:-/tmp/medseg_bench/hippo}
 shift 2 2>/dev/null || shift $#
 VARIANTS=${*:-base resenc nods b4 ema}
 PY=${PYTHON:-.venv/bin/python}
-set_key() {  # set_key OUT 'sed expression' 'grep check': a variant of the preset, refused if the edit did not apply
-  sed "$2" configs/unet3d_cpu.yaml > "$1"; grep -q "$3" "$1" || { echo "variant $1: edit did not apply" >&2; exit 1; }; }
+set_key() {  # set_key OUT 'sed expression' 'grep check' [PRESET]: a variant of the preset (default unet3d_cpu), refused if the edit did not apply
+  sed "$2" "${4:-configs/unet3d_cpu.yaml}" > "$1"; grep -q "$3" "$1" || { echo "variant $1: edit did not apply" >&2; exit 1; }; }
 set_key /tmp/unet3d_cpu_nods.yaml 's/^    deep_supervision: true/    deep_supervision: false/' "deep_supervision: false"
 set_key /tmp/unet3d_cpu_b4.yaml 's/^batch_size: 2 .*/batch_size: 4/' "^batch_size: 4"
 set_key /tmp/unet3d_cpu_ema.yaml 's/^weight_ema: null/weight_ema: 0.99/' "^weight_ema: 0.99"
@@ -43,8 +43,7 @@ sed -e 's/^  affine: .*/  affine: 0.05/' -e 's/^  brightness: .*/  brightness: 0
 set_key /tmp/unet3d_cpu_dsw_equal.yaml 's/^  options: {}/  options: {}\n  deep_supervision_decay: 1.0/' "^  deep_supervision_decay: 1.0"
 set_key /tmp/unet3d_cpu_dsw_steep.yaml 's/^  options: {}/  options: {}\n  deep_supervision_decay: 0.25/' "^  deep_supervision_decay: 0.25"
 set_key /tmp/unet3d_cpu_lr2x.yaml 's/^  lr: 3.0e-3$/  lr: 6.0e-3/' "^  lr: 6.0e-3$"
-sed 's/^  features_per_stage: null .*/&\n  width: 0.5/' configs/resenc3d_cpu.yaml > /tmp/unet3d_cpu_resenc_w05.yaml
-grep -q "^  width: 0.5$" /tmp/unet3d_cpu_resenc_w05.yaml || { echo "variant resenc_w05: edit did not apply" >&2; exit 1; }
+set_key /tmp/unet3d_cpu_resenc_w05.yaml 's/^  features_per_stage: null .*/&\n  width: 0.5/' "^  width: 0.5$" configs/resenc3d_cpu.yaml
 config_of() { case $1 in base) echo configs/unet3d_cpu.yaml;; resenc) echo configs/resenc3d_cpu.yaml;; *) echo /tmp/unet3d_cpu_$1.yaml;; esac; }
 fresh() { rm -rf /tmp/medseg_bench/hippo_$1; mkdir -p /tmp/medseg_bench/hippo_$1
   cp -r $T/{fingerprint.json,manifest.json,plan.json,preprocessed} /tmp/medseg_bench/hippo_$1/; }
