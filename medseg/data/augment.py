@@ -27,15 +27,28 @@ def rot90_axis_pairs(patch_size: Sequence[int], spacing: Sequence[float] | None,
     return pairs
 
 
-def build_train_transforms(augment, patch_size: Sequence[int], spacing: Sequence[float] | None = None):
+def strength_at(augment, progress: float) -> float:
+    """The factor on the augmentation probabilities at `progress` in [0, 1] of the run: linear from
+    `augment.strength_start` to `augment.strength_end`."""
+    q = min(1.0, max(0.0, float(progress)))
+    return augment.strength_start + (augment.strength_end - augment.strength_start) * q
+
+
+def build_train_transforms(augment, patch_size: Sequence[int], spacing: Sequence[float] | None = None, strength: float = 1.0):
     """A `monai.transforms.Compose` for training patches of `patch_size` (2 or 3 spatial axes).
 
     augment: an `AugmentConfig` (probabilities; 0 leaves a transform out).
     spacing: mm per spatial axis of the patch, for choosing rot90 planes.
+    strength: a factor on every probability but mirroring's (capped at 1), see `strength_at`;
+        mirroring stays as configured, since inference mirrors too.
     Call `.set_random_state(seed)` before each sample for reproducible draws.
     """
     import monai.transforms as mt
 
+    if strength != 1.0:
+        scaled = {name: min(1.0, getattr(augment, name) * strength)
+                  for name in ("rot90", "affine", "elastic", "brightness", "contrast", "gamma", "noise", "blur", "low_resolution")}
+        augment = augment.model_copy(update=scaled)
     dims = len(patch_size)
     keys = ["image", "label"]
     interp = "trilinear" if dims == 3 else "bilinear"

@@ -72,6 +72,10 @@ class AugmentConfig(StrictModel):
     noise: Probability = 0.1
     blur: Probability = 0.2
     low_resolution: Probability = 0.25
+    # the probabilities above, mirroring aside, times a factor that runs linearly from strength_start
+    # at the first step to strength_end at the last (the LR schedule's progress; capped at 1)
+    strength_start: float = Field(1.0, ge=0.0, le=4.0)
+    strength_end: float = Field(1.0, ge=0.0, le=4.0)
 
 
 class TrainConfig(StrictModel):

@@ -159,6 +159,7 @@ class Trainer:
             loss_fn = DeepSupervisionLoss(loss_fn, decay=config.loss.deep_supervision_decay)  # one weight per output
         self.loss_fn = loss_fn
         self.iters = iters = config.iterations_per_epoch
+        self.augment_strength = None  # this epoch's factor on the augmentation probabilities, when scheduled
         self.budget = None  # the run's BudgetPlanner under a time budget (`fit`): it sizes the epochs
         self.optimizer, self.scheduler, self.schedule = build_optimizer_and_scheduler(
             self.model.parameters(), config.optimizer, config.epochs * iters, iters)
@@ -212,6 +213,7 @@ class Trainer:
                               f"set batch_size to a multiple of {dist.world_size} or change --nproc_per_node")
         self.per_rank_batch = per_rank = config.batch_size // dist.world_size
         spacing = plan_spacing_for_patch(self.plan.target_spacing, conf.slice_axis, conf.spatial_dims)
+        self.augment_spacing = spacing
         transform = build_train_transforms(config.augment, config.patch_size, spacing)
         self.dataset = PatchDataset(
             self.workdir, self.train_ids, config.patch_size,
@@ -246,6 +248,18 @@ class Trainer:
         """Optimizer steps of `epoch`: `iters`, except a time budget's last epoch, which may be shorter."""
         return self.budget.iterations_in(epoch) if self.budget is not None else self.iters
 
+    def _set_augment_strength(self) -> None:
+        """An augmentation strength that changes over the run: this epoch's transforms, at the LR
+        schedule's progress where the epoch starts (so it follows a time budget's re-plans)."""
+        from medseg.data.augment import build_train_transforms, strength_at
+
+        aug = self.config.augment
+        if aug.strength_start == aug.strength_end == 1.0:
+            return
+        self.augment_strength = strength_at(aug, self.schedule.progress(self.scheduler.last_epoch))
+        self.history.setdefault("augment_strength", []).append(self.augment_strength)
+        self.dataset.transform = build_train_transforms(aug, self.config.patch_size, self.augment_spacing, self.augment_strength)
+
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One epoch of optimizer steps; returns its metrics (loss averaged over ranks, lr, speed)."""
         import torch
@@ -256,6 +270,7 @@ class Trainer:
         config, device, fmt = self.config, self.device, self.fmt
         t0 = time.monotonic()
         self.dataset.set_epoch(epoch)
+        self._set_augment_strength()
         skip, losses = preempt.resume_point(self, epoch)  # (0, []) unless resumed mid-epoch
         steps = self.iterations_in(epoch)
         samples = self.my_samples[skip * self.per_rank_batch:steps * self.per_rank_batch]
@@ -297,8 +312,11 @@ class Trainer:
         self.history["train_loss"].append(train_loss)
         self.history.setdefault("lr", []).append(float(self.optimizer.param_groups[0]["lr"]))  # for the learning curves
         epoch_time = time.monotonic() - t0
-        return {"train_loss": train_loss, "lr": float(self.optimizer.param_groups[0]["lr"]), "epoch_time_s": epoch_time,
-                "samples_per_s": (steps - skip) * config.batch_size / max(epoch_time, 1e-9)}
+        metrics = {"train_loss": train_loss, "lr": float(self.optimizer.param_groups[0]["lr"]), "epoch_time_s": epoch_time,
+                   "samples_per_s": (steps - skip) * config.batch_size / max(epoch_time, 1e-9)}
+        if self.augment_strength is not None:  # a scheduled strength, logged with the LR
+            metrics["augment_strength"] = self.augment_strength
+        return metrics
 
     def validate_epoch(self, epoch: int, metrics: dict[str, float]) -> tuple[dict[str, float], dict | None]:
         """Validation Dice of this epoch (every rank its share of the cases), its EMA into `metrics`

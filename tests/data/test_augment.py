@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from medseg.data.augment import build_train_transforms, rot90_axis_pairs
@@ -42,3 +43,23 @@ def test_same_seed_same_augmentation_and_intensity_only_leaves_label():
 def test_rot90_only_in_isotropic_square_planes():
     assert rot90_axis_pairs((40, 56, 40), (1.0, 1.0, 1.0)) == [(0, 2)]
     assert rot90_axis_pairs((32, 32, 32), (1.0, 1.0, 3.0)) == [(0, 1)]
+
+
+def test_strength_scales_every_probability_but_mirroring_capped_at_one():
+    import monai.transforms as mt
+
+    from medseg.data.augment import strength_at
+
+    aug = AugmentConfig(flip=0.5, affine=0.2, noise=0.1, gamma=0.3, blur=0, low_resolution=0, brightness=0, contrast=0,
+                        strength_start=1.0, strength_end=0.0)
+    assert [strength_at(aug, q) for q in (0.0, 0.25, 1.0, 1.5)] == [1.0, 0.75, 0.0, 0.0]
+
+    def probs(strength):
+        t = build_train_transforms(aug, (8, 8, 8), strength=strength)
+        return {type(x).__name__: x.prob for x in t.transforms if isinstance(x, mt.RandomizableTransform)}
+
+    assert probs(1.0) == {"RandAffined": 0.2, "RandGaussianNoised": 0.1, "RandAdjustContrastd": 0.3, "RandFlipd": 0.5}
+    half = probs(0.5)
+    assert half["RandAffined"] == pytest.approx(0.1) and half["RandGaussianNoised"] == pytest.approx(0.05)
+    assert half["RandAdjustContrastd"] == pytest.approx(0.15) and half["RandFlipd"] == 0.5
+    assert probs(4.0) == {"RandAffined": 0.8, "RandGaussianNoised": 0.4, "RandAdjustContrastd": 1.0, "RandFlipd": 0.5}

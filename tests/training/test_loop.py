@@ -113,6 +113,31 @@ def test_the_configs_deep_supervision_decay_weights_the_training_loss(tiny_confi
     assert decays == [(1.0, True)] * 2  # every step, on the list of decoder outputs
 
 
+def test_a_scheduled_augmentation_strength_follows_the_lr_schedules_progress(tiny_config, tiny_workdir, dead_tracking_uri, monkeypatch):
+    import monai.transforms as mt
+
+    import medseg.data.augment
+    from medseg.training import checkpoint as ckpt
+
+    built = []
+    real = medseg.data.augment.build_train_transforms
+
+    def recording(augment, patch_size, spacing=None, strength=1.0):
+        t = real(augment, patch_size, spacing, strength)
+        built.append((strength, next(x.prob for x in t.transforms if isinstance(x, mt.RandAffined))))
+        return t
+
+    monkeypatch.setattr(medseg.data.augment, "build_train_transforms", recording)
+    config = tiny_config(epochs=3, validate_every=3, augment={"affine": 0.3, "strength_start": 1.0, "strength_end": 0.0})
+    assert config.optimizer.schedule == "poly" and config.optimizer.warmup_epochs == 0  # progress = step / 9
+    result = train(tiny_workdir, config, preset_name="unet3d", fold=0)
+    strengths = [s for s, _ in built[1:]]  # the first build is the loader's, before the first epoch
+    assert strengths == pytest.approx([1.0, 2 / 3, 1 / 3])
+    assert [p for _, p in built[1:]] == pytest.approx([0.3, 0.2, 0.1])
+    history = ckpt.load_state(result.bundle_dir / ckpt.STATE_FILE)["history"]
+    assert history["augment_strength"] == pytest.approx(strengths)
+
+
 @pytest.mark.slow
 def test_compiled_training_step_matches_eager(tiny_config, tiny_workdir, tmp_path, dead_tracking_uri):
     """`compile: true` changes speed, not results: same per-epoch losses as an eager run (fp32, same seed)."""
