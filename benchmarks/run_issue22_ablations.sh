@@ -12,7 +12,10 @@
 #   aug_half unet3d_cpu with half the preset's augmentation probabilities (affine, intensity, noise)
 #   dsw_equal / dsw_steep  deep supervision weights 1, 1, 1, ... / 1, 1/4, 1/16, ... (loss.deep_supervision_decay
 #          1.0 / 0.25) instead of nnU-Net's 1, 1/2, 1/4, ...
-#   lr2x   unet3d_cpu at twice its AdamW learning rate (6e-3: the optimiser and schedule for a short run)
+#   lr2x / lr_half  unet3d_cpu at twice / half its AdamW learning rate (6e-3 / 1.5e-3)
+#   aug_anneal / aug_fade / aug_ramp  augmentation strength over the run (augment.strength_start -> _end): the
+#          preset's probabilities (mirroring aside) times 2 -> 0 (strong early, none at the end; the same amount
+#          on average) / 1 -> 0 / 0 -> 2 (none early, strong at the end)
 #   ens    half the budget on configs/unet2d_cpu.yaml, then half on unet3d_cpu, one after the other in the
 #          same slot; benchmarks/bench_ensemble_2d3d.py then scores each and their mean probabilities
 # Usage: benchmarks/run_issue22_ablations.sh [BUDGET_MIN] [WORK_TEMPLATE] [VARIANT...]
@@ -44,6 +47,12 @@ set_key /tmp/unet3d_cpu_dsw_equal.yaml 's/^  options: {}/  options: {}\n  deep_s
 set_key /tmp/unet3d_cpu_dsw_steep.yaml 's/^  options: {}/  options: {}\n  deep_supervision_decay: 0.25/' "^  deep_supervision_decay: 0.25"
 set_key /tmp/unet3d_cpu_lr2x.yaml 's/^  lr: 3.0e-3$/  lr: 6.0e-3/' "^  lr: 6.0e-3$"
 set_key /tmp/unet3d_cpu_resenc_w05.yaml 's/^  features_per_stage: null .*/&\n  width: 0.5/' "^  width: 0.5$" configs/resenc3d_cpu.yaml
+sed -e 's/^  strength_start: 1.0 /  strength_start: 2.0 /' -e 's/^  strength_end: 1.0 /  strength_end: 0.0 /' configs/unet3d_cpu.yaml > /tmp/unet3d_cpu_aug_anneal.yaml
+[ "$(grep -cE '^  strength_start: 2.0 |^  strength_end: 0.0 ' /tmp/unet3d_cpu_aug_anneal.yaml)" = 2 ] || exit 1
+sed -e 's/^  strength_start: 1.0 /  strength_start: 0.0 /' -e 's/^  strength_end: 1.0 /  strength_end: 2.0 /' configs/unet3d_cpu.yaml > /tmp/unet3d_cpu_aug_ramp.yaml
+[ "$(grep -cE '^  strength_start: 0.0 |^  strength_end: 2.0 ' /tmp/unet3d_cpu_aug_ramp.yaml)" = 2 ] || exit 1
+set_key /tmp/unet3d_cpu_lr_half.yaml 's/^  lr: 3.0e-3$/  lr: 1.5e-3/' "^  lr: 1.5e-3$"
+set_key /tmp/unet3d_cpu_aug_fade.yaml 's/^  strength_end: 1.0 /  strength_end: 0.0 /' "^  strength_end: 0.0 "
 config_of() { case $1 in base) echo configs/unet3d_cpu.yaml;; resenc) echo configs/resenc3d_cpu.yaml;; *) echo /tmp/unet3d_cpu_$1.yaml;; esac; }
 fresh() { rm -rf /tmp/medseg_bench/hippo_$1; mkdir -p /tmp/medseg_bench/hippo_$1
   cp -r $T/{fingerprint.json,manifest.json,plan.json,preprocessed} /tmp/medseg_bench/hippo_$1/; }
