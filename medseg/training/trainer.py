@@ -248,16 +248,19 @@ class Trainer:
         """Optimizer steps of `epoch`: `iters`, except a time budget's last epoch, which may be shorter."""
         return self.budget.iterations_in(epoch) if self.budget is not None else self.iters
 
-    def _set_augment_strength(self) -> None:
+    def _set_augment_strength(self, epoch: int) -> None:
         """An augmentation strength that changes over the run: this epoch's transforms, at the LR
-        schedule's progress where the epoch starts (so it follows a time budget's re-plans)."""
+        schedule's progress where the epoch starts (so it follows a time budget's re-plans, and a
+        run resumed mid-epoch draws as the uninterrupted one)."""
         from medseg.data.augment import build_train_transforms, strength_at
 
         aug = self.config.augment
         if aug.strength_start == aug.strength_end == 1.0:
             return
-        self.augment_strength = strength_at(aug, self.schedule.progress(self.scheduler.last_epoch))
-        self.history.setdefault("augment_strength", []).append(self.augment_strength)
+        self.augment_strength = strength_at(aug, self.schedule.progress(epoch * self.iters))  # epochs before the last are whole
+        logged = self.history.setdefault("augment_strength", [])  # [epoch, strength], once per epoch
+        if not logged or logged[-1][0] != epoch:
+            logged.append([epoch, self.augment_strength])
         self.dataset.transform = build_train_transforms(aug, self.config.patch_size, self.augment_spacing, self.augment_strength)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
@@ -270,7 +273,7 @@ class Trainer:
         config, device, fmt = self.config, self.device, self.fmt
         t0 = time.monotonic()
         self.dataset.set_epoch(epoch)
-        self._set_augment_strength()
+        self._set_augment_strength(epoch)
         skip, losses = preempt.resume_point(self, epoch)  # (0, []) unless resumed mid-epoch
         steps = self.iterations_in(epoch)
         samples = self.my_samples[skip * self.per_rank_batch:steps * self.per_rank_batch]

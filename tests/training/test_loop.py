@@ -64,11 +64,12 @@ def test_tiny_run_writes_bundle_and_an_mlflow_run(tiny_config, tiny_workdir, mon
 
 
 @pytest.mark.slow
-def test_resume_repeats_an_uninterrupted_run_exactly(tiny_config, tiny_workdir, tmp_path, dead_tracking_uri):
+@pytest.mark.parametrize("augment", [{}, {"augment": {"strength_start": 2.0, "strength_end": 0.0}}], ids=["constant", "scheduled"])
+def test_resume_repeats_an_uninterrupted_run_exactly(tiny_config, tiny_workdir, tmp_path, dead_tracking_uri, augment):
     import shutil
 
     other = shutil.copytree(tiny_workdir, tmp_path / "other")
-    cfg = tiny_config(epochs=3, deterministic=True, validate_every=5)
+    cfg = tiny_config(epochs=3, deterministic=True, validate_every=5, **augment)
     full = train(tiny_workdir, cfg, preset_name="unet3d", fold=1)
     first = train(other, cfg, preset_name="unet3d", fold=1, max_minutes=0)  # stops after one epoch
     assert first.stopped_early and first.epochs_done == 1
@@ -135,7 +136,8 @@ def test_a_scheduled_augmentation_strength_follows_the_lr_schedules_progress(tin
     assert strengths == pytest.approx([1.0, 2 / 3, 1 / 3])
     assert [p for _, p in built[1:]] == pytest.approx([0.3, 0.2, 0.1])
     history = ckpt.load_state(result.bundle_dir / ckpt.STATE_FILE)["history"]
-    assert history["augment_strength"] == pytest.approx(strengths)
+    assert [e for e, _ in history["augment_strength"]] == [0, 1, 2]
+    assert [s for _, s in history["augment_strength"]] == pytest.approx(strengths)
 
 
 @pytest.mark.slow
