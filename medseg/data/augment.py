@@ -34,6 +34,17 @@ def strength_at(augment, progress: float) -> float:
     return augment.strength_start + (augment.strength_end - augment.strength_start) * q
 
 
+def scheduled_transforms(augment, patch_size: Sequence[int], spacing: Sequence[float] | None, progress: float):
+    """(strength, transforms) at `progress` in [0, 1] of the run, or None when the strength is the
+    constant 1 (the transforms built once stay). The trainer passes the LR schedule's progress at
+    each epoch's first step: the strength follows a time budget's re-plans, and a run resumed
+    mid-epoch draws as the uninterrupted one."""
+    if augment.strength_start == augment.strength_end == 1.0:
+        return None
+    strength = strength_at(augment, progress)
+    return strength, build_train_transforms(augment, patch_size, spacing, strength)
+
+
 def build_train_transforms(augment, patch_size: Sequence[int], spacing: Sequence[float] | None = None, strength: float = 1.0):
     """A `monai.transforms.Compose` for training patches of `patch_size` (2 or 3 spatial axes).
 

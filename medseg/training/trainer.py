@@ -19,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 
+from medseg.data.augment import build_train_transforms, scheduled_transforms
 from medseg.errors import ConfigError, InputError
 from medseg.training.config import TrainConfig
 from medseg.training import preempt
@@ -203,7 +204,6 @@ class Trainer:
 
     def _build_loader(self) -> None:
         """The patch dataset over global sample indices and this rank's share of every global batch."""
-        from medseg.data.augment import build_train_transforms
         from medseg.data.sampler import PatchDataset, plan_spacing_for_patch
         from medseg.training.loop import default_workers
 
@@ -212,8 +212,7 @@ class Trainer:
             raise ConfigError(f"batch_size {config.batch_size} does not split over {dist.world_size} processes; "
                               f"set batch_size to a multiple of {dist.world_size} or change --nproc_per_node")
         self.per_rank_batch = per_rank = config.batch_size // dist.world_size
-        spacing = plan_spacing_for_patch(self.plan.target_spacing, conf.slice_axis, conf.spatial_dims)
-        self.augment_spacing = spacing
+        self.augment_spacing = spacing = plan_spacing_for_patch(self.plan.target_spacing, conf.slice_axis, conf.spatial_dims)
         transform = build_train_transforms(config.augment, config.patch_size, spacing)
         self.dataset = PatchDataset(
             self.workdir, self.train_ids, config.patch_size,
@@ -249,19 +248,12 @@ class Trainer:
         return self.budget.iterations_in(epoch) if self.budget is not None else self.iters
 
     def _set_augment_strength(self, epoch: int) -> None:
-        """An augmentation strength that changes over the run: this epoch's transforms, at the LR
-        schedule's progress where the epoch starts (so it follows a time budget's re-plans, and a
-        run resumed mid-epoch draws as the uninterrupted one)."""
-        from medseg.data.augment import build_train_transforms, strength_at
-
-        aug = self.config.augment
-        if aug.strength_start == aug.strength_end == 1.0:
-            return
-        self.augment_strength = strength_at(aug, self.schedule.progress(epoch * self.iters))  # epochs before the last are whole
-        logged = self.history.setdefault("augment_strength", [])  # [epoch, strength], once per epoch
-        if not logged or logged[-1][0] != epoch:
-            logged.append([epoch, self.augment_strength])
-        self.dataset.transform = build_train_transforms(aug, self.config.patch_size, self.augment_spacing, self.augment_strength)
+        """This epoch's transforms under a scheduled `augment.strength_start -> _end` (see `scheduled_transforms`)."""
+        scheduled = scheduled_transforms(self.config.augment, self.config.patch_size, self.augment_spacing,
+                                         self.schedule.progress(epoch * self.iters))  # the epochs before the last are whole
+        if scheduled is not None:
+            self.augment_strength, self.dataset.transform = scheduled
+            self.history.setdefault("augment_strength", {})[str(epoch)] = self.augment_strength
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One epoch of optimizer steps; returns its metrics (loss averaged over ranks, lr, speed)."""
@@ -315,11 +307,9 @@ class Trainer:
         self.history["train_loss"].append(train_loss)
         self.history.setdefault("lr", []).append(float(self.optimizer.param_groups[0]["lr"]))  # for the learning curves
         epoch_time = time.monotonic() - t0
-        metrics = {"train_loss": train_loss, "lr": float(self.optimizer.param_groups[0]["lr"]), "epoch_time_s": epoch_time,
-                   "samples_per_s": (steps - skip) * config.batch_size / max(epoch_time, 1e-9)}
-        if self.augment_strength is not None:  # a scheduled strength, logged with the LR
-            metrics["augment_strength"] = self.augment_strength
-        return metrics
+        scheduled = {} if self.augment_strength is None else {"augment_strength": self.augment_strength}
+        return {"train_loss": train_loss, "lr": float(self.optimizer.param_groups[0]["lr"]), "epoch_time_s": epoch_time,
+                "samples_per_s": (steps - skip) * config.batch_size / max(epoch_time, 1e-9), **scheduled}
 
     def validate_epoch(self, epoch: int, metrics: dict[str, float]) -> tuple[dict[str, float], dict | None]:
         """Validation Dice of this epoch (every rank its share of the cases), its EMA into `metrics`
