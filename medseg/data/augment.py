@@ -51,7 +51,7 @@ def build_train_transforms(augment, patch_size: Sequence[int], spacing: Sequence
     augment: an `AugmentConfig` (probabilities; 0 leaves a transform out).
     spacing: mm per spatial axis of the patch, for choosing rot90 planes.
     strength: a factor on every probability but mirroring's (capped at 1), see `strength_at`;
-        mirroring stays as configured, since inference mirrors too.
+        mirroring stays as configured (a symmetry of the anatomy, not a distortion to unlearn).
     Call `.set_random_state(seed)` before each sample for reproducible draws.
     """
     import monai.transforms as mt

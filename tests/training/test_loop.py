@@ -132,7 +132,7 @@ def test_a_scheduled_augmentation_strength_follows_the_lr_schedules_progress(tin
     config = tiny_config(epochs=3, validate_every=3, augment={"affine": 0.3, "strength_start": 1.0, "strength_end": 0.0})
     assert config.optimizer.schedule == "poly" and config.optimizer.warmup_epochs == 0  # progress = step / 9
     result = train(tiny_workdir, config, preset_name="unet3d", fold=0)
-    strengths = [s for s, _ in built]  # the epochs' builds (the loader's first, constant one is not recorded)
+    strengths = [s for s, _ in built]  # the epochs' builds only: the trainer's first build calls the name it imported
     assert strengths == pytest.approx([1.0, 2 / 3, 1 / 3])
     assert [p for _, p in built] == pytest.approx([0.3, 0.2, 0.1])
     history = ckpt.load_state(result.bundle_dir / ckpt.STATE_FILE)["history"]
