@@ -16,6 +16,7 @@
 #   aug_anneal / aug_fade / aug_ramp  augmentation strength over the run (augment.strength_start -> _end): the
 #          preset's probabilities (mirroring aside) times 2 -> 0 (strong early, none at the end; the same amount
 #          on average) / 1 -> 0 / 0 -> 2 (none early, strong at the end)
+#   p32b4_fade  the two that came out ahead, together: p32b4 with aug_fade's strength 1 -> 0
 #   ens    half the budget on configs/unet2d_cpu.yaml, then half on unet3d_cpu, one after the other in the
 #          same slot; benchmarks/bench_ensemble_2d3d.py then scores each and their mean probabilities
 # Usage: benchmarks/run_issue22_ablations.sh [BUDGET_MIN] [WORK_TEMPLATE] [VARIANT...]
@@ -54,6 +55,8 @@ set_strength() {  # set_strength OUT START END: the preset with augment.strength
 set_strength /tmp/unet3d_cpu_aug_anneal.yaml 2.0 0.0
 set_strength /tmp/unet3d_cpu_aug_fade.yaml 1.0 0.0
 set_strength /tmp/unet3d_cpu_aug_ramp.yaml 0.0 2.0
+sed -e "s/^  strength_end: 1.0 /  strength_end: 0.0 /" /tmp/unet3d_cpu_p32b4.yaml > /tmp/unet3d_cpu_p32b4_fade.yaml
+grep -q "^  strength_end: 0.0 " /tmp/unet3d_cpu_p32b4_fade.yaml || exit 1
 config_of() { case $1 in base) echo configs/unet3d_cpu.yaml;; resenc) echo configs/resenc3d_cpu.yaml;; *) echo /tmp/unet3d_cpu_$1.yaml;; esac; }
 fresh() { rm -rf /tmp/medseg_bench/hippo_$1; mkdir -p /tmp/medseg_bench/hippo_$1
   cp -r $T/{fingerprint.json,manifest.json,plan.json,preprocessed} /tmp/medseg_bench/hippo_$1/; }
