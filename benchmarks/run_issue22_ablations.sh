@@ -49,14 +49,13 @@ set_key /tmp/unet3d_cpu_dsw_steep.yaml 's/^  options: {}/  options: {}\n  deep_s
 set_key /tmp/unet3d_cpu_lr2x.yaml 's/^  lr: 3.0e-3$/  lr: 6.0e-3/' "^  lr: 6.0e-3$"
 set_key /tmp/unet3d_cpu_resenc_w05.yaml 's/^  features_per_stage: null .*/&\n  width: 0.5/' "^  width: 0.5$" configs/resenc3d_cpu.yaml
 set_key /tmp/unet3d_cpu_lr_half.yaml 's/^  lr: 3.0e-3$/  lr: 1.5e-3/' "^  lr: 1.5e-3$"
-set_strength() {  # set_strength OUT START END: the preset with augment.strength_start/_end, refused unless both lines say so
-  sed -e "s/^  strength_start: 1.0 /  strength_start: $2 /" -e "s/^  strength_end: 1.0 /  strength_end: $3 /" configs/unet3d_cpu.yaml > "$1"
+set_strength() {  # set_strength OUT START END [SOURCE]: SOURCE (default the preset) with augment.strength_start/_end, refused unless both lines say so
+  sed -e "s/^  strength_start: 1.0 /  strength_start: $2 /" -e "s/^  strength_end: 1.0 /  strength_end: $3 /" "${4:-configs/unet3d_cpu.yaml}" > "$1"
   [ "$(grep -cE "^  strength_start: $2 |^  strength_end: $3 " "$1")" = 2 ] || { echo "variant $1: edit did not apply" >&2; exit 1; }; }
 set_strength /tmp/unet3d_cpu_aug_anneal.yaml 2.0 0.0
 set_strength /tmp/unet3d_cpu_aug_fade.yaml 1.0 0.0
 set_strength /tmp/unet3d_cpu_aug_ramp.yaml 0.0 2.0
-sed -e "s/^  strength_end: 1.0 /  strength_end: 0.0 /" /tmp/unet3d_cpu_p32b4.yaml > /tmp/unet3d_cpu_p32b4_fade.yaml
-grep -q "^  strength_end: 0.0 " /tmp/unet3d_cpu_p32b4_fade.yaml || exit 1
+set_strength /tmp/unet3d_cpu_p32b4_fade.yaml 1.0 0.0 /tmp/unet3d_cpu_p32b4.yaml
 config_of() { case $1 in base) echo configs/unet3d_cpu.yaml;; resenc) echo configs/resenc3d_cpu.yaml;; *) echo /tmp/unet3d_cpu_$1.yaml;; esac; }
 fresh() { rm -rf /tmp/medseg_bench/hippo_$1; mkdir -p /tmp/medseg_bench/hippo_$1
   cp -r $T/{fingerprint.json,manifest.json,plan.json,preprocessed} /tmp/medseg_bench/hippo_$1/; }
