@@ -1,15 +1,17 @@
-"""Quality benchmark: a 2D and a 3D bundle of one plan, alone and ensembled, on fold 0's validation.
+"""Quality benchmark: two bundles of one plan (a 2D and a 3D one by default), alone and ensembled,
+on fold 0's validation.
 
-Scores each bundle alone and `medseg.Predictor([2D, 3D])` (the mean of their softmax probabilities,
+Scores each bundle alone and `medseg.Predictor([A, B])` (the mean of their softmax probabilities,
 each configuration weighing the same, as nnU-Net's `nnUNetv2_ensemble`) with the training loop's own
 measure: the Dice per foreground class on each preprocessed validation case, classes absent from
 both prediction and label left out, the mean of the class means (`medseg.training.validation`).
 Same validation cases, same sliding window (overlap 0.5), same precision for all three, so the
 ensemble's gain is read against its members in one script. Bundles come from
 benchmarks/run_issue22_ablations.sh's `ens` slot (half the budget each) or any two trainings of
-one work folder.
+one work folder (two 3D runs of different seeds, say). Rows are named by each bundle's model folder;
+`--tta` adds the same three rows with mirroring TTA (`Predictor(tta=True)`).
 
-Usage: .venv/bin/python benchmarks/bench_ensemble_2d3d.py WORK [--fold 0] [--precision auto]
+Usage: .venv/bin/python benchmarks/bench_ensemble_2d3d.py WORK [--fold 0] [--precision auto] [--tta]
            [--bundles WORK/models/unet2d_cpu/fold_0 WORK/models/unet3d_cpu/fold_0]
 """
 
@@ -55,18 +57,22 @@ def main() -> None:
     ap.add_argument("work", type=Path)
     ap.add_argument("--fold", type=int, default=0)
     ap.add_argument("--precision", default="auto")
-    ap.add_argument("--bundles", type=Path, nargs=2, default=None, metavar=("BUNDLE_2D", "BUNDLE_3D"))
+    ap.add_argument("--bundles", type=Path, nargs=2, default=None, metavar=("BUNDLE_A", "BUNDLE_B"))
+    ap.add_argument("--tta", action="store_true", help="also score each row with mirroring TTA")
     args = ap.parse_args()
     bundles = args.bundles or [args.work / "models" / name / f"fold_{args.fold}" for name in ("unet2d_cpu", "unet3d_cpu")]
     case_ids = list_cached_cases(args.work)
     _, val = fold_cases(load_or_create_splits(args.work, case_ids), args.fold, case_ids)
     print(f"{len(val)} validation cases of fold {args.fold}; torch threads {torch.get_num_threads()}")
-    rows = [("2D", [bundles[0]]), ("3D", [bundles[1]]), ("2D + 3D", bundles)]
-    for name, paths in rows:
-        predictor = Predictor(paths, device="cpu", precision=args.precision)
-        means, seconds = score(predictor, args.work, val)
-        classes = ", ".join(f"{k} {v:.4f}" for k, v in means.items() if k != "mean")
-        print(f"RESULT {name:8s} mean {means['mean']:.4f} ({classes}); {seconds:.0f} s for {len(val)} cases")
+    a, b = (path.parent.name for path in bundles)  # the model folder: unet2d_cpu, unet3d_cpu, ...
+    rows = [(a, [bundles[0]]), (b, [bundles[1]]), (f"{a} + {b}", bundles)]
+    for tta in (False, True) if args.tta else (False,):
+        for name, paths in rows:
+            predictor = Predictor(paths, device="cpu", precision=args.precision, tta=tta)
+            means, seconds = score(predictor, args.work, val)
+            classes = ", ".join(f"{k} {v:.4f}" for k, v in means.items() if k != "mean")
+            label = f"{name}, TTA" if tta else name
+            print(f"RESULT {label} mean {means['mean']:.4f} ({classes}); {seconds:.0f} s for {len(val)} cases", flush=True)
 
 
 if __name__ == "__main__":
