@@ -5,7 +5,7 @@ Scores each bundle alone and `medseg.Predictor([A, B])` (the mean of their softm
 each configuration weighing the same, as nnU-Net's `nnUNetv2_ensemble`) with the training loop's own
 measure: the Dice per foreground class on each preprocessed validation case, classes absent from
 both prediction and label left out, the mean of the class means (`medseg.training.validation`).
-Same validation cases, same sliding window (overlap 0.5), same precision for all three, so the
+Same validation cases, same sliding window (overlap 0.5), same precision for every row, so the
 ensemble's gain is read against its members in one script. Bundles come from
 benchmarks/run_issue22_ablations.sh's `ens` slot (half the budget each) or any two trainings of
 one work folder (two 3D runs of different seeds, say). Rows are named by each bundle's model folder;
